@@ -1,0 +1,49 @@
+//! Command-line interface: one module per command group.
+
+mod bench;
+mod model;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ftlab — efficient supervised fine-tuning of LLMs as an alternative to in-context learning.
+#[derive(Debug, Parser)]
+#[command(name = "ftlab", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). `FTLAB_LOG` takes a tracing filter too.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and run OPT models (the embedded `tiny-opt`, a folder, or a hub id).
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Measure throughput against reference implementations.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Model(command) => model::run(command),
+        Command::Bench(command) => bench::run(command),
+    }
+}
+
+/// Logs go to stderr, filtered by `FTLAB_LOG` (tracing's syntax) or by `-v`.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FTLAB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

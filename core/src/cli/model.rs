@@ -1,0 +1,179 @@
+//! `ftlab model info|forward`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ftlab_core::model::{self, ForwardInput, LoadOptions, Model, OptConfig, WeightsFormat};
+use ftlab_core::tokenizer::Padding;
+use ftlab_core::{DeviceSpec, Dtype};
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Print a model's configuration, parameter count and weight memory per dtype.
+    Info {
+        /// `tiny-opt` (embedded), a folder with config.json, or a hub id such as facebook/opt-125m.
+        model: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the model on text or on token ids and write the logits to a safetensors file.
+    ///
+    /// The output holds `logits` (float32 [B,T,V]), the `input_ids` used and the
+    /// `attention_mask`; it is how parity with another implementation is checked.
+    Forward(ForwardArgs),
+}
+
+/// Where and how a model is loaded.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Device: auto (CUDA when usable), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Compute dtype: fp32, bf16 or fp16 (weights of any dtype are converted).
+    #[arg(long, default_value = "fp32")]
+    pub dtype: Dtype,
+    /// Which weights file to read when a folder holds several: safetensors or bin.
+    #[arg(long, value_parser = parse_format)]
+    pub weights: Option<WeightsFormat>,
+}
+
+impl LoadArgs {
+    pub fn options(&self) -> anyhow::Result<LoadOptions> {
+        Ok(LoadOptions { device: self.device.resolve()?, dtype: self.dtype, weights_format: self.weights })
+    }
+}
+
+fn parse_format(s: &str) -> Result<WeightsFormat, String> {
+    WeightsFormat::from_name(s).ok_or_else(|| format!("unknown weights format `{s}`: use safetensors or bin"))
+}
+
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// The model (see `ftlab model info --help`).
+    model: String,
+    /// Text to run (repeat for a batch, right-padded); `</s>` is prepended as OPT's tokenizer does.
+    #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+    text: Vec<String>,
+    /// A safetensors file with `input_ids` (int64 [B,T]) and optionally `attention_mask`.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ModelCommand::Info { model, json } => info(&model, json),
+        ModelCommand::Forward(args) => forward(args),
+    }
+}
+
+#[derive(Serialize)]
+struct Info {
+    model: String,
+    layout: &'static str,
+    num_parameters: i64,
+    weight_bytes: std::collections::BTreeMap<String, i64>,
+    config: OptConfig,
+}
+
+fn info(spec: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let config = model::source::config_of(spec)?;
+    let layout = match (config.do_layer_norm_before, config.has_projections()) {
+        (true, false) => "pre-LN, final layer norm",
+        (true, true) => "pre-LN, final layer norm, project_in/out",
+        (false, true) => "post-LN, project_in/out",
+        (false, false) => "post-LN",
+    };
+    let n = config.num_parameters();
+    let weight_bytes = Dtype::ALL.iter().map(|d| (d.to_string(), n * d.bytes() as i64)).collect();
+    let info = Info { model: spec.into(), layout, num_parameters: n, weight_bytes, config };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &info.config;
+    println!("model                {}", info.model);
+    println!("layout               {}", info.layout);
+    println!("parameters           {} ({:.1}M, LM head tied)", n, n as f64 / 1e6);
+    for dtype in Dtype::ALL {
+        println!("weights in {:<9} {}", dtype.to_string(), human_bytes(info.weight_bytes[&dtype.to_string()]));
+    }
+    println!(
+        "layers × hidden      {} × {} ({} heads of {})",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.head_dim()
+    );
+    println!("ffn_dim              {}", c.ffn_dim);
+    println!("word_embed_proj_dim  {}", c.word_embed_proj_dim);
+    println!("vocab_size           {}", c.vocab_size);
+    println!("max positions        {}", c.max_position_embeddings);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_bytes(bytes: i64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else {
+        format!("{:.1} MB", b / 1e6)
+    }
+}
+
+fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
+    let model =
+        Model::load(&args.model, args.load.options()?).with_context(|| format!("loading model `{}`", args.model))?;
+    let device = model.device();
+    let (ids, mask) = match &args.input {
+        Some(path) => read_inputs(path)?,
+        None => {
+            let texts: Vec<&str> = args.text.iter().map(String::as_str).collect();
+            let batch = model.tokenizer.encode_batch(&texts, Padding::Right, device)?;
+            (batch.input_ids, batch.attention_mask)
+        }
+    };
+    let (ids, mask) = (ids.to_device(device), mask.to_device(device));
+    let input = ForwardInput { input_ids: Some(&ids), attention_mask: Some(&mask), ..Default::default() };
+    let out = tch::no_grad(|| model.net.forward(input)).context("running the model")?;
+    let logits =
+        out.logits.context("the forward pass returned no logits")?.to_kind(Kind::Float).to_device(tch::Device::Cpu);
+    let tensors = [
+        ("logits", logits),
+        ("input_ids", ids.to_device(tch::Device::Cpu)),
+        ("attention_mask", mask.to_device(tch::Device::Cpu)),
+    ];
+    Tensor::write_safetensors(&tensors, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("wrote logits {:?} to {}", tensors[0].1.size(), args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `input_ids` and `attention_mask` (all ones when absent) from a safetensors file.
+fn read_inputs(path: &Path) -> anyhow::Result<(Tensor, Tensor)> {
+    let tensors = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
+    let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
+    let Some(ids) = find("input_ids") else {
+        bail!(
+            "{}: no `input_ids` tensor (found: {})",
+            path.display(),
+            tensors.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    };
+    if ids.kind() != Kind::Int64 || ids.dim() != 2 {
+        bail!("{}: `input_ids` must be int64 [B,T], got {:?} {:?}", path.display(), ids.kind(), ids.size());
+    }
+    let mask = find("attention_mask").unwrap_or_else(|| ids.ones_like());
+    if mask.size() != ids.size() {
+        bail!("{}: `attention_mask` has shape {:?} but `input_ids` {:?}", path.display(), mask.size(), ids.size());
+    }
+    Ok((ids, mask.to_kind(Kind::Int64)))
+}

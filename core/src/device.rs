@@ -1,0 +1,185 @@
+//! Where tensors live and in which precision they are computed.
+//!
+//! The PyPI torch wheel ships CUDA and CPU kernels in separate libraries. The linker drops
+//! `libtorch_cuda.so` from the binary because no symbol of it is referenced directly, so CUDA
+//! would silently never be found; [`DeviceSpec::resolve`] loads it on demand instead, which
+//! also keeps start-up on CPU-only machines free of the ~1 GB of CUDA libraries.
+
+use std::fmt;
+use std::str::FromStr;
+
+use tch::{Device, Kind};
+
+use crate::error::{Error, Result};
+
+/// A device as a user names it: `auto` (CUDA if a GPU is usable, else CPU), `cpu`, `cuda`, `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// The first CUDA device when one is usable, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device `N`.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| Error::Device(format!("unknown device `{s}`: use auto, cpu, cuda or cuda:N"))),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => write!(f, "auto"),
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Turns the spec into a tch device, loading libtorch's CUDA kernels when a GPU may exist.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => Ok(if cuda_available() { Device::Cuda(0) } else { Device::Cpu }),
+            Self::Cuda(n) if cuda_available() && n < tch::Cuda::device_count() as usize => Ok(Device::Cuda(n)),
+            Self::Cuda(n) => Err(Error::Device(format!(
+                "device cuda:{n} requested but {} CUDA device(s) are usable (no NVIDIA driver, or libtorch_cuda could not load)",
+                if cuda_available() { tch::Cuda::device_count() } else { 0 }
+            ))),
+        }
+    }
+}
+
+/// Whether a CUDA device is usable, loading `libtorch_cuda.so` once if an NVIDIA driver is present.
+pub fn cuda_available() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        // Without the kernel driver no GPU can be used: skip loading the CUDA libraries.
+        if !std::path::Path::new("/proc/driver/nvidia").exists() {
+            return false;
+        }
+        load_torch_cuda() && tch::Cuda::is_available()
+    })
+}
+
+#[cfg(unix)]
+fn load_torch_cuda() -> bool {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // SAFETY: libtorch_cuda's initialisers only register CUDA kernels with the already-loaded
+    // libtorch_cpu. The library is never unloaded (it must outlive every tensor), so it is leaked.
+    // The dlopen call comes from this binary, whose RUNPATH points at the project's libtorch.
+    match unsafe { Library::open(Some("libtorch_cuda.so"), RTLD_NOW | RTLD_GLOBAL) } {
+        Ok(lib) => {
+            std::mem::forget(lib);
+            true
+        }
+        Err(e) => {
+            tracing::warn!("an NVIDIA driver is present but libtorch_cuda.so did not load: {e}");
+            false
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn load_torch_cuda() -> bool {
+    tch::Cuda::is_available()
+}
+
+/// Compute precision: fp32, bf16 or fp16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// 32-bit float (default; what parity is measured in).
+    #[default]
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl FromStr for Dtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fp32" | "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "fp16" | "f16" | "float16" | "half" => Ok(Self::F16),
+            _ => Err(Error::Device(format!("unknown dtype `{s}`: use fp32, bf16 or fp16"))),
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "fp32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "fp16",
+        })
+    }
+}
+
+impl Dtype {
+    /// The tch kind.
+    pub fn kind(self) -> Kind {
+        match self {
+            Self::F32 => Kind::Float,
+            Self::Bf16 => Kind::BFloat16,
+            Self::F16 => Kind::Half,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::Bf16 | Self::F16 => 2,
+        }
+    }
+
+    /// All dtypes, for memory tables.
+    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::Bf16, Dtype::F16];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_names() {
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        let err = "gpu".parse::<DeviceSpec>().unwrap_err().to_string();
+        assert!(err.contains("`gpu`"), "{err}");
+    }
+
+    #[test]
+    fn cpu_only_machine_resolves_auto_to_cpu() {
+        if !std::path::Path::new("/proc/driver/nvidia").exists() {
+            assert_eq!(DeviceSpec::Auto.resolve().unwrap(), Device::Cpu);
+            assert!(DeviceSpec::Cuda(0).resolve().unwrap_err().to_string().contains("cuda:0"));
+        }
+    }
+
+    #[test]
+    fn parses_dtypes() {
+        assert_eq!("bf16".parse::<Dtype>().unwrap().kind(), Kind::BFloat16);
+        assert!("int8".parse::<Dtype>().is_err());
+    }
+}

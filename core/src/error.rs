@@ -1,0 +1,134 @@
+//! The one error type of the ftlab runtime library.
+//!
+//! Every variant names what a user has to look at — a file, a key, a shape — so a CLI error
+//! message is enough to fix the input without reading the source. The binary wraps these in
+//! `anyhow` for context; library code never panics on user input.
+
+use std::path::PathBuf;
+
+use crate::model::checkpoint::pickle::PickleError;
+
+/// Errors raised by the ftlab runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A JSON file (config, index, tokenizer) is malformed or misses a field.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What serde said, with line and column.
+        source: serde_json::Error,
+    },
+    /// A model config has a value ftlab cannot use.
+    #[error("{path}: key `{key}`: {message}")]
+    Config {
+        /// The `config.json` (or `<embedded>`).
+        path: PathBuf,
+        /// The offending key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A checkpoint is missing a tensor the model needs.
+    #[error("{path}: missing tensor `{key}` (the model needs it; is this an OPT checkpoint?)")]
+    MissingTensor {
+        /// The checkpoint file or folder.
+        path: PathBuf,
+        /// The parameter name, as in the HF checkpoint.
+        key: String,
+    },
+    /// A checkpoint holds a tensor the model does not have.
+    #[error("{path}: unexpected tensor `{key}`: the config describes no such parameter")]
+    UnexpectedTensor {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The tensor name in the file.
+        key: String,
+    },
+    /// A tensor's shape differs from what the config implies.
+    #[error("{path}: tensor `{key}` has shape {found:?}, the config implies {expected:?}")]
+    Shape {
+        /// The file the tensor came from.
+        path: PathBuf,
+        /// The tensor name.
+        key: String,
+        /// The shape the model expects.
+        expected: Vec<i64>,
+        /// The shape found.
+        found: Vec<i64>,
+    },
+    /// A model folder holds no weights file ftlab knows.
+    #[error("{path}: no weights found: expected model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json")]
+    NoWeights {
+        /// The model folder.
+        path: PathBuf,
+    },
+    /// A hub model is not in the local cache and the hub cannot be reached.
+    #[error("model `{repo}` is not in the Hugging Face cache at {cache}, and it was not downloaded: {why}.\nFetch these files on a connected machine (e.g. `huggingface-cli download {repo} {files}`) into that cache, or pass a local folder that holds them.")]
+    NotCached {
+        /// The hub id.
+        repo: String,
+        /// The hub cache folder searched.
+        cache: PathBuf,
+        /// Why no download was tried or why it failed.
+        why: String,
+        /// The files needed, space separated.
+        files: String,
+    },
+    /// Reading a `pytorch_model.bin` failed.
+    #[error(transparent)]
+    Pickle(#[from] PickleError),
+    /// The tokenizer files are missing or malformed.
+    #[error("{path}: tokenizer: {message}")]
+    Tokenizer {
+        /// The tokenizer file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A model name is neither `tiny-opt`, an existing folder, nor a hub id.
+    #[error("model `{0}`: no such folder (a model is `tiny-opt`, a folder, or a hub id like facebook/opt-125m)")]
+    UnknownModel(String),
+    /// Inputs to the model are inconsistent (shapes, dtypes, ids out of range).
+    #[error("invalid model input: {0}")]
+    Input(String),
+    /// A device or dtype name is not one ftlab knows, or the device is unavailable.
+    #[error("{0}")]
+    Device(String),
+    /// A forward hook (a method plugin) failed.
+    #[error("hook at {site} failed: {message}")]
+    Hook {
+        /// The hook site, e.g. `model.decoder.layers.3.self_attn.q_proj`.
+        site: String,
+        /// The hook's own message.
+        message: String,
+    },
+    /// libtorch reported an error (out of memory, unsupported op on a device, ...).
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Result type of the ftlab runtime.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+
+    /// Wraps a JSON error with the file it came from.
+    pub fn json(path: impl Into<PathBuf>) -> impl FnOnce(serde_json::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Json { path, source }
+    }
+}

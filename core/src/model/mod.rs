@@ -1,0 +1,135 @@
+//! The OPT model family: configuration, checkpoints, sources, the network and its hook sites.
+//!
+//! [`Model::load`] is the one entry point: it resolves a model name (the embedded `tiny-opt`, a
+//! folder, or a hub id through the HF cache), builds [`OptForCausalLM`] in the requested dtype on
+//! the requested device, fills it from the checkpoint, and loads the tokenizer beside it.
+
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
+pub mod hooks;
+pub mod opt;
+pub mod source;
+pub mod tiny;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use tch::nn::VarStore;
+use tch::Device;
+
+pub use cache::KvCache;
+pub use checkpoint::{WeightFiles, WeightsFormat};
+pub use config::OptConfig;
+pub use hooks::{ForwardHooks, LinearSite};
+pub use opt::{ForwardInput, ForwardOutput, LogitsAt, OptForCausalLM};
+pub use source::{ModelFiles, ModelSpec};
+
+use crate::device::Dtype;
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+
+/// How to load a model.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Where the weights live.
+    pub device: Device,
+    /// Compute precision; checkpoints of any dtype are converted to it.
+    pub dtype: Dtype,
+    /// Prefer this weights format when a folder holds several.
+    pub weights_format: Option<WeightsFormat>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: Dtype::F32, weights_format: None }
+    }
+}
+
+/// Where a loaded model came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelOrigin {
+    /// The name the user gave (`tiny-opt`, a folder, `org/name`).
+    pub id: String,
+    /// Hub commit hash, when loaded from the cache.
+    pub revision: Option<String>,
+    /// Weight files read; empty for the embedded model.
+    pub weight_files: Vec<PathBuf>,
+}
+
+/// A loaded OPT model: its variables, the network, the tokenizer and where it came from.
+pub struct Model {
+    /// The base model's variables, named as HF checkpoint keys.
+    pub vs: VarStore,
+    /// The network.
+    pub net: OptForCausalLM,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Provenance, for run records.
+    pub origin: ModelOrigin,
+}
+
+impl Model {
+    /// Loads `spec` (see [`ModelSpec::parse`]).
+    pub fn load(spec: &str, options: LoadOptions) -> Result<Self> {
+        let files = match ModelSpec::parse(spec)? {
+            ModelSpec::Embedded => return Self::embedded(options),
+            ModelSpec::Dir(dir) => ModelFiles::in_dir(&dir, options.weights_format)?,
+            ModelSpec::Hub { repo, revision } => ModelFiles::from_hub(&repo, &revision, options.weights_format)?,
+        };
+        Self::from_files(spec, &files, options)
+    }
+
+    /// Loads a model from files found on disk.
+    pub fn from_files(id: &str, files: &ModelFiles, options: LoadOptions) -> Result<Self> {
+        let config = OptConfig::from_file(&files.config)?;
+        let tokenizer = Tokenizer::from_dir(&files.tokenizer_dir)?;
+        // Zero init: every value is overwritten by the checkpoint, and zeros are free to make.
+        let (vs, net) = Self::build(&OptConfig { init_std: 0.0, ..config.clone() }, options);
+        checkpoint::load_into(&vs, &files.weights)?;
+        let net = OptForCausalLM { config, ..net };
+        let origin =
+            ModelOrigin { id: id.into(), revision: files.revision.clone(), weight_files: files.weights.files.clone() };
+        Self::checked(vs, net, tokenizer, origin)
+    }
+
+    /// The embedded tiny model, randomly initialised from [`tiny::SEED`].
+    pub fn embedded(options: LoadOptions) -> Result<Self> {
+        let config = tiny::config()?;
+        tch::manual_seed(tiny::SEED);
+        let (vs, net) = Self::build(&config, options);
+        let origin = ModelOrigin { id: source::EMBEDDED.into(), revision: None, weight_files: vec![] };
+        Self::checked(vs, net, tiny::tokenizer()?, origin)
+    }
+
+    /// A randomly initialised model of `config` (HF's init), for benchmarks and tests.
+    pub fn random(config: &OptConfig, tokenizer: Tokenizer, seed: i64, options: LoadOptions) -> Result<Self> {
+        tch::manual_seed(seed);
+        let (vs, net) = Self::build(config, options);
+        Self::checked(vs, net, tokenizer, ModelOrigin { id: "random".into(), revision: None, weight_files: vec![] })
+    }
+
+    fn build(config: &OptConfig, options: LoadOptions) -> (VarStore, OptForCausalLM) {
+        let mut vs = VarStore::new(options.device);
+        vs.set_kind(options.dtype.kind());
+        let net = OptForCausalLM::new(&vs.root(), config);
+        (vs, net)
+    }
+
+    fn checked(vs: VarStore, net: OptForCausalLM, tokenizer: Tokenizer, origin: ModelOrigin) -> Result<Self> {
+        if tokenizer.vocab_size() as i64 > net.config.vocab_size {
+            return Err(Error::Input(format!(
+                "model `{}`: the tokenizer has {} tokens but the embedding only {} rows",
+                origin.id,
+                tokenizer.vocab_size(),
+                net.config.vocab_size
+            )));
+        }
+        Ok(Self { vs, net, tokenizer, origin })
+    }
+
+    /// The compute device.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+}

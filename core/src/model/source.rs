@@ -1,0 +1,247 @@
+//! Where a model comes from: the embedded tiny model, a local folder, or a hub id resolved
+//! through the Hugging Face cache, so ftlab shares the cache Python users already have.
+//!
+//! The cache layout is huggingface_hub's: `<cache>/models--{org}--{name}/refs/{revision}` holds a
+//! commit hash and `snapshots/{hash}/` the files. The cache folder is `$HF_HUB_CACHE`, else
+//! `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
+//! With `HF_HUB_OFFLINE=1` nothing is downloaded.
+
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::{WeightFiles, WeightsFormat};
+use super::config::OptConfig;
+use crate::error::{Error, Result};
+
+/// The name of the embedded model.
+pub const EMBEDDED: &str = "tiny-opt";
+
+/// A model as the user names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSpec {
+    /// The built-in tiny OPT (`tiny-opt`).
+    Embedded,
+    /// A local folder holding `config.json`, weights and tokenizer files.
+    Dir(PathBuf),
+    /// A hub repository, `org/name` or `org/name@revision` (branch, tag or commit hash).
+    Hub {
+        /// `org/name`.
+        repo: String,
+        /// Branch, tag or commit; `main` by default.
+        revision: String,
+    },
+}
+
+impl ModelSpec {
+    /// Parses `tiny-opt`, a path to an existing folder, or `org/name[@revision]`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        if spec == EMBEDDED {
+            return Ok(Self::Embedded);
+        }
+        let path = Path::new(spec);
+        if path.is_dir() {
+            return Ok(Self::Dir(path.into()));
+        }
+        let looks_like_path = spec.starts_with(['.', '/', '~']) || spec.matches('/').count() != 1;
+        if looks_like_path || path.exists() {
+            return Err(Error::UnknownModel(spec.into()));
+        }
+        let (repo, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+        Ok(Self::Hub { repo: repo.into(), revision: revision.into() })
+    }
+}
+
+/// The files of a model found on disk.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// `config.json`.
+    pub config: PathBuf,
+    /// The weights.
+    pub weights: WeightFiles,
+    /// The folder with `tokenizer.json` or `vocab.json` + `merges.txt`.
+    pub tokenizer_dir: PathBuf,
+    /// The commit hash of a hub snapshot, when known.
+    pub revision: Option<String>,
+}
+
+impl ModelFiles {
+    /// Finds config, weights and tokenizer in a local folder.
+    pub fn in_dir(dir: &Path, prefer: Option<WeightsFormat>) -> Result<Self> {
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            return Err(Error::Io {
+                path: config,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no config.json in the model folder"),
+            });
+        }
+        Ok(Self { config, weights: WeightFiles::discover(dir, prefer)?, tokenizer_dir: dir.into(), revision: None })
+    }
+
+    /// Finds a hub model in the HF cache (see [`hub_cache_dir`]), downloading the missing
+    /// files unless `HF_HUB_OFFLINE` is set.
+    pub fn from_hub(repo: &str, revision: &str, prefer: Option<WeightsFormat>) -> Result<Self> {
+        Self::from_hub_cache(&hub_cache_dir(), repo, revision, offline(), prefer)
+    }
+
+    /// Finds a hub model in the cache folder `cache`; when it is not there, downloads it into
+    /// the cache unless `offline`, in which case the error lists the files to fetch.
+    pub fn from_hub_cache(
+        cache: &Path,
+        repo: &str,
+        revision: &str,
+        offline: bool,
+        prefer: Option<WeightsFormat>,
+    ) -> Result<Self> {
+        let complete = |snapshot: PathBuf| -> Option<Self> {
+            let mut files = Self::in_dir(&snapshot, prefer).ok()?;
+            files.revision = snapshot.file_name().map(|s| s.to_string_lossy().into_owned());
+            tokenizer_present(&snapshot).then_some(files)
+        };
+        if let Some(files) = cached_snapshot(cache, repo, revision).and_then(complete) {
+            return Ok(files);
+        }
+        let not_cached = |why: String| Error::NotCached {
+            repo: repo.into(),
+            cache: cache.into(),
+            why,
+            files: "config.json model.safetensors vocab.json merges.txt".into(),
+        };
+        if offline {
+            return Err(not_cached("HF_HUB_OFFLINE is set".into()));
+        }
+        let snapshot = download(cache, repo, revision, prefer).map_err(not_cached)?;
+        complete(snapshot).ok_or_else(|| not_cached("the download left an incomplete snapshot".into()))
+    }
+}
+
+/// The configuration of `spec` alone: for a hub model only `config.json` is fetched, so
+/// inspecting a 30b model does not download its weights.
+pub fn config_of(spec: &str) -> Result<OptConfig> {
+    match ModelSpec::parse(spec)? {
+        ModelSpec::Embedded => super::tiny::config(),
+        ModelSpec::Dir(dir) => OptConfig::from_file(&dir.join("config.json")),
+        ModelSpec::Hub { repo, revision } => {
+            let cache = hub_cache_dir();
+            if let Some(config) =
+                cached_snapshot(&cache, &repo, &revision).map(|s| s.join("config.json")).filter(|c| c.is_file())
+            {
+                return OptConfig::from_file(&config);
+            }
+            let not_cached = |why: String| Error::NotCached {
+                repo: repo.clone(),
+                cache: cache.clone(),
+                why,
+                files: "config.json".into(),
+            };
+            if offline() {
+                return Err(not_cached("HF_HUB_OFFLINE is set".into()));
+            }
+            let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.clone()))
+                .build()
+                .map_err(|e| not_cached(e.to_string()))?;
+            let repo_handle = api.repo(hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision));
+            let config = repo_handle
+                .get("config.json")
+                .map_err(|e| not_cached(format!("downloading config.json failed: {e}")))?;
+            OptConfig::from_file(&config)
+        }
+    }
+}
+
+fn tokenizer_present(dir: &Path) -> bool {
+    dir.join("tokenizer.json").is_file() || (dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file())
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// The hub cache folder, following huggingface_hub's environment variables.
+pub fn hub_cache_dir() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("HF_HUB_CACHE") {
+        return dir;
+    }
+    let home = var("HF_HOME").unwrap_or_else(|| {
+        var("XDG_CACHE_HOME")
+            .unwrap_or_else(|| var("HOME").unwrap_or_else(|| PathBuf::from(".")).join(".cache"))
+            .join("huggingface")
+    });
+    home.join("hub")
+}
+
+/// The snapshot folder of `repo` at `revision` in `cache`, if the cache has one.
+pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
+    let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
+    let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
+    let commit = if is_commit {
+        revision.to_string()
+    } else {
+        std::fs::read_to_string(repo_dir.join("refs").join(revision)).ok()?.trim().to_string()
+    };
+    let snapshot = repo_dir.join("snapshots").join(commit);
+    snapshot.is_dir().then_some(snapshot)
+}
+
+/// Downloads config, weights and tokenizer into the cache with hf-hub; returns the snapshot.
+fn download(
+    cache: &Path,
+    repo: &str,
+    revision: &str,
+    prefer: Option<WeightsFormat>,
+) -> std::result::Result<PathBuf, String> {
+    use hf_hub::{api::sync::ApiBuilder, Repo, RepoType};
+    let api = ApiBuilder::from_cache(hf_hub::Cache::new(cache.into()))
+        .with_progress(true)
+        .build()
+        .map_err(|e| format!("cannot reach the hub: {e}"))?;
+    let repo = api.repo(Repo::with_revision(repo.into(), RepoType::Model, revision.into()));
+    let config = repo.get("config.json").map_err(|e| format!("downloading config.json failed: {e}"))?;
+    let order = match prefer {
+        Some(WeightsFormat::Pickle) => [WeightsFormat::Pickle, WeightsFormat::Safetensors],
+        _ => [WeightsFormat::Safetensors, WeightsFormat::Pickle],
+    };
+    let mut weights = Err("the repository has no model.safetensors or pytorch_model.bin (nor an index)".to_string());
+    'formats: for format in order {
+        let (single, index) = format.file_names();
+        if repo.get(single).is_ok() {
+            weights = Ok(());
+            break;
+        }
+        if let Ok(index_path) = repo.get(index) {
+            let shards = super::checkpoint::shard_files_named(&index_path).map_err(|e| e.to_string())?;
+            for shard in shards {
+                repo.get(&shard).map_err(|e| format!("downloading {shard} failed: {e}"))?;
+            }
+            weights = Ok(());
+            break 'formats;
+        }
+    }
+    weights?;
+    if repo.get("tokenizer.json").is_err() {
+        for file in ["vocab.json", "merges.txt"] {
+            repo.get(file).map_err(|e| format!("downloading {file} failed: {e}"))?;
+        }
+    }
+    config.parent().map(Path::to_path_buf).ok_or_else(|| "the cache returned a path with no folder".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        assert_eq!(ModelSpec::parse("tiny-opt").unwrap(), ModelSpec::Embedded);
+        assert_eq!(
+            ModelSpec::parse("facebook/opt-125m").unwrap(),
+            ModelSpec::Hub { repo: "facebook/opt-125m".into(), revision: "main".into() }
+        );
+        assert_eq!(
+            ModelSpec::parse("facebook/opt-350m@v1").unwrap(),
+            ModelSpec::Hub { repo: "facebook/opt-350m".into(), revision: "v1".into() }
+        );
+        let err = ModelSpec::parse("./no/such/dir").unwrap_err().to_string();
+        assert!(err.contains("./no/such/dir"), "{err}");
+    }
+}
