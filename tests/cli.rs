@@ -143,7 +143,13 @@ fn bad_model_folders_name_the_file_and_key() {
     let config = std::fs::read_to_string(fixture("opt-pre-ln/config.json")).unwrap();
     std::fs::write(dir.path().join("config.json"), config.replace("\"ffn_dim\": 64", "\"ffn_dim\": 48")).unwrap();
     let err = forward(&[]);
-    assert!(err.contains("model.safetensors") && err.contains("has shape") && err.contains("48]"), "{err}");
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("has shape")
+            && err.contains("layers.0.fc1.bias")
+            && err.contains("[48]"),
+        "{err}"
+    );
 
     // Unknown model type: the key is named.
     std::fs::write(dir.path().join("config.json"), config.replace("\"opt\"", "\"llama\"")).unwrap();

@@ -111,9 +111,61 @@ pub enum Error {
         /// The hook's own message.
         message: String,
     },
+    /// A method failed (panicked, errored, or refused its hyperparameters); the message names
+    /// the method and the call.
+    #[error(transparent)]
+    Method(#[from] ftlab_sdk::abi::PluginError),
+    /// A method library or method could not be found or loaded.
+    #[error(transparent)]
+    Registry(#[from] ftlab_registry::RegistryError),
     /// libtorch reported an error (out of memory, unsupported op on a device, ...).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A data file (TSV, CSV, JSONL, parquet) is unreadable or does not fit the task: a missing
+    /// column, an unknown label, an empty value, a ragged row, no rows at all.
+    #[error("{}{}: {message}", path.display(), crate::data::source::location(*row, column.as_deref()))]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// The data row, counted from 1 after any header; `None` when the whole file is at fault.
+        row: Option<usize>,
+        /// The column, as named in the file (or `column_N` in a header-less file).
+        column: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A hub dataset file is not in the local cache and was not downloaded.
+    #[error("dataset `{repo}` (revision `{revision}`) is not in the Hugging Face cache at {cache}, and it was not downloaded: {why}.\nFetch it on a connected machine (e.g. `huggingface-cli download --repo-type dataset {repo} {files} --revision {revision}`) into that cache, or pass the data as a local file with --file and --columns.")]
+    DatasetNotCached {
+        /// The hub dataset id, e.g. `nyu-mll/glue`.
+        repo: String,
+        /// The branch or ref the files live on.
+        revision: String,
+        /// The hub cache folder searched.
+        cache: PathBuf,
+        /// Why no download was tried or why it failed.
+        why: String,
+        /// The files needed, space separated, relative to the repository.
+        files: String,
+    },
+    /// A task or eval set name is not registered.
+    #[error("unknown task `{name}`; known tasks: {known}")]
+    UnknownTask {
+        /// The name given.
+        name: String,
+        /// The registered names, comma separated.
+        known: String,
+    },
+    /// A pattern, verbalizer or prompt setting cannot be used (unknown placeholder, a label
+    /// word that is several tokens, a prompt that cannot fit the window).
+    #[error("prompt: {0}")]
+    Prompt(String),
+    /// A sampling request cannot be met (more shots than examples, unbalanced k).
+    #[error("sampling: {0}")]
+    Sampling(String),
+    /// A data option is malformed (a `--columns` mapping, a file format, a task setting).
+    #[error("{0}")]
+    DataOption(String),
 }
 
 /// Result type of the ftlab runtime.

@@ -5,8 +5,11 @@
 //! build on it. The `ftlab` binary is a thin CLI over this crate.
 
 pub mod bench;
+pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
+pub mod methods;
 pub mod model;
 pub mod tokenizer;
 

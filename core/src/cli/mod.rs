@@ -1,7 +1,9 @@
 //! Command-line interface: one module per command group.
 
 mod bench;
+mod data;
 mod model;
+mod plugins;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,12 @@ enum Command {
     /// Measure throughput against reference implementations.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// List, describe, install and scaffold method plugins.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
+    /// List tasks, inspect their data, and show the exact few-shot rows and prompts of a run.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 /// Runs the parsed command.
@@ -33,6 +41,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Model(command) => model::run(command),
         Command::Bench(command) => bench::run(command),
+        Command::Data(command) => data::run(command),
+        Command::Plugins(command) => plugins::run(command),
     }
 }
 

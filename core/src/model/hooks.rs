@@ -7,54 +7,8 @@
 
 use tch::Tensor;
 
-/// A linear layer inside a decoder layer; the names are the HF parameter path segments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LinearSite {
-    /// Attention query projection (its output is hooked before OPT's `head_dim^-0.5` scaling,
-    /// as PEFT's wrapped `q_proj` would be).
-    QProj,
-    /// Attention key projection.
-    KProj,
-    /// Attention value projection.
-    VProj,
-    /// Attention output projection.
-    OutProj,
-    /// MLP up projection.
-    Fc1,
-    /// MLP down projection.
-    Fc2,
-}
-
-impl LinearSite {
-    /// Every site, in forward order.
-    pub const ALL: [LinearSite; 6] = [Self::QProj, Self::KProj, Self::VProj, Self::OutProj, Self::Fc1, Self::Fc2];
-
-    /// The HF name of the module (`q_proj`, …, `fc2`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::QProj => "q_proj",
-            Self::KProj => "k_proj",
-            Self::VProj => "v_proj",
-            Self::OutProj => "out_proj",
-            Self::Fc1 => "fc1",
-            Self::Fc2 => "fc2",
-        }
-    }
-
-    /// The module's full HF parameter path in layer `layer`,
-    /// e.g. `model.decoder.layers.3.self_attn.q_proj`.
-    pub fn path(self, layer: i64) -> String {
-        match self {
-            Self::Fc1 | Self::Fc2 => format!("model.decoder.layers.{layer}.{}", self.name()),
-            _ => format!("model.decoder.layers.{layer}.self_attn.{}", self.name()),
-        }
-    }
-
-    /// Parses `q_proj` … `fc2`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.name() == name)
-    }
-}
+/// The hook sites are the SDK's, so methods and the model name them identically.
+pub use ftlab_sdk::Site;
 
 /// What a hook returns; the message becomes an [`crate::Error::Hook`] naming the site.
 pub type HookResult<T> = Result<T, String>;
@@ -71,7 +25,7 @@ pub trait ForwardHooks {
 
     /// The output of linear `site` in layer `layer`, given its input; returns the value the
     /// model continues with (e.g. `output + delta(input)`).
-    fn linear(&self, layer: i64, site: LinearSite, input: &Tensor, output: Tensor) -> HookResult<Tensor> {
+    fn linear(&self, layer: i64, site: Site, input: &Tensor, output: Tensor) -> HookResult<Tensor> {
         let _ = (layer, site, input);
         Ok(output)
     }

@@ -21,7 +21,7 @@ use tch::Device;
 pub use cache::KvCache;
 pub use checkpoint::{WeightFiles, WeightsFormat};
 pub use config::OptConfig;
-pub use hooks::{ForwardHooks, LinearSite};
+pub use hooks::{ForwardHooks, Site};
 pub use opt::{ForwardInput, ForwardOutput, LogitsAt, OptForCausalLM};
 pub use source::{ModelFiles, ModelSpec};
 

@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 
 use super::cache::KvCache;
 use super::config::{Activation, OptConfig};
-use super::hooks::{ForwardHooks, LinearSite};
+use super::hooks::{ForwardHooks, Site};
 use crate::error::{Error, Result};
 
 /// OPT's learned position table is offset by 2: HF reserves the first rows, and padding tokens
@@ -28,7 +28,7 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     /// Applies a linear layer, then the hook at its site.
-    fn linear(&self, layer: i64, site: LinearSite, module: &nn::Linear, x: &Tensor) -> Result<Tensor> {
+    fn linear(&self, layer: i64, site: Site, module: &nn::Linear, x: &Tensor) -> Result<Tensor> {
         let y = x.apply(module);
         match self.hooks {
             None => Ok(y),
@@ -101,9 +101,9 @@ impl OptAttention {
         let heads = |y: Tensor| y.view([b, t, self.num_heads, self.head_dim]).transpose(1, 2); // (B, H, T, hd)
                                                                                                // HF scales the query after q_proj (bias included) rather than the scores.
         let scaling = (self.head_dim as f64).powf(-0.5);
-        let q = heads(pass.linear(layer, LinearSite::QProj, &self.q_proj, x)? * scaling);
-        let mut k = heads(pass.linear(layer, LinearSite::KProj, &self.k_proj, x)?);
-        let mut v = heads(pass.linear(layer, LinearSite::VProj, &self.v_proj, x)?);
+        let q = heads(pass.linear(layer, Site::QProj, &self.q_proj, x)? * scaling);
+        let mut k = heads(pass.linear(layer, Site::KProj, &self.k_proj, x)?);
+        let mut v = heads(pass.linear(layer, Site::VProj, &self.v_proj, x)?);
         if let Some((pk, pv)) = past {
             k = Tensor::cat(&[pk, &k], 2);
             v = Tensor::cat(&[pv, &v], 2);
@@ -112,7 +112,7 @@ impl OptAttention {
         // The query is already scaled, hence scale 1.
         let y = Tensor::f_scaled_dot_product_attention(&q, &k, &v, Some(mask), p, false, 1.0, false)?;
         let y = y.transpose(1, 2).reshape([b, t, d]); // (B, T, D)
-        let y = pass.linear(layer, LinearSite::OutProj, &self.out_proj, &y)?;
+        let y = pass.linear(layer, Site::OutProj, &self.out_proj, &y)?;
         Ok((y, (k, v)))
     }
 }
@@ -172,19 +172,19 @@ impl OptDecoderLayer {
         }
 
         let h = if self.pre_ln { x.apply(&self.final_layer_norm) } else { x.shallow_clone() };
-        let h = pass.linear(i, LinearSite::Fc1, &self.fc1, &h)?;
+        let h = pass.linear(i, Site::Fc1, &self.fc1, &h)?;
         let h = match self.activation {
             Activation::Relu => h.relu(),
             Activation::Gelu => h.gelu("none"),
         };
         let h = match pass.hooks {
             None => h,
-            Some(hooks) => hooks
-                .activation(i, h)
-                .map_err(|message| Error::Hook { site: format!("model.decoder.layers.{i}.activation_fn"), message })?,
+            Some(hooks) => {
+                hooks.activation(i, h).map_err(|message| Error::Hook { site: Site::Activation.path(i), message })?
+            }
         };
         let h = h.dropout(self.activation_dropout, pass.train);
-        let h = pass.linear(i, LinearSite::Fc2, &self.fc2, &h)?;
+        let h = pass.linear(i, Site::Fc2, &self.fc2, &h)?;
         let mut x = x + h.dropout(self.dropout, pass.train);
         if !self.pre_ln {
             x = x.apply(&self.final_layer_norm);

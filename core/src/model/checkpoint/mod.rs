@@ -110,7 +110,8 @@ pub fn shard_files(index_path: &Path) -> Result<Vec<PathBuf>> {
 /// Reads every tensor of one weight file.
 pub fn read_file(path: &Path, format: WeightsFormat) -> Result<Vec<(String, Tensor)>> {
     match format {
-        WeightsFormat::Safetensors => Tensor::read_safetensors(path).map_err(|e| match e {
+        // Sorted, so that loading and its errors do not depend on hash order.
+        WeightsFormat::Safetensors => Tensor::read_safetensors(path).map(sorted).map_err(|e| match e {
             tch::TchError::SafeTensorError { .. } => Error::Io {
                 path: path.into(),
                 source: std::io::Error::new(
@@ -122,6 +123,11 @@ pub fn read_file(path: &Path, format: WeightsFormat) -> Result<Vec<(String, Tens
         }),
         WeightsFormat::Pickle => Ok(pickle::read_state_dict(path)?),
     }
+}
+
+fn sorted(mut tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
 }
 
 /// The variable name of a checkpoint key: `decoder.*` gains the `model.` prefix; `lm_head.weight`

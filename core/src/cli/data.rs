@@ -1,0 +1,394 @@
+//! `ftlab data list|show|sample`: what tasks exist, what their data looks like after the task's
+//! filtering, and exactly which rows and prompts a few-shot run would use.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ftlab_core::data::source::{ColumnMap, Header, LocalSource};
+use ftlab_core::data::synthetic::SyntheticConfig;
+use ftlab_core::data::{sampling, task, DataOptions, Dataset, HansScope, PatternStyle, Prompt, PromptSpec, TaskDef};
+use ftlab_core::model::{self, ModelSpec};
+use ftlab_core::tokenizer::Tokenizer;
+use serde::Serialize;
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// List the registered tasks and eval sets.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Split sizes after the task's filtering, label balance and token-length percentiles.
+    Show(ShowArgs),
+    /// The exact rows (in sampling order) and rendered prompts of a few-shot run.
+    Sample(SampleArgs),
+}
+
+/// Which data: a task, or a user's file read as that task's data.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// The task (see `ftlab data list`).
+    task: String,
+    /// A .tsv, .csv, .jsonl or .parquet file to use instead of the task's own data.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Column mapping for --file, e.g. `premise=sentence1,hypothesis=sentence2,label=gold`
+    /// (keys: the task's fields, `label`, `id`; unset keys default to their own names).
+    #[arg(long, requires = "file")]
+    columns: Option<String>,
+    /// Evaluate all three HANS heuristics (30,000 rows) instead of lexical_overlap only.
+    #[arg(long)]
+    hans_all: bool,
+    /// Seed of the synthetic task's generator.
+    #[arg(long, default_value_t = 0)]
+    synthetic_seed: u32,
+}
+
+/// How prompts are rendered and tokenized.
+#[derive(Debug, Args)]
+pub struct PromptArgs {
+    /// Pattern style: minimal, gpt3 or eval-harness.
+    #[arg(long, default_value = "minimal", value_parser = parse_style)]
+    style: PatternStyle,
+    /// Tokenizer of this model: `tiny-opt`, a model folder, or a hub id already in the HF cache.
+    #[arg(long, default_value = "tiny-opt")]
+    model: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Only this split (default: every split of the task).
+    #[arg(long)]
+    split: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Shots: the training-set size (and the number of in-context demonstrations).
+    #[arg(long)]
+    k: usize,
+    /// Data seed (llmft uses 0–9).
+    #[arg(long)]
+    data_seed: u32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_style(s: &str) -> Result<PatternStyle, String> {
+    PatternStyle::from_name(s).ok_or_else(|| format!("unknown style `{s}`: use minimal, gpt3 or eval-harness"))
+}
+
+pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DataCommand::List { json } => list(json),
+        DataCommand::Show(args) => show(args),
+        DataCommand::Sample(args) => sample(args),
+    }
+}
+
+impl SourceArgs {
+    fn resolve(&self) -> anyhow::Result<(&'static TaskDef, DataOptions)> {
+        let task = task::find(&self.task)?;
+        let local = match &self.file {
+            None => None,
+            Some(path) => {
+                let columns = ColumnMap::parse(self.columns.as_deref().unwrap_or_default(), task.fields())?;
+                Some(LocalSource { path: path.clone(), columns, header: Header::Present })
+            }
+        };
+        let options = DataOptions {
+            hans: if self.hans_all { HansScope::All } else { HansScope::LexicalOverlap },
+            synthetic: SyntheticConfig { seed: self.synthetic_seed, ..SyntheticConfig::default() },
+            local,
+            ..DataOptions::from_env()
+        };
+        Ok((task, options))
+    }
+}
+
+impl PromptArgs {
+    fn prompt(&self, task: &TaskDef) -> anyhow::Result<(Tokenizer, Prompt)> {
+        let tokenizer = load_tokenizer(&self.model)?;
+        let spec = PromptSpec { style: self.style, ..PromptSpec::default() };
+        let prompt = Prompt::new(task.prompt, task.label_names.len(), &spec, &tokenizer)?;
+        Ok((tokenizer, prompt))
+    }
+}
+
+/// A model's tokenizer alone: no weights are read, nothing is downloaded.
+fn load_tokenizer(spec: &str) -> anyhow::Result<Tokenizer> {
+    Ok(match ModelSpec::parse(spec)? {
+        ModelSpec::Embedded => model::tiny::tokenizer()?,
+        ModelSpec::Dir(dir) => Tokenizer::from_dir(&dir)?,
+        ModelSpec::Hub { repo, revision } => {
+            let cache = model::source::hub_cache_dir();
+            let Some(snapshot) = model::source::cached_snapshot(&cache, &repo, &revision) else {
+                bail!("model `{repo}` is not in the HF cache at {}: fetch its vocab.json and merges.txt first (e.g. `huggingface-cli download {repo} vocab.json merges.txt`)", cache.display());
+            };
+            Tokenizer::from_dir(&snapshot)?
+        }
+    })
+}
+
+#[derive(Serialize)]
+struct TaskRow {
+    name: &'static str,
+    about: &'static str,
+    source: &'static str,
+    labels: &'static [&'static str],
+    splits: &'static [&'static str],
+    train_split: Option<&'static str>,
+    eval_split: &'static str,
+    ood: &'static [&'static str],
+}
+
+fn list(json: bool) -> anyhow::Result<ExitCode> {
+    let rows: Vec<TaskRow> = task::all()
+        .into_iter()
+        .map(|t| TaskRow {
+            name: t.name,
+            about: t.about,
+            source: t.source,
+            labels: t.label_names,
+            splits: t.splits,
+            train_split: t.train_split,
+            eval_split: t.eval_split,
+            ood: t.ood,
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<16} {:<10} {:<22} {:<16} about", "task", "role", "eval split", "out of domain");
+    for row in rows {
+        let role = if row.train_split.is_some() { "train+eval" } else { "eval only" };
+        println!("{:<16} {:<10} {:<22} {:<16} {}", row.name, role, row.eval_split, row.ood.join(","), row.about);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct LabelShare {
+    label: String,
+    count: usize,
+    fraction: f64,
+}
+
+#[derive(Serialize)]
+struct SplitSummary {
+    split: String,
+    rows: usize,
+    labels: Vec<LabelShare>,
+    /// Token lengths of the rendered queries (`</s>` included): nearest-rank percentiles.
+    tokens: Percentiles,
+}
+
+#[derive(Serialize)]
+struct Percentiles {
+    p50: usize,
+    p90: usize,
+    p95: usize,
+    p99: usize,
+    max: usize,
+    mean: f64,
+}
+
+#[derive(Serialize)]
+struct ShowReport {
+    task: String,
+    tokenizer: String,
+    style: &'static str,
+    splits: Vec<SplitSummary>,
+    eval_subsets: Vec<(String, usize)>,
+}
+
+fn percentiles(mut lengths: Vec<usize>) -> Percentiles {
+    lengths.sort_unstable();
+    let rank = |p: f64| {
+        let n = lengths.len();
+        if n == 0 {
+            return 0;
+        }
+        lengths[((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1]
+    };
+    let mean = if lengths.is_empty() { 0.0 } else { lengths.iter().sum::<usize>() as f64 / lengths.len() as f64 };
+    Percentiles { p50: rank(50.0), p90: rank(90.0), p95: rank(95.0), p99: rank(99.0), max: rank(100.0), mean }
+}
+
+fn summarize(data: &Dataset, split: &str, prompt: &Prompt, tokenizer: &Tokenizer) -> anyhow::Result<SplitSummary> {
+    let counts = data.label_counts();
+    let labels = counts
+        .iter()
+        .zip(&data.label_names)
+        .map(|(&count, label)| LabelShare {
+            label: label.clone(),
+            count,
+            fraction: if data.is_empty() { 0.0 } else { count as f64 / data.len() as f64 },
+        })
+        .collect();
+    let lengths =
+        data.examples.iter().map(|e| prompt.encode(tokenizer, "", e).map(|ids| ids.len())).collect::<Result<_, _>>()?;
+    Ok(SplitSummary { split: split.into(), rows: data.len(), labels, tokens: percentiles(lengths) })
+}
+
+fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let (task, options) = args.source.resolve()?;
+    let (tokenizer, prompt) = args.prompt.prompt(task)?;
+    let splits: Vec<&str> = match (&args.split, &options.local) {
+        (_, Some(_)) => vec!["file"],
+        (Some(split), None) => vec![split.as_str()],
+        (None, None) => task.splits.to_vec(),
+    };
+    let mut summaries = vec![];
+    for split in &splits {
+        let data = task.load_split(split, &options).with_context(|| format!("loading {}/{split}", task.name))?;
+        summaries.push(summarize(&data, split, &prompt, &tokenizer)?);
+    }
+    let eval = task.eval_set(&options, true)?;
+    let eval_subsets = eval.subsets.iter().map(|s| (s.name.clone(), s.positions.len())).collect();
+    let report = ShowReport {
+        task: task.name.into(),
+        tokenizer: args.prompt.model.clone(),
+        style: args.prompt.style.name(),
+        splits: summaries,
+        eval_subsets,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("task {} (tokens: {} tokenizer, {} pattern)", report.task, report.tokenizer, report.style);
+    println!("{:<24} {:>8}  {:<44} tokens p50/p90/p95/p99/max", "split", "rows", "labels");
+    for s in &report.splits {
+        let labels: Vec<String> =
+            s.labels.iter().map(|l| format!("{} {} ({:.1}%)", l.label, l.count, 100.0 * l.fraction)).collect();
+        let t = &s.tokens;
+        println!(
+            "{:<24} {:>8}  {:<44} {}/{}/{}/{}/{}",
+            s.split,
+            s.rows,
+            labels.join(", "),
+            t.p50,
+            t.p90,
+            t.p95,
+            t.p99,
+            t.max
+        );
+    }
+    println!("eval subsets of {}:", task.eval_split);
+    for (name, rows) in &report.eval_subsets {
+        println!("  {name:<48} {rows:>8}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct SampledRow {
+    position: usize,
+    id: i64,
+    label: String,
+    query: String,
+    label_word: String,
+}
+
+#[derive(Serialize)]
+struct SampleReport {
+    task: String,
+    pool: String,
+    pool_size: usize,
+    k: usize,
+    data_seed: u32,
+    style: &'static str,
+    /// `np.random.seed(data_seed); np.random.choice(pool_size, k, replace=False)`, in order.
+    train: Vec<SampledRow>,
+    /// Class-balanced, shuffled demonstrations (positions in context order).
+    icl_positions: Option<Vec<usize>>,
+    /// The in-context prefix every test query follows.
+    icl_context: Option<String>,
+    /// Why there is no in-context sample (e.g. k not divisible by the label count).
+    icl_note: Option<String>,
+}
+
+fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
+    let (task, options) = args.source.resolve()?;
+    let (_, prompt) = args.prompt.prompt(task)?;
+    let pool = task.train_pool(&options)?;
+    let positions = sampling::few_shot_positions(pool.len(), args.k, args.data_seed)?;
+    let train = positions
+        .iter()
+        .map(|&position| {
+            let example = &pool.examples[position];
+            SampledRow {
+                position,
+                id: example.id,
+                label: pool.label_names[example.label].clone(),
+                query: prompt.query(example),
+                label_word: prompt.words[example.label].clone(),
+            }
+        })
+        .collect();
+    let (icl_positions, icl_context, icl_note) = match sampling::balanced_demonstrations(&pool, args.k, args.data_seed)
+    {
+        Ok(icl) => {
+            let context = prompt.context(icl.iter().map(|&p| &pool.examples[p]));
+            (Some(icl), Some(context), None)
+        }
+        Err(e) => (None, None, Some(e.to_string())),
+    };
+    let report = SampleReport {
+        task: task.name.into(),
+        pool: pool.name.clone(),
+        pool_size: pool.len(),
+        k: args.k,
+        data_seed: args.data_seed,
+        style: args.prompt.style.name(),
+        train,
+        icl_positions,
+        icl_context,
+        icl_note,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_sample(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_sample(report: &SampleReport) {
+    println!(
+        "{} k={} data_seed={}: pool {} ({} rows), {} pattern",
+        report.task, report.k, report.data_seed, report.pool, report.pool_size, report.style
+    );
+    println!(
+        "training set (np.random.choice order): positions {:?}",
+        report.train.iter().map(|r| r.position).collect::<Vec<_>>()
+    );
+    for row in &report.train {
+        println!("--- position {} (id {}, {}):\n{}{}", row.position, row.id, row.label, row.query, row.label_word);
+    }
+    match (&report.icl_positions, &report.icl_context, &report.icl_note) {
+        (Some(positions), Some(context), _) => {
+            println!("\nin-context demonstrations (balanced, shuffled): positions {positions:?}");
+            println!("--- context:\n{context}");
+        }
+        (_, _, Some(note)) => println!("\nno in-context sample: {note}"),
+        _ => {}
+    }
+}

@@ -1,0 +1,166 @@
+//! Patterns and verbalizers: how an example becomes the text a model reads, and which token
+//! stands for each label.
+//!
+//! A [`PromptSpec`] is what a config says (a built-in style, or a user template, prefix and
+//! words); [`Prompt::new`] checks it against the task and the tokenizer — every label word must
+//! be exactly one token — and then renders queries, demonstrations and contexts, and encodes
+//! them, shortening over-long inputs from the premise side.
+
+pub mod family;
+pub mod template;
+
+use serde::{Deserialize, Serialize};
+
+pub use family::{BuiltinPattern, PatternStyle, PromptFamily};
+pub use template::Template;
+
+use crate::data::dataset::Example;
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+
+/// A prompt as a config writes it; unset fields take the task's built-in values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptSpec {
+    /// Built-in pattern (`minimal`, `gpt3`, `eval-harness`); default `minimal`.
+    #[serde(default)]
+    pub style: PatternStyle,
+    /// A user template with `{field}` placeholders, replacing the style's.
+    pub template: Option<String>,
+    /// Text between the template and the label word, replacing the style's.
+    pub prefix: Option<String>,
+    /// Label words by label id (with their leading space, e.g. `" Yes"`), replacing the style's.
+    pub words: Option<Vec<String>>,
+    /// What separates in-context demonstrations; default per task family.
+    pub separator: Option<String>,
+}
+
+/// A checked prompt: template, prefix, label words and their token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    /// The template.
+    pub template: Template,
+    /// Text after the template, before the label word.
+    pub prefix: String,
+    /// Label words by label id.
+    pub words: Vec<String>,
+    /// The token id of each label word.
+    pub word_ids: Vec<i64>,
+    /// What separates in-context demonstrations.
+    pub separator: String,
+}
+
+/// An encoded query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids, starting with `</s>`.
+    pub ids: Vec<i64>,
+    /// Tokens cut from the premise to fit the length limit (0 when it fit).
+    pub truncated_tokens: usize,
+}
+
+impl Prompt {
+    /// Resolves `spec` for a task of `family` with `num_labels` labels and checks every label
+    /// word with `tokenizer`.
+    pub fn new(family: PromptFamily, num_labels: usize, spec: &PromptSpec, tokenizer: &Tokenizer) -> Result<Self> {
+        let builtin = family.pattern(spec.style);
+        let template = Template::parse(spec.template.as_deref().unwrap_or(builtin.template), family.fields())?;
+        let words: Vec<String> = match &spec.words {
+            Some(words) => words.clone(),
+            None => builtin.words.iter().map(|w| w.to_string()).collect(),
+        };
+        if words.len() != num_labels {
+            return Err(Error::Prompt(format!(
+                "{} label words ({}) for a task with {num_labels} labels",
+                words.len(),
+                words.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let word_ids = words.iter().map(|word| single_token(tokenizer, word)).collect::<Result<Vec<_>>>()?;
+        let mut seen = word_ids.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != word_ids.len() {
+            return Err(Error::Prompt(format!("label words {words:?} are not distinct tokens")));
+        }
+        Ok(Self {
+            template,
+            prefix: spec.prefix.clone().unwrap_or_else(|| builtin.prefix.into()),
+            words,
+            word_ids,
+            separator: spec.separator.clone().unwrap_or_else(|| family.separator().into()),
+        })
+    }
+
+    /// The query: the filled template and the answer prefix, the label word to follow.
+    pub fn query(&self, example: &Example) -> String {
+        format!("{}{}", self.template.render(example, None), self.prefix)
+    }
+
+    /// A demonstration: the query followed by the example's label word.
+    pub fn demonstration(&self, example: &Example) -> String {
+        let word = self.words.get(example.label).map(String::as_str).unwrap_or_default();
+        format!("{}{word}", self.query(example))
+    }
+
+    /// An in-context prefix: each demonstration followed by the separator (empty for none).
+    pub fn context<'a>(&self, demonstrations: impl IntoIterator<Item = &'a Example>) -> String {
+        demonstrations.into_iter().map(|e| format!("{}{}", self.demonstration(e), self.separator)).collect()
+    }
+
+    /// Token ids of `context + query(example)`, not shortened.
+    pub fn encode(&self, tokenizer: &Tokenizer, context: &str, example: &Example) -> Result<Vec<i64>> {
+        tokenizer.encode(&format!("{context}{}", self.query(example)))
+    }
+
+    /// Token ids of `context + query(example)` within `max_length` tokens: when too long, tokens
+    /// are cut from the end of the premise (text1) until it fits, and the count is returned.
+    /// An input that cannot fit even with an empty premise is an error.
+    pub fn encode_within(
+        &self,
+        tokenizer: &Tokenizer,
+        context: &str,
+        example: &Example,
+        max_length: usize,
+    ) -> Result<Encoded> {
+        let ids = self.encode(tokenizer, context, example)?;
+        if ids.len() <= max_length {
+            return Ok(Encoded { ids, truncated_tokens: 0 });
+        }
+        let premise = tokenizer.encode_plain(&example.text1)?;
+        let mut keep = premise.len().saturating_sub(ids.len() - max_length);
+        loop {
+            let shortened = tokenizer.decode(&premise[..keep])?;
+            let text = format!("{context}{}{}", self.template.render(example, Some(&shortened)), self.prefix);
+            let ids = tokenizer.encode(&text)?;
+            if ids.len() <= max_length {
+                return Ok(Encoded { ids, truncated_tokens: premise.len() - keep });
+            }
+            if keep == 0 {
+                return Err(Error::Prompt(format!(
+                    "example {} of {} tokens cannot fit {max_length} tokens even with its premise removed",
+                    example.id,
+                    ids.len()
+                )));
+            }
+            // Re-tokenising at the cut can merge differently: step down by the overshoot.
+            keep = keep.saturating_sub((ids.len() - max_length).max(1));
+        }
+    }
+}
+
+/// The one token of `word`, or an error naming the word and the tokens it splits into.
+pub fn single_token(tokenizer: &Tokenizer, word: &str) -> Result<i64> {
+    let ids = tokenizer.encode_plain(word)?;
+    match ids.as_slice() {
+        [id] => Ok(*id),
+        _ => Err(Error::Prompt(format!(
+            "label word `{word}` is {} tokens ({}), but each label word must be one token; pick another word or drop/add its leading space",
+            ids.len(),
+            tokenizer.tokens(&ids).iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(" ")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

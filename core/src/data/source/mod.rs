@@ -1,0 +1,64 @@
+//! Where task data comes from: hub parquet files through the HF cache ([`hub`]), files a user
+//! points to with a column mapping ([`LocalSource`]), and files shipped inside the binary
+//! (the llmft copies of PAWS-QQP and CoLA-OOD). All of them become [`Dataset`]s through the
+//! same table → examples path ([`columns`]), so every source reports bad rows the same way.
+
+pub mod columns;
+pub mod files;
+pub mod hub;
+
+use std::path::{Path, PathBuf};
+
+use polars::prelude::DataFrame;
+
+pub use columns::{ColumnMap, LabelMap};
+pub use files::{FileFormat, Header};
+pub use hub::{HubAccess, HubFile};
+
+use crate::data::dataset::Dataset;
+use crate::error::Result;
+
+/// The ` row N, column `c`` part of a data error message (empty when neither is known).
+pub fn location(row: Option<usize>, column: Option<&str>) -> String {
+    match (row, column) {
+        (Some(row), Some(column)) => format!(": row {row}, column `{column}`"),
+        (Some(row), None) => format!(": row {row}"),
+        (None, Some(column)) => format!(": column `{column}`"),
+        (None, None) => String::new(),
+    }
+}
+
+/// A user's file standing in for a task's data (`--file F --columns ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSource {
+    /// The file (.tsv, .csv, .jsonl or .parquet).
+    pub path: PathBuf,
+    /// Which columns hold the texts, the label and the id.
+    pub columns: ColumnMap,
+    /// Whether a delimited file has a header line.
+    pub header: Header,
+}
+
+impl LocalSource {
+    /// Reads the file as the examples of a task with `label_names`, named `name`.
+    pub fn load(&self, name: &str, label_names: &[&str]) -> Result<Dataset> {
+        let frame = files::read_table(&self.path, FileFormat::from_path(&self.path)?, &self.header)?;
+        let examples = columns::examples_from_frame(&frame, &self.path, &self.columns, &LabelMap::new(label_names))?;
+        Ok(Dataset::new(name, label_names, examples))
+    }
+}
+
+/// Reads a hub parquet file (resolved through `hub`) into a table.
+pub fn hub_table(hub: &HubAccess, file: &HubFile) -> Result<(PathBuf, DataFrame)> {
+    let path = hub.resolve(file)?;
+    let frame = files::read_table(&path, FileFormat::Parquet, &Header::Present)?;
+    Ok((path, frame))
+}
+
+/// Parses a file shipped in the binary; `name` stands for its path in messages.
+pub fn embedded_table(name: &Path, bytes: &[u8], format: FileFormat, header: &Header) -> Result<DataFrame> {
+    files::parse_table(bytes, name, format, header)
+}
+
+#[cfg(test)]
+mod tests;

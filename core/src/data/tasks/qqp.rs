@@ -1,0 +1,59 @@
+//! Quora Question Pairs from GLUE, subsampled as llmft does: `np.random.seed(123)` once, then
+//! for each split in order (train, validation, test) `np.random.choice(len(split), 1000,
+//! replace=False)` with the RNG stream carrying over, the rows kept in sampling order. So the
+//! validation subsample depends on the training split's size, which is read from its parquet
+//! footer. Labels: 0 = not_duplicate, 1 = duplicate; macro-F1 is reported beside accuracy.
+
+use crate::data::dataset::Dataset;
+use crate::data::numpy::LegacyRandomState;
+use crate::data::prompt::PromptFamily;
+use crate::data::sampling::SUBSAMPLE_SEED;
+use crate::data::source::ColumnMap;
+use crate::data::task::{per_label_subsets, DataOptions, Metric, TaskDef};
+use crate::error::{Error, Result};
+
+use super::glue;
+
+const LABELS: [&str; 2] = ["not_duplicate", "duplicate"];
+/// Rows kept per split.
+pub const SUBSAMPLE: usize = 1000;
+/// llmft's split order (the order of GLUE's `DatasetDict`).
+const SPLIT_ORDER: [&str; 2] = ["train", "validation"];
+
+/// The subsampled positions of `split` given the sizes of the splits before it and its own.
+pub fn subsample(split_sizes: &[usize]) -> Result<Vec<usize>> {
+    let mut rng = LegacyRandomState::seed(SUBSAMPLE_SEED);
+    let mut positions = vec![];
+    for &size in split_sizes {
+        positions = rng.choice_without_replacement(size, SUBSAMPLE).ok_or_else(|| {
+            Error::Sampling(format!("a QQP split has {size} rows, fewer than the {SUBSAMPLE} llmft keeps"))
+        })?;
+    }
+    Ok(positions)
+}
+
+fn load(split: &str, options: &DataOptions) -> Result<Dataset> {
+    let before = SPLIT_ORDER.iter().take_while(|s| **s != split);
+    let mut sizes = before.map(|s| glue::rows("qqp", s, options)).collect::<Result<Vec<_>>>()?;
+    let columns = ColumnMap::pair("question1", "question2", "label").with_id("idx");
+    let full = glue::load("qqp", split, &columns, &LABELS, options)?;
+    sizes.push(full.len());
+    Ok(full.select(full.name.clone(), &subsample(&sizes)?))
+}
+
+inventory::submit! {
+    TaskDef {
+        name: "qqp",
+        about: "Quora Question Pairs, every split subsampled to 1,000 rows (seed 123) as llmft does",
+        source: "hub nyu-mll/glue, qqp/*.parquet",
+        label_names: &LABELS,
+        splits: &SPLIT_ORDER,
+        train_split: Some("train"),
+        eval_split: "validation",
+        ood: &["paws-qqp"],
+        metrics: &[Metric::MacroF1],
+        prompt: PromptFamily::Paraphrase,
+        load,
+        subsets: per_label_subsets,
+    }
+}

@@ -1,0 +1,224 @@
+//! The evaluation harness: every eval set and subset of a task, scored by any function from a
+//! batch to next-token logits, with accuracy over the verbalizer tokens and over the full
+//! vocabulary, the task's extra metrics, the majority-class baseline beside each, and the
+//! phase's time, throughput and memory.
+//!
+//! The scorer is `FnMut(&Batch) -> Result<Tensor>` returning `[B, V]` logits at each row's last
+//! token, so a method plugin, a fine-tuned model or an in-context model plug in alike;
+//! [`model_scorer`] wraps an [`OptForCausalLM`] (`LogitsAt::LastToken`, no gradients).
+//! With an in-context prefix, rows that would not fit the window are dropped and counted (as
+//! llmft does); without one, long rows are shortened from the premise side and counted.
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use super::metrics::MetricValues;
+use super::resources::{PhaseMeter, PhaseResources};
+use crate::data::batch::{self, Batch, BatchOrder, EncodedExample};
+use crate::data::dataset::EvalSet;
+use crate::data::prompt::Prompt;
+use crate::data::task::Metric;
+use crate::error::{Error, Result};
+use crate::model::{ForwardInput, LogitsAt, OptForCausalLM};
+use crate::tokenizer::Tokenizer;
+
+/// How the harness encodes and batches.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// The model's window in tokens (e.g. 256 as the paper's max length, or the model's).
+    pub max_length: usize,
+    /// In-context demonstrations put before every query (empty for none).
+    pub context: String,
+    /// Where batches go.
+    pub device: Device,
+    /// Metrics beside accuracy (the task's).
+    pub metrics: Vec<Metric>,
+}
+
+/// Scores of one set or subset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scores {
+    /// Examples scored.
+    pub examples: usize,
+    /// Argmax over the label words.
+    pub verbalizer: MetricValues,
+    /// Accuracy of the argmax over the whole vocabulary (the gold label word must win).
+    pub full_vocab_accuracy: f64,
+    /// Always predicting this set's majority label.
+    pub majority: MetricValues,
+}
+
+/// Scores of one eval set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SetReport {
+    /// The eval set's name.
+    pub name: String,
+    /// Whether it is the task's own distribution.
+    pub in_domain: bool,
+    /// Rows shortened from the premise side to fit `max_length`.
+    pub truncated: usize,
+    /// Rows dropped because context + query would exceed `max_length`.
+    pub dropped: usize,
+    /// Scores over the whole set.
+    pub scores: Scores,
+    /// Scores per subset, by name.
+    pub subsets: Vec<(String, Scores)>,
+}
+
+/// The harness's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// One report per eval set, in-domain first.
+    pub sets: Vec<SetReport>,
+    /// Time, tokens/s and memory of the whole evaluation.
+    pub resources: PhaseResources,
+}
+
+/// What one eval set's rows became.
+struct Predictions {
+    /// Per scored row: (position in the set, gold label, verbalizer prediction, full-vocab hit).
+    rows: Vec<(usize, usize, usize, bool)>,
+}
+
+/// Wraps a model as a scorer: logits at each row's last non-pad token, without gradients.
+pub fn model_scorer(net: &OptForCausalLM) -> impl FnMut(&Batch) -> Result<Tensor> + '_ {
+    move |batch: &Batch| {
+        let input = ForwardInput {
+            input_ids: Some(&batch.input_ids),
+            attention_mask: Some(&batch.attention_mask),
+            logits: LogitsAt::LastToken,
+            ..Default::default()
+        };
+        let out = tch::no_grad(|| net.forward(input))?;
+        out.logits.ok_or_else(|| Error::Input("the forward pass returned no logits".into()))
+    }
+}
+
+/// Scores every set in `sets` with `scorer`. A context that alone fills the window is an error
+/// (the run should skip that context, as llmft does).
+pub fn evaluate(
+    sets: &[EvalSet],
+    prompt: &Prompt,
+    tokenizer: &Tokenizer,
+    options: &EvalOptions,
+    scorer: &mut dyn FnMut(&Batch) -> Result<Tensor>,
+) -> Result<EvalReport> {
+    if !options.context.is_empty() {
+        let context_tokens = tokenizer.encode(&options.context)?.len();
+        if context_tokens >= options.max_length {
+            return Err(Error::Prompt(format!(
+                "the in-context prefix is {context_tokens} tokens, over the {}-token window: skip this context",
+                options.max_length
+            )));
+        }
+    }
+    let mut meter = PhaseMeter::start(options.device);
+    let mut reports = vec![];
+    for set in sets {
+        let (encoded, truncated, dropped) = encode_set(set, prompt, tokenizer, options)?;
+        let predictions = predict(&encoded, prompt, tokenizer, options, scorer, &mut meter)?;
+        let labels = set.data.label_names.len();
+        let whole: Vec<usize> = (0..set.data.len()).collect();
+        let scores = score(&predictions, &whole, labels, &options.metrics);
+        let subsets = set
+            .subsets
+            .iter()
+            .map(|s| (s.name.clone(), score(&predictions, &s.positions, labels, &options.metrics)))
+            .collect();
+        reports.push(SetReport {
+            name: set.name.clone(),
+            in_domain: set.in_domain,
+            truncated,
+            dropped,
+            scores,
+            subsets,
+        });
+    }
+    Ok(EvalReport { sets: reports, resources: meter.finish() })
+}
+
+/// Encodes a set's rows: (rows, truncated count, dropped count).
+fn encode_set(
+    set: &EvalSet,
+    prompt: &Prompt,
+    tokenizer: &Tokenizer,
+    options: &EvalOptions,
+) -> Result<(Vec<EncodedExample>, usize, usize)> {
+    let (mut rows, mut truncated, mut dropped) = (vec![], 0, 0);
+    for (position, example) in set.data.examples.iter().enumerate() {
+        let ids = if options.context.is_empty() {
+            let encoded = prompt.encode_within(tokenizer, "", example, options.max_length)?;
+            truncated += usize::from(encoded.truncated_tokens > 0);
+            encoded.ids
+        } else {
+            let ids = prompt.encode(tokenizer, &options.context, example)?;
+            if ids.len() > options.max_length {
+                dropped += 1;
+                continue;
+            }
+            ids
+        };
+        rows.push(EncodedExample { position, ids, label: example.label });
+    }
+    Ok((rows, truncated, dropped))
+}
+
+fn predict(
+    encoded: &[EncodedExample],
+    prompt: &Prompt,
+    tokenizer: &Tokenizer,
+    options: &EvalOptions,
+    scorer: &mut dyn FnMut(&Batch) -> Result<Tensor>,
+    meter: &mut PhaseMeter,
+) -> Result<Predictions> {
+    let mut rows = Vec::with_capacity(encoded.len());
+    for indices in batch::plan(encoded, options.batch_size, BatchOrder::ByLength) {
+        let batch = batch::collate(
+            tokenizer,
+            encoded,
+            &indices,
+            &prompt.word_ids,
+            crate::tokenizer::Padding::Right,
+            options.device,
+        );
+        let logits = scorer(&batch)?;
+        let rows_in_batch = batch.positions.len() as i64;
+        if logits.dim() != 2 || logits.size()[0] != rows_in_batch {
+            return Err(Error::Input(format!(
+                "a scorer returned logits {:?}, expected [{rows_in_batch}, V]",
+                logits.size()
+            )));
+        }
+        let verbalizer: Vec<i64> =
+            Vec::try_from(logits.index_select(1, &batch.verbalizer_ids).argmax(1, false).to_device(Device::Cpu))?;
+        let full: Vec<i64> = Vec::try_from(logits.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu))?;
+        for (row, &position) in batch.positions.iter().enumerate() {
+            let gold = batch.label_ids[row];
+            let hit = prompt.word_ids.get(gold) == Some(&full[row]);
+            rows.push((position, gold, verbalizer[row] as usize, hit));
+        }
+        meter.add_tokens(batch.tokens);
+    }
+    Ok(Predictions { rows })
+}
+
+/// Scores the rows at `positions` (rows that were dropped are absent).
+fn score(predictions: &Predictions, positions: &[usize], labels: usize, metrics: &[Metric]) -> Scores {
+    let wanted: std::collections::HashSet<usize> = positions.iter().copied().collect();
+    let rows: Vec<&(usize, usize, usize, bool)> = predictions.rows.iter().filter(|r| wanted.contains(&r.0)).collect();
+    let gold: Vec<usize> = rows.iter().map(|r| r.1).collect();
+    let predicted: Vec<usize> = rows.iter().map(|r| r.2).collect();
+    let (f1, mcc) = (metrics.contains(&Metric::MacroF1), metrics.contains(&Metric::Matthews));
+    let hits = rows.iter().filter(|r| r.3).count();
+    Scores {
+        examples: rows.len(),
+        verbalizer: MetricValues::of(&gold, &predicted, labels, f1, mcc),
+        full_vocab_accuracy: if rows.is_empty() { 0.0 } else { hits as f64 / rows.len() as f64 },
+        majority: MetricValues::majority_baseline(&gold, labels, f1, mcc),
+    }
+}
+
+#[cfg(test)]
+mod tests;

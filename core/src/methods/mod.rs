@@ -1,0 +1,189 @@
+//! Methods in a run: the objective and adapters loaded through the registry, the host they call
+//! back into, and the model's hook sites wired to the adapters.
+//!
+//! This is the only place the core meets the plugin ABI. Built-in methods come through here
+//! exactly like third-party ones (shared/DESIGN.md §2).
+
+pub mod hooks;
+pub mod host;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::RResult;
+use ftlab_registry::Registry;
+use ftlab_sdk::abi::{HostObject_TO, HostRef, MethodBox, PluginError};
+use ftlab_sdk::{Role, TaskInfo, Tensors};
+use serde::Serialize;
+use tch::Tensor;
+
+pub use host::{HostState, RunHost};
+
+use crate::error::{Error, Result};
+use crate::model::hooks::Site;
+use crate::model::Model;
+
+/// A method selected for a run: its name and hyperparameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodSpec {
+    /// Registered name.
+    pub name: String,
+    /// Hyperparameters (a JSON object; `{}` for the defaults).
+    pub config: serde_json::Value,
+}
+
+impl MethodSpec {
+    /// A method with its default hyperparameters.
+    pub fn named(name: &str) -> Self {
+        Self { name: name.into(), config: serde_json::json!({}) }
+    }
+}
+
+/// A created method instance.
+pub struct Loaded {
+    /// Registered name.
+    pub name: String,
+    /// The instance behind the ABI.
+    pub object: MethodBox,
+    sites: u8,
+}
+
+impl Loaded {
+    fn new(name: &str, object: MethodBox) -> Self {
+        let sites = object.sites().iter().fold(0u8, |mask, code| mask | (1u8 << (code & 7)));
+        Self { name: name.into(), object, sites }
+    }
+
+    /// Whether this method declared `site`.
+    pub fn acts_at(&self, site: Site) -> bool {
+        self.sites & (1 << site.code()) != 0
+    }
+}
+
+/// One objective and its adapters, attached to a model.
+pub struct MethodRun<'m> {
+    /// The base model.
+    pub model: &'m Model,
+    /// Decides the loss and the prediction.
+    pub objective: Loaded,
+    /// Choose what trains; act at hook sites, in this order.
+    pub adapters: Vec<Loaded>,
+    /// What methods reach through the host.
+    pub state: HostState,
+}
+
+impl<'m> MethodRun<'m> {
+    /// Creates the methods (adapters first, then the objective, so it may run the adapted
+    /// model), then freezes every base parameter no method wants trained.
+    pub fn new(
+        model: &'m Model,
+        registry: &Registry,
+        objective: &MethodSpec,
+        adapters: &[MethodSpec],
+        task: TaskInfo,
+        seed: u64,
+    ) -> Result<Self> {
+        let mut state = HostState::new(task, seed);
+        let mut loaded = Vec::with_capacity(adapters.len());
+        for spec in adapters {
+            let object = create(registry, model, &loaded, &mut state, spec, Role::Adapter)?;
+            loaded.push(Loaded::new(&spec.name, object));
+        }
+        let object = create(registry, model, &loaded, &mut state, objective, Role::Objective)?;
+        let run = Self { model, objective: Loaded::new(&objective.name, object), adapters: loaded, state };
+        run.apply_trainability()?;
+        Ok(run)
+    }
+
+    /// Whether base parameter `name` trains: with adapters, iff an adapter says so; without,
+    /// unless the objective says no (full fine-tuning by default).
+    pub fn base_trains(&self, name: &str) -> Result<bool> {
+        let ask = |m: &Loaded| m.object.trains(name.into()).into_result().map(|o| o.into_option());
+        if self.adapters.is_empty() {
+            return Ok(ask(&self.objective)?.unwrap_or(true));
+        }
+        for adapter in &self.adapters {
+            if ask(adapter)? == Some(true) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn apply_trainability(&self) -> Result<()> {
+        for (name, var) in self.model.vs.variables() {
+            let _ = var.set_requires_grad(self.base_trains(&name)?);
+        }
+        Ok(())
+    }
+
+    /// Every trainable tensor with its name: base parameters that train, then method parameters
+    /// (`<method>.<name>`). Frozen parameters get no optimizer state.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        let mut base: Vec<(String, Tensor)> =
+            self.model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
+        base.sort_by(|a, b| a.0.cmp(&b.0));
+        for (method, store) in &self.state.stores {
+            let mut own: Vec<(String, Tensor)> =
+                store.variables().into_iter().map(|(n, v)| (format!("{method}.{n}"), v)).collect();
+            own.sort_by(|a, b| a.0.cmp(&b.0));
+            base.extend(own);
+        }
+        base
+    }
+
+    /// Switches dropout on (training) or off (evaluation) for forwards that do not choose.
+    pub fn set_train(&mut self, train: bool) {
+        self.state.train = train;
+    }
+
+    /// The objective's training loss of `batch` and the metrics it and the host logged.
+    pub fn loss(&mut self, batch: Tensors) -> Result<(Tensor, Vec<(String, f64)>)> {
+        let reply = self.call_objective(|object, host| object.loss(host, batch.into_message()))?;
+        let mut reply = Tensors::from_message(reply).map_err(|e| Error::Input(e.to_string()))?;
+        let loss = reply.tensors.remove("loss").ok_or_else(|| self.missing("loss"))?;
+        let mut metrics: Vec<(String, f64)> = std::mem::take(&mut self.state.metrics);
+        if let serde_json::Value::Object(map) = reply.json {
+            metrics.extend(map.into_iter().filter_map(|(k, v)| v.as_f64().map(|v| (k, v))));
+        }
+        Ok((loss, metrics))
+    }
+
+    /// The objective's class scores `[B, num_labels]` for `batch`.
+    pub fn predict(&mut self, batch: Tensors) -> Result<Tensor> {
+        let reply = self.call_objective(|object, host| object.predict(host, batch.into_message()))?;
+        let mut reply = Tensors::from_message(reply).map_err(|e| Error::Input(e.to_string()))?;
+        reply.tensors.remove("scores").ok_or_else(|| self.missing("scores"))
+    }
+
+    /// Lets the objective precompute from the training data before training.
+    pub fn prepare(&mut self, data: Tensors) -> Result<()> {
+        self.call_objective(|object, host| object.prepare(host, data.into_message()))
+    }
+
+    /// Calls the objective with the host lent to it (the objective and the host's parts are
+    /// disjoint borrows of the run).
+    fn call_objective<T>(
+        &mut self,
+        call: impl FnOnce(&mut MethodBox, HostRef<'_>) -> RResult<T, PluginError>,
+    ) -> Result<T> {
+        let Loaded { name, object, .. } = &mut self.objective;
+        let mut host = RunHost { model: self.model, adapters: &self.adapters, state: &mut self.state, method: name };
+        Ok(call(object, HostObject_TO::from_ptr(&mut host, TD_Opaque)).into_result()?)
+    }
+
+    fn missing(&self, what: &str) -> Error {
+        Error::Input(format!("method `{}` returned no `{what}`", self.objective.name))
+    }
+}
+
+fn create(
+    registry: &Registry,
+    model: &Model,
+    adapters: &[Loaded],
+    state: &mut HostState,
+    spec: &MethodSpec,
+    role: Role,
+) -> Result<MethodBox> {
+    let mut host = RunHost { model, adapters, state, method: &spec.name };
+    let config = spec.config.to_string();
+    Ok(registry.create(&spec.name, role, &config, HostObject_TO::from_ptr(&mut host, TD_Opaque))?)
+}

@@ -1,0 +1,224 @@
+//! The trait a method author implements: hyperparameters, role, and the hooks it needs.
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::abi::Role;
+use crate::host::{ForwardRequest, Host, Logits};
+use crate::message::Tensors;
+use crate::{Error, Result};
+
+/// A hook site of the OPT forward pass (shared/DESIGN.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    /// Attention query projection output (before OPT's `head_dim^-0.5` scaling).
+    QProj,
+    /// Attention key projection output.
+    KProj,
+    /// Attention value projection output.
+    VProj,
+    /// Attention output projection output.
+    OutProj,
+    /// MLP up-projection output.
+    Fc1,
+    /// MLP down-projection output.
+    Fc2,
+    /// Token embeddings and mask, before positions are added.
+    Embeddings,
+    /// MLP activation output.
+    Activation,
+}
+
+impl Site {
+    /// The six linear sites, in forward order.
+    pub const LINEAR: [Site; 6] = [Site::QProj, Site::KProj, Site::VProj, Site::OutProj, Site::Fc1, Site::Fc2];
+
+    /// Every site.
+    pub const ALL: [Site; 8] = [
+        Site::QProj,
+        Site::KProj,
+        Site::VProj,
+        Site::OutProj,
+        Site::Fc1,
+        Site::Fc2,
+        Site::Embeddings,
+        Site::Activation,
+    ];
+
+    /// The HF module name (`q_proj`, …, `fc2`), `embed_tokens` or `activation_fn`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Site::QProj => "q_proj",
+            Site::KProj => "k_proj",
+            Site::VProj => "v_proj",
+            Site::OutProj => "out_proj",
+            Site::Fc1 => "fc1",
+            Site::Fc2 => "fc2",
+            Site::Embeddings => "embed_tokens",
+            Site::Activation => "activation_fn",
+        }
+    }
+
+    /// The HF module path of the site in `layer`, e.g. `model.decoder.layers.3.self_attn.q_proj`.
+    pub fn path(self, layer: i64) -> String {
+        match self {
+            Site::QProj | Site::KProj | Site::VProj | Site::OutProj => {
+                format!("model.decoder.layers.{layer}.self_attn.{}", self.name())
+            }
+            Site::Embeddings => "model.decoder.embed_tokens".into(),
+            _ => format!("model.decoder.layers.{layer}.{}", self.name()),
+        }
+    }
+
+    /// Parses a site name (`q_proj`, …).
+    pub fn from_name(name: &str) -> Option<Site> {
+        Site::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The code that crosses the ABI.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The site of an ABI code.
+    pub fn from_code(code: u8) -> Option<Site> {
+        Site::ALL.get(usize::from(code)).copied()
+    }
+}
+
+/// A batch handed to `loss` and `predict`: `input_ids` and `attention_mask` (int64 `[B, T]`),
+/// `labels` (int64 `[B]`, class indices), and whatever else the task provides, plus JSON
+/// metadata (e.g. the raw texts).
+pub type Batch = Tensors;
+
+impl Tensors {
+    /// Token ids, int64 `[B, T]`.
+    pub fn input_ids(&self) -> Result<&Tensor> {
+        self.get("input_ids")
+    }
+
+    /// 1 on tokens, 0 on padding, int64 `[B, T]`.
+    pub fn attention_mask(&self) -> Result<&Tensor> {
+        self.get("attention_mask")
+    }
+
+    /// Class indices, int64 `[B]`.
+    pub fn labels(&self) -> Result<&Tensor> {
+        self.get("labels")
+    }
+}
+
+/// A training loss and metrics to log beside it.
+#[derive(Debug)]
+pub struct Loss {
+    /// Scalar to minimise.
+    pub loss: Tensor,
+    /// Extra metrics for this step (name, value).
+    pub metrics: Vec<(String, f64)>,
+}
+
+impl Loss {
+    /// A loss with no extra metrics.
+    pub fn new(loss: Tensor) -> Self {
+        Self { loss, metrics: Vec::new() }
+    }
+}
+
+/// A fine-tuning method. Implement the hooks your method needs; every one defaults to
+/// "no change". Register it with [`crate::export_library!`].
+///
+/// ```ignore
+/// use ftlab_sdk::prelude::*;
+///
+/// /// Only biases train (Ben Zaken et al., 2022, https://arxiv.org/abs/2106.10199).
+/// #[derive(Default, Serialize, Deserialize, JsonSchema)]
+/// pub struct Config {}
+///
+/// pub struct BitFit;
+///
+/// impl Method for BitFit {
+///     const NAME: &'static str = "bitfit";
+///     const ROLE: Role = Role::Adapter;
+///     const DESCRIPTION: &'static str = "Trains only the bias terms.";
+///     type Config = Config;
+///     fn new(_: Config, _: &mut Host) -> Result<Self> { Ok(BitFit) }
+///     fn trains(&self, name: &str) -> Option<bool> { Some(name.ends_with(".bias")) }
+/// }
+///
+/// ftlab_sdk::export_library!(BitFit);
+/// ```
+pub trait Method: Sized + 'static {
+    /// Unique name users select the method by (`--plugin NAME` / `--adapter NAME`).
+    const NAME: &'static str;
+    /// Objective or adapter.
+    const ROLE: Role;
+    /// One paragraph for `ftlab plugins info`, with the paper link.
+    const DESCRIPTION: &'static str;
+    /// Hyperparameters: a struct whose `Default` gives the defaults and whose field docs
+    /// describe them. Unknown keys in a user's config are rejected by the SDK.
+    type Config: Serialize + DeserializeOwned + Default + JsonSchema;
+
+    /// Builds the method; create parameters with [`Host::parameter`].
+    fn new(config: Self::Config, host: &mut Host<'_>) -> Result<Self>;
+
+    /// The hook sites this method acts on (adapters); the host calls only these.
+    fn sites(&self) -> Vec<Site> {
+        Vec::new()
+    }
+
+    /// Whether the base parameter `name` (an HF checkpoint key) trains: `None` for no opinion.
+    /// With no adapter in a run, every base parameter trains unless the objective says no.
+    fn trains(&self, name: &str) -> Option<bool> {
+        let _ = name;
+        None
+    }
+
+    /// Token embeddings `[B, T, E]` and mask `[B, P + T]`; may prepend vectors (extend the mask).
+    fn embeddings(&self, embeds: Tensor, mask: Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((embeds, mask))
+    }
+
+    /// The output of linear `site` in `layer`, given its input.
+    fn linear(&self, layer: i64, site: Site, input: &Tensor, output: Tensor) -> Result<Tensor> {
+        let _ = (layer, site, input);
+        Ok(output)
+    }
+
+    /// The MLP activation in `layer`.
+    fn activation(&self, layer: i64, activation: Tensor) -> Result<Tensor> {
+        let _ = layer;
+        Ok(activation)
+    }
+
+    /// Work before training, given the training data (e.g. caching teacher distributions).
+    fn prepare(&mut self, host: &mut Host<'_>, data: &Tensors) -> Result<()> {
+        let _ = (host, data);
+        Ok(())
+    }
+
+    /// The training loss of a batch (objectives).
+    fn loss(&mut self, host: &mut Host<'_>, batch: &Batch) -> Result<Loss> {
+        let _ = (host, batch);
+        Err(Error::unsupported("loss"))
+    }
+
+    /// Class scores `[B, num_labels]` of a batch (objectives). The default scores each class by
+    /// the LM logit of its verbalizer token at the last real position, as pattern-based
+    /// methods and ICL do.
+    fn predict(&mut self, host: &mut Host<'_>, batch: &Batch) -> Result<Tensor> {
+        verbalizer_logits(host, batch, false)
+    }
+}
+
+/// LM logits of the task's verbalizer tokens at each row's last real token, `[B, num_labels]`,
+/// with or without autograd history.
+pub fn verbalizer_logits(host: &mut Host<'_>, batch: &Batch, grad: bool) -> Result<Tensor> {
+    let label_ids = host.task()?.label_token_ids;
+    let request = ForwardRequest { logits: Logits::Last, grad, ..Default::default() };
+    let out = host.forward(batch.input_ids()?, batch.attention_mask()?, &request)?;
+    let logits = out.logits.ok_or_else(|| Error::msg("the host returned no logits"))?;
+    let index = Tensor::from_slice(&label_ids).to_device(logits.device()).to_kind(Kind::Int64);
+    Ok(logits.index_select(1, &index))
+}

@@ -1,0 +1,156 @@
+//! End-to-end tests of `ftlab data list|show|sample`: what a user types, what they get back,
+//! and the errors bad data produces (naming the file, row and column; exit 1; no panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn ftlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", "/nonexistent-ftlab-test-cache")
+        .output()
+        .expect("the ftlab binary runs")
+}
+
+fn succeeds(args: &[&str]) -> String {
+    let out = ftlab(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ftlab {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(args: &[&str]) -> Value {
+    serde_json::from_str(&succeeds(args)).unwrap()
+}
+
+/// Runs ftlab expecting failure; returns stderr, checked for a clean error (no panic).
+fn fails(args: &[&str]) -> String {
+    let out = ftlab(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "ftlab {args:?} should fail with exit 1; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "ftlab {args:?} panicked: {stderr}");
+    stderr
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn list_shows_every_task_with_its_eval_sets() {
+    let tasks = json(&["data", "list", "--json"]);
+    let find = |name: &str| tasks.as_array().unwrap().iter().find(|t| t["name"] == name).cloned().unwrap();
+    assert_eq!(find("mnli")["eval_split"], "validation_matched");
+    assert_eq!(find("mnli")["ood"], serde_json::json!(["hans", "mnli-mm"]));
+    assert_eq!(find("qqp")["ood"], serde_json::json!(["paws-qqp"]));
+    assert_eq!(find("hans")["train_split"], Value::Null);
+    let text = succeeds(&["data", "list"]);
+    assert!(text.contains("synthetic-nli") && text.contains("cola-ood"), "{text}");
+}
+
+#[test]
+fn show_reports_sizes_balance_and_token_lengths() {
+    let report = json(&["data", "show", "paws-qqp", "--json"]);
+    let split = &report["splits"][0];
+    assert_eq!(split["rows"], 677);
+    assert_eq!(split["labels"][0]["count"], 486);
+    assert_eq!(split["labels"][1]["count"], 191);
+    let tokens = &split["tokens"];
+    assert!(tokens["p50"].as_u64() <= tokens["p90"].as_u64() && tokens["p99"].as_u64() <= tokens["max"].as_u64());
+    let subsets = report["eval_subsets"].as_array().unwrap();
+    assert_eq!(subsets[0], serde_json::json!(["paws-qqp-not_duplicate", 486]));
+
+    let report = json(&["data", "show", "synthetic-nli", "--json"]);
+    let rows: Vec<u64> = report["splits"].as_array().unwrap().iter().map(|s| s["rows"].as_u64().unwrap()).collect();
+    assert_eq!(rows, [2000, 500]);
+    let text = succeeds(&["data", "show", "cola-ood"]);
+    assert!(text.contains("acceptable 354 (68.6%)") && text.contains("unacceptable 162 (31.4%)"), "{text}");
+}
+
+#[test]
+fn sample_prints_numpy_indices_and_the_prompts_a_run_uses() {
+    let report = json(&["data", "sample", "synthetic-nli", "--k", "4", "--data-seed", "0", "--json"]);
+    // np.random.seed(0); np.random.choice(2000, 4, replace=False)
+    let positions: Vec<u64> =
+        report["train"].as_array().unwrap().iter().map(|r| r["position"].as_u64().unwrap()).collect();
+    assert_eq!(positions, [405, 1190, 1132, 731]);
+    let first = &report["train"][0];
+    assert!(first["query"].as_str().unwrap().ends_with(" ?"), "{first}");
+    assert_eq!(first["label_word"], if positions[0] % 2 == 0 { " Yes" } else { " No" });
+    let icl = report["icl_positions"].as_array().unwrap();
+    assert_eq!(icl.len(), 4);
+    let context = report["icl_context"].as_str().unwrap();
+    assert_eq!(context.matches("\n\n").count(), 4);
+    assert_eq!(context.matches(" ? Yes\n\n").count(), 2, "balanced: {context}");
+
+    let text = succeeds(&["data", "sample", "synthetic-nli", "--k", "3", "--data-seed", "1", "--style", "gpt3"]);
+    assert!(text.contains("question:") && text.contains("answer:"), "{text}");
+    assert!(text.contains("no in-context sample") && text.contains("divisible"), "{text}");
+    let err = fails(&["data", "sample", "hans", "--k", "2", "--data-seed", "0"]);
+    assert!(err.contains("eval-only"), "{err}");
+}
+
+#[test]
+fn users_files_load_through_a_column_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "mine.csv",
+        "s1,s2,gold\nA cat sleeps.,An animal rests.,entailment\nA dog runs.,Nothing moves.,contradiction\nA man eats.,A man sleeps.,1\n",
+    );
+    let columns = "premise=s1,hypothesis=s2,label=gold";
+    let report = json(&["data", "show", "mnli", "--file", file.to_str().unwrap(), "--columns", columns, "--json"]);
+    assert_eq!(report["splits"][0]["rows"], 3);
+    assert_eq!(report["splits"][0]["labels"][1]["count"], 2);
+    let sample = json(&[
+        "data",
+        "sample",
+        "mnli",
+        "--file",
+        file.to_str().unwrap(),
+        "--columns",
+        columns,
+        "--k",
+        "2",
+        "--data-seed",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(sample["train"].as_array().unwrap().len(), 2);
+    assert_eq!(sample["train"][0]["query"].as_str().unwrap().matches(" ?").count(), 1);
+}
+
+#[test]
+fn bad_files_are_errors_naming_file_row_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let show = |path: &Path, columns: &str| {
+        fails(&["data", "show", "rte", "--file", path.to_str().unwrap(), "--columns", columns])
+    };
+    let missing = write(dir.path(), "missing.tsv", "premise\thypothesis\nA\tB\n");
+    let err = show(&missing, "premise=premise");
+    assert!(err.contains("missing.tsv: column `label`: no such column"), "{err}");
+    let unknown = write(dir.path(), "unknown.tsv", "premise\thypothesis\tlabel\nA\tB\t0\nC\tD\tmaybe\n");
+    let err = show(&unknown, "label=label");
+    assert!(err.contains("unknown.tsv: row 2, column `label`: unknown label `maybe`"), "{err}");
+    let empty = write(dir.path(), "empty.tsv", "");
+    assert!(show(&empty, "label=label").contains("empty.tsv: the file is empty"));
+    let ragged = write(dir.path(), "ragged.tsv", "premise\thypothesis\tlabel\nA\tB\t0\nC\tD\n");
+    let err = show(&ragged, "label=label");
+    assert!(err.contains("ragged.tsv: row 2: line 3 has 2 fields but the header has 3"), "{err}");
+    let err = fails(&["data", "show", "rte", "--file", ragged.to_str().unwrap(), "--columns", "premise=a,question=b"]);
+    assert!(err.contains("unknown key `question`"), "{err}");
+}
+
+#[test]
+fn hub_tasks_offline_and_uncached_say_what_to_fetch() {
+    let err = fails(&["data", "show", "rte"]);
+    assert!(err.contains("nyu-mll/glue") && err.contains("rte/train-00000-of-00001.parquet"), "{err}");
+    assert!(err.contains("/nonexistent-ftlab-test-cache") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    let err = fails(&["data", "show", "no-such-task"]);
+    assert!(err.contains("unknown task `no-such-task`") && err.contains("mnli"), "{err}");
+}

@@ -1,0 +1,221 @@
+//! Method plugins end to end: a crate scaffolded by `ftlab plugins new` is built with cargo,
+//! found, loaded and trained on the embedded model; then every fault a plugin can have — a
+//! panic at load, in a hook, in the loss, a libtorch error — comes back as an error naming the
+//! method and the call, and the host keeps working.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use ftlab_core::methods::{MethodRun, MethodSpec};
+use ftlab_core::model::{ForwardInput, LoadOptions, Model};
+use ftlab_core::tokenizer::Padding;
+use ftlab_registry::Registry;
+use ftlab_sdk::{TaskInfo, Tensors};
+use tch::{Device, Tensor};
+
+fn ftlab(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ftlab")).args(args).output().unwrap()
+}
+
+/// Scaffolds an objective (`myce`) and an adapter (`myscale`) with `ftlab plugins new` and builds
+/// them with cargo, once per test binary; returns the folder holding the two libraries.
+fn scaffolded() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // Sources outside the workspace, as an author's would be (cargo reads the config of
+        // every folder above a crate); the target folder persists so reruns are quick.
+        let root = std::env::temp_dir().join(format!("ftlab-scaffold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target");
+        for (name, role) in [("myce", "objective"), ("myscale", "adapter")] {
+            let out = ftlab(&["plugins", "new", name, "--role", role, "--dir", root.join("src").to_str().unwrap()]);
+            assert!(out.status.success(), "plugins new: {}", String::from_utf8_lossy(&out.stderr));
+            let manifest = root.join("src").join(name).join("Cargo.toml");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--manifest-path", manifest.to_str().unwrap()])
+                .current_dir(root.join("src").join(name))
+                .env("CARGO_TARGET_DIR", &target)
+                .status()
+                .unwrap();
+            assert!(status.success(), "building the scaffolded {name} failed");
+        }
+        target.join("debug")
+    })
+}
+
+/// `target/<profile>`, where the workspace's fixture libraries are built.
+fn build_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ftlab")).parent().unwrap().to_path_buf()
+}
+
+fn registry() -> Registry {
+    Registry::from_dirs(&[scaffolded().to_path_buf(), build_dir()])
+}
+
+fn task(model: &Model) -> TaskInfo {
+    let words = [" Yes", " No"];
+    let ids = words
+        .iter()
+        .map(|w| model.tokenizer.encode_plain(w).unwrap())
+        .inspect(|ids| assert_eq!(ids.len(), 1))
+        .map(|ids| ids[0]);
+    TaskInfo {
+        name: "toy".into(),
+        label_words: words.iter().map(|w| w.to_string()).collect(),
+        label_token_ids: ids.collect(),
+    }
+}
+
+fn batch(model: &Model) -> Tensors {
+    let texts = [
+        "The cat sat on the mat. question: Is the cat on the mat? Yes or No? answer:",
+        "A dog is running. question: Is the dog asleep? Yes or No? answer:",
+    ];
+    let b = model.tokenizer.encode_batch(&texts, Padding::Right, Device::Cpu).unwrap();
+    Tensors::new()
+        .with("input_ids", b.input_ids)
+        .with("attention_mask", b.attention_mask)
+        .with("labels", Tensor::from_slice(&[0i64, 1]))
+}
+
+fn spec(name: &str) -> MethodSpec {
+    MethodSpec::named(name)
+}
+
+#[test]
+fn scaffolded_plugins_load_and_train_on_the_embedded_model() {
+    let model = Model::embedded(LoadOptions::default()).unwrap();
+    let before: Vec<(String, Tensor)> = model.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
+    let registry = registry();
+    let mut run = MethodRun::new(&model, &registry, &spec("myce"), &[spec("myscale")], task(&model), 0).unwrap();
+    run.set_train(false);
+
+    // Only the adapter's vectors train: one [ffn_dim] per layer.
+    let trainable = run.trainable();
+    assert_eq!(trainable.len(), 4);
+    assert!(trainable.iter().all(|(name, t)| name.starts_with("myscale.model.decoder.layers.") && t.size() == [256]));
+
+    let mut losses = Vec::new();
+    for _ in 0..20 {
+        let (loss, _) = run.loss(batch(&model)).unwrap();
+        losses.push(loss.double_value(&[]));
+        loss.backward();
+        tch::no_grad(|| {
+            for (_, t) in &trainable {
+                let mut t = t.shallow_clone();
+                // Sign descent: the random tiny model's gradients are small but consistent.
+                let _ = t.f_sub_(&(t.grad().sign() * 0.1)).unwrap();
+                let _ = t.grad().zero_();
+            }
+        });
+    }
+    assert!(losses[19] < 0.5 * losses[0], "loss should fall: {losses:?}");
+
+    // The frozen base is bit-identical.
+    for (name, old) in before {
+        assert!(model.vs.variables()[&name].equal(&old), "{name} changed");
+    }
+    // Predictions rank the trained labels first.
+    let scores = run.predict(batch(&model)).unwrap();
+    assert_eq!(Vec::<i64>::try_from(scores.argmax(1, false)).unwrap(), vec![0, 1]);
+}
+
+#[test]
+fn plugin_faults_become_errors_naming_method_and_call() {
+    let model = Model::embedded(LoadOptions::default()).unwrap();
+    let registry = registry();
+
+    let err = MethodRun::new(&model, &registry, &spec("myce"), &[spec("fault_panic_at_new")], task(&model), 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("fault_panic_at_new") && err.contains("`new`") && err.contains("deliberate panic at load"),
+        "{err}"
+    );
+
+    let mut run =
+        MethodRun::new(&model, &registry, &spec("myce"), &[spec("fault_panic_in_hook")], task(&model), 0).unwrap();
+    let err = run.loss(batch(&model)).unwrap_err().to_string();
+    assert!(
+        err.contains("fault_panic_in_hook")
+            && err.contains("model.decoder.layers.0.self_attn.q_proj")
+            && err.contains("deliberate panic in the hook"),
+        "{err}"
+    );
+
+    let mut run =
+        MethodRun::new(&model, &registry, &spec("myce"), &[spec("fault_torch_error")], task(&model), 0).unwrap();
+    let err = run.loss(batch(&model)).unwrap_err().to_string();
+    assert!(err.contains("fault_torch_error") && err.contains("fc1") && err.contains("panicked"), "{err}");
+
+    let mut run = MethodRun::new(&model, &registry, &spec("fault_panic_in_loss"), &[], task(&model), 0).unwrap();
+    let err = run.loss(batch(&model)).unwrap_err().to_string();
+    assert!(
+        err.contains("fault_panic_in_loss") && err.contains("`loss`") && err.contains("deliberate panic in loss"),
+        "{err}"
+    );
+
+    // Unknown hyperparameters are refused with the valid ones listed.
+    let bad = MethodSpec { name: "myscale".into(), config: serde_json::json!({"layer": 2}) };
+    let err = MethodRun::new(&model, &registry, &spec("myce"), &[bad], task(&model), 0).err().unwrap().to_string();
+    assert!(err.contains("unknown hyperparameter `layer`") && err.contains("layers"), "{err}");
+
+    // The host is still fine: the model runs.
+    let b = batch(&model);
+    let input = ForwardInput {
+        input_ids: Some(b.input_ids().unwrap()),
+        attention_mask: Some(b.attention_mask().unwrap()),
+        ..Default::default()
+    };
+    assert!(model.net.forward(input).is_ok());
+}
+
+#[test]
+fn cli_lists_refused_libraries_with_reasons_and_installs_verified_ones() {
+    let out = ftlab(&["plugins", "list", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let status_of = |lib: &str| {
+        rows.iter()
+            .find(|r| r["library"].as_str().unwrap().contains(lib))
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(status_of("libftlab_fixture_other_sdk").contains("ftlab-sdk 0.0.1"));
+    assert!(status_of("libftlab_fixture_twin").contains("already declared"));
+    assert_eq!(status_of("libftlab_fixture_faulty"), "ok");
+
+    let home = tempfile::tempdir().unwrap();
+    let lib = scaffolded().join(format!("libmyscale.{}", std::env::consts::DLL_EXTENSION));
+    let install = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(["plugins", "install", lib.to_str().unwrap()])
+        .env("XDG_DATA_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
+    assert!(home.path().join("ftlab/plugins/libmyscale.so").is_file());
+    let info = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(["plugins", "info", "myscale"])
+        .env("XDG_DATA_HOME", home.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.status.success() && text.contains("adapter") && text.contains("layers") && text.contains("integer"),
+        "{text}"
+    );
+
+    // Not a plugin: refused, nothing installed.
+    let junk = home.path().join("libjunk.so");
+    std::fs::write(&junk, b"junk").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(["plugins", "install", junk.to_str().unwrap()])
+        .env("XDG_DATA_HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!home.path().join("ftlab/plugins/libjunk.so").exists());
+}
