@@ -21,6 +21,6 @@ fn main() {
         })
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rerun-if-changed={}", root.join("version.py").display());
-    println!("cargo:rustc-env=FTLAB_LIBTORCH_VERSION={version}");
-    println!("cargo:rustc-env=FTLAB_LIBTORCH_DIR={dir}");
+    println!("cargo:rustc-env=BUILT_LIBTORCH_VERSION={version}");
+    println!("cargo:rustc-env=BUILT_LIBTORCH_DIR={dir}");
 }

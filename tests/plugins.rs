@@ -90,7 +90,7 @@ fn scaffolded_plugins_load_and_train_on_the_embedded_model() {
     let before: Vec<(String, Tensor)> = model.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
     let registry = registry();
     let mut run = MethodRun::new(&model, &registry, &spec("myce"), &[spec("myscale")], task(&model), 0).unwrap();
-    run.set_train(false);
+    run.set_train(false).unwrap();
 
     // Only the adapter's vectors train: one [ffn_dim] per layer.
     let trainable = run.trainable();

@@ -12,7 +12,7 @@ use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::Result;
-use crate::model::{ForwardInput, Model, OptConfig};
+use crate::model::{ForwardHooks, ForwardInput, Model, OptConfig};
 
 /// Timing of repeated steps over a fixed batch.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -82,6 +82,36 @@ pub fn train_step_throughput(model: &Model, batch: i64, seq: i64, repeats: usize
     Ok(throughput(&model.net.config, batch, seq, seconds, 3.0))
 }
 
+/// Median forward seconds without hooks and with `hooks`, measured alternately so drift in
+/// the machine's speed affects both alike.
+pub fn hook_overhead(
+    model: &Model,
+    hooks: &dyn ForwardHooks,
+    batch: i64,
+    seq: i64,
+    repeats: usize,
+) -> Result<(f64, f64)> {
+    let ids = random_batch(model, batch, seq);
+    let run = |hooks: Option<&dyn ForwardHooks>| -> Result<f64> {
+        let start = Instant::now();
+        tch::no_grad(|| model.net.forward(ForwardInput { input_ids: Some(&ids), hooks, ..Default::default() }))?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    run(None)?;
+    run(Some(hooks))?;
+    let (mut plain, mut hooked) = (Vec::new(), Vec::new());
+    for _ in 0..repeats.max(1) {
+        plain.push(run(None)?);
+        hooked.push(run(Some(hooks))?);
+    }
+    Ok((median(plain), median(hooked)))
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 fn throughput(c: &OptConfig, batch: i64, seq: i64, seconds: f64, flop_factor: f64) -> Throughput {
     let tokens = (batch * seq) as f64;
     Throughput {
@@ -100,8 +130,7 @@ fn median_seconds(repeats: usize, mut step: impl FnMut() -> Result<()>) -> Resul
         step()?;
         times.push(start.elapsed().as_secs_f64());
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(median(times))
 }
 
 #[cfg(test)]

@@ -111,6 +111,9 @@ pub enum Error {
         /// The hook's own message.
         message: String,
     },
+    /// A run's configuration is invalid (unknown key, bad value, missing experiment file).
+    #[error("run configuration: {0}")]
+    RunConfig(String),
     /// A method failed (panicked, errored, or refused its hyperparameters); the message names
     /// the method and the call.
     #[error(transparent)]

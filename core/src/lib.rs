@@ -11,6 +11,7 @@ pub mod error;
 pub mod eval;
 pub mod methods;
 pub mod model;
+pub mod run;
 pub mod tokenizer;
 
 pub use device::{DeviceSpec, Dtype};

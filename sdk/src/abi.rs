@@ -228,8 +228,12 @@ pub trait MethodObject {
 
     /// Class scores of a batch: a message with a tensor `scores` `[B, num_labels]`.
     /// Ownership as in `loss`.
-    #[sabi(last_prefix_field)]
     fn predict(&mut self, host: HostRef<'_>, batch: Message) -> RResult<Message, PluginError>;
+
+    /// Switches training behaviour (e.g. dropout inside hooks) on or off, as the run moves
+    /// between training and evaluation.
+    #[sabi(last_prefix_field)]
+    fn set_train(&mut self, train: bool) -> RResult<(), PluginError>;
 }
 
 /// The owned method object the host keeps.
@@ -281,13 +285,13 @@ impl RootModule for MethodLibraryRef {
 
 /// The libtorch folder this SDK was compiled against (plugins scaffolded by `ftlab plugins new`
 /// build against the same one).
-pub const LIBTORCH_DIR: &str = env!("FTLAB_LIBTORCH_DIR");
+pub const LIBTORCH_DIR: &str = env!("BUILT_LIBTORCH_DIR");
 
 /// The versions this copy of the SDK was compiled with.
 pub fn this_abi() -> AbiInfo {
     AbiInfo {
         sdk_version: env!("CARGO_PKG_VERSION").into(),
         tch_version: crate::TCH_VERSION.into(),
-        libtorch_version: env!("FTLAB_LIBTORCH_VERSION").into(),
+        libtorch_version: env!("BUILT_LIBTORCH_VERSION").into(),
     }
 }

@@ -196,6 +196,17 @@ impl<M: Method> MethodObject for Object<M> {
             },
         )
     }
+
+    fn set_train(&mut self, train: bool) -> RResult<(), PluginError> {
+        guard(
+            M::NAME,
+            || format!("set_train({train})"),
+            || {
+                self.0.set_train(train);
+                Ok(())
+            },
+        )
+    }
 }
 
 static LIBRARY_VERSION: OnceLock<&'static str> = OnceLock::new();

@@ -23,7 +23,7 @@ pub use abi::Role;
 pub use error::{Error, Result};
 pub use host::{ForwardOutput, ForwardRequest, Host, HostRequest, Init, Logits, ModelInfo, TaskInfo};
 pub use message::Tensors;
-pub use method::{verbalizer_logits, Batch, Loss, Method, Site};
+pub use method::{last_token_logits, verbalizer_logits, Batch, Loss, Method, Site};
 
 #[doc(hidden)]
 pub use inventory;
@@ -47,7 +47,7 @@ pub mod template {
 /// Everything a method file needs.
 pub mod prelude {
     pub use crate::host::{ForwardRequest, Host, Init, Logits};
-    pub use crate::method::{verbalizer_logits, Batch, Loss, Method, Site};
+    pub use crate::method::{last_token_logits, verbalizer_logits, Batch, Loss, Method, Site};
     pub use crate::{Error, Result, Role, Tensors};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

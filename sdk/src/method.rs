@@ -88,9 +88,16 @@ impl Site {
     }
 }
 
-/// A batch handed to `loss` and `predict`: `input_ids` and `attention_mask` (int64 `[B, T]`),
-/// `labels` (int64 `[B]`, class indices), and whatever else the task provides, plus JSON
-/// metadata (e.g. the raw texts).
+/// A batch handed to `loss` and `predict`. Tensors: `input_ids` and `attention_mask` (int64
+/// `[B, T]`, right-padded, `</s>` first), `labels` (int64 `[B]`, class indices),
+/// `label_token_ids` (int64 `[B]`, each row's gold verbalizer token) and `verbalizer_ids`
+/// (int64 `[C]`). JSON: `{"prompts": [...]}`, each row's rendered prompt (no label word).
+///
+/// The data handed to `prepare` has the same tensors for the whole training set, and JSON with
+/// `prompts`, `demonstrations` (each training example rendered as an in-context demonstration,
+/// label word included), `separator` (between demonstrations), `context` (the run's in-context
+/// demonstrations, balanced and shuffled as the protocol prescribes, ending with the separator)
+/// and `unlabelled` (prompts of unlabelled task inputs, when the run has any).
 pub type Batch = Tensors;
 
 impl Tensors {
@@ -107,6 +114,17 @@ impl Tensors {
     /// Class indices, int64 `[B]`.
     pub fn labels(&self) -> Result<&Tensor> {
         self.get("labels")
+    }
+
+    /// Each row's gold verbalizer token id, int64 `[B]`.
+    pub fn label_token_ids(&self) -> Result<&Tensor> {
+        self.get("label_token_ids")
+    }
+
+    /// A string list from the JSON metadata (e.g. `prompts`).
+    pub fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let value = self.json.get(key).ok_or_else(|| Error::msg(format!("no `{key}` in the batch metadata")))?;
+        Ok(serde_json::from_value(value.clone())?)
     }
 }
 
@@ -192,6 +210,11 @@ pub trait Method: Sized + 'static {
         Ok(activation)
     }
 
+    /// Training (`true`) or evaluation (`false`) from now on: e.g. dropout inside hooks.
+    fn set_train(&mut self, train: bool) {
+        let _ = train;
+    }
+
     /// Work before training, given the training data (e.g. caching teacher distributions).
     fn prepare(&mut self, host: &mut Host<'_>, data: &Tensors) -> Result<()> {
         let _ = (host, data);
@@ -204,21 +227,27 @@ pub trait Method: Sized + 'static {
         Err(Error::unsupported("loss"))
     }
 
-    /// Class scores `[B, num_labels]` of a batch (objectives). The default scores each class by
-    /// the LM logit of its verbalizer token at the last real position, as pattern-based
-    /// methods and ICL do.
+    /// Scores of a batch (objectives): next-token logits `[B, V]` at each row's last real token,
+    /// which the evaluation scores both over the verbalizer and over the whole vocabulary, or
+    /// class scores `[B, num_labels]` (e.g. a classification head). The default returns the LM
+    /// logits, as pattern-based methods and ICL predict.
     fn predict(&mut self, host: &mut Host<'_>, batch: &Batch) -> Result<Tensor> {
-        verbalizer_logits(host, batch, false)
+        last_token_logits(host, batch, false)
     }
+}
+
+/// LM logits `[B, V]` at each row's last real token, with or without autograd history.
+pub fn last_token_logits(host: &mut Host<'_>, batch: &Batch, grad: bool) -> Result<Tensor> {
+    let request = ForwardRequest { logits: Logits::Last, grad, ..Default::default() };
+    let out = host.forward(batch.input_ids()?, batch.attention_mask()?, &request)?;
+    out.logits.ok_or_else(|| Error::msg("the host returned no logits"))
 }
 
 /// LM logits of the task's verbalizer tokens at each row's last real token, `[B, num_labels]`,
 /// with or without autograd history.
 pub fn verbalizer_logits(host: &mut Host<'_>, batch: &Batch, grad: bool) -> Result<Tensor> {
     let label_ids = host.task()?.label_token_ids;
-    let request = ForwardRequest { logits: Logits::Last, grad, ..Default::default() };
-    let out = host.forward(batch.input_ids()?, batch.attention_mask()?, &request)?;
-    let logits = out.logits.ok_or_else(|| Error::msg("the host returned no logits"))?;
+    let logits = last_token_logits(host, batch, grad)?;
     let index = Tensor::from_slice(&label_ids).to_device(logits.device()).to_kind(Kind::Int64);
     Ok(logits.index_select(1, &index))
 }

@@ -5,6 +5,8 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use ftlab_core::bench::{self, Throughput};
+use ftlab_core::methods::hooks::AdapterHooks;
+use ftlab_core::methods::{load_adapters, HostState, MethodSpec};
 use ftlab_core::model::config::OPT_125M_CONFIG;
 use ftlab_core::model::{tiny, LoadOptions, Model, OptConfig};
 use ftlab_core::DeviceSpec;
@@ -20,6 +22,32 @@ pub enum BenchCommand {
     /// the machine's matmul rate each achieves. `scripts/bench-model` runs it with the
     /// reference packages installed.
     Model(ModelBench),
+    /// The cost of crossing the plugin ABI: forward of an OPT shape with no method vs the
+    /// `probe_noop` adapter hooking every site (built with the workspace's test fixtures:
+    /// `cargo build --release --workspace`). Target: under 2% of forward time.
+    Hooks(HooksBench),
+}
+
+#[derive(Debug, Args)]
+pub struct HooksBench {
+    /// A config.json to take the shape from (default: facebook/opt-125m's).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: i64,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: i64,
+    /// Timed forwards of each kind (median reported), alternating.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -73,15 +101,50 @@ struct Report {
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Model(args) => model(args),
+        BenchCommand::Hooks(args) => hooks(args),
     }
 }
 
-fn model(args: ModelBench) -> anyhow::Result<ExitCode> {
-    let config_text = match &args.config {
+/// The benchmark shape: a config.json, or opt-125m's.
+fn shape(path: Option<&std::path::Path>) -> anyhow::Result<(String, OptConfig)> {
+    let text = match path {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         None => OPT_125M_CONFIG.to_string(),
     };
-    let config = OptConfig::from_json(&config_text, args.config.as_deref().unwrap_or("<opt-125m>".as_ref()))?;
+    let config = OptConfig::from_json(&text, path.unwrap_or("<opt-125m>".as_ref()))?;
+    Ok((text, config))
+}
+
+fn hooks(args: HooksBench) -> anyhow::Result<ExitCode> {
+    let (_, config) = shape(args.config.as_deref())?;
+    tch::set_num_threads(args.threads);
+    let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions::default())?;
+    let registry = ftlab_registry::Registry::discover();
+    let task = ftlab_sdk::TaskInfo { name: "bench".into(), label_words: vec![], label_token_ids: vec![] };
+    let mut state = HostState::new(task, 0);
+    let adapters = load_adapters(&model, &registry, &[MethodSpec::named("probe_noop")], &mut state)
+        .context("loading the probe_noop fixture (build it with `cargo build --release --workspace`)")?;
+    let hooks = AdapterHooks { adapters: &adapters };
+    let calls = config.num_hidden_layers * 7 + 1;
+    eprintln!(
+        "measuring: {} × {} tokens, {} threads, {calls} hook calls per forward …",
+        args.batch, args.seq, args.threads
+    );
+    let (plain, hooked) = bench::hook_overhead(&model, &hooks, args.batch, args.seq, args.repeats)?;
+    let overhead = 100.0 * (hooked / plain - 1.0);
+    if args.json {
+        let report = serde_json::json!({"plain_seconds": plain, "hooked_seconds": hooked, "overhead_percent": overhead, "hook_calls": calls});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("forward, no method:               {plain:.3} s");
+        println!("forward, no-op hook at all {calls} sites: {hooked:.3} s");
+        println!("ABI overhead:                     {overhead:+.2}% (target < 2%)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn model(args: ModelBench) -> anyhow::Result<ExitCode> {
+    let (config_text, config) = shape(args.config.as_deref())?;
     tch::set_num_threads(args.threads);
     let device = args.device.resolve()?;
     let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions { device, ..Default::default() })?;

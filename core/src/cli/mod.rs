@@ -4,6 +4,7 @@ mod bench;
 mod data;
 mod model;
 mod plugins;
+mod run;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,8 @@ enum Command {
     /// Measure throughput against reference implementations.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Train (or prompt) with a method and evaluate in- and out-of-domain.
+    Run(Box<run::RunArgs>),
     /// List, describe, install and scaffold method plugins.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -43,6 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(command) => bench::run(command),
         Command::Data(command) => data::run(command),
         Command::Plugins(command) => plugins::run(command),
+        Command::Run(args) => run::run(*args),
     }
 }
 

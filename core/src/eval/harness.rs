@@ -4,7 +4,7 @@
 //! phase's time, throughput and memory.
 //!
 //! The scorer is `FnMut(&Batch) -> Result<Tensor>` returning `[B, V]` logits at each row's last
-//! token, so a method plugin, a fine-tuned model or an in-context model plug in alike;
+//! token, or `[B, C]` class scores (one column per label word, e.g. a classification head), so a method plugin, a fine-tuned model or an in-context model plug in alike;
 //! [`model_scorer`] wraps an [`OptForCausalLM`] (`LogitsAt::LastToken`, no gradients).
 //! With an in-context prefix, rows that would not fit the window are dropped and counted (as
 //! llmft does); without one, long rows are shortened from the premise side and counted.
@@ -44,8 +44,9 @@ pub struct Scores {
     pub examples: usize,
     /// Argmax over the label words.
     pub verbalizer: MetricValues,
-    /// Accuracy of the argmax over the whole vocabulary (the gold label word must win).
-    pub full_vocab_accuracy: f64,
+    /// Accuracy of the argmax over the whole vocabulary (the gold label word must win); `None`
+    /// when the scorer returned class scores (e.g. a classification head).
+    pub full_vocab_accuracy: Option<f64>,
     /// Always predicting this set's majority label.
     pub majority: MetricValues,
 }
@@ -78,8 +79,9 @@ pub struct EvalReport {
 
 /// What one eval set's rows became.
 struct Predictions {
-    /// Per scored row: (position in the set, gold label, verbalizer prediction, full-vocab hit).
-    rows: Vec<(usize, usize, usize, bool)>,
+    /// Per scored row: (position in the set, gold label, verbalizer prediction, full-vocab hit
+    /// when the scorer gave vocabulary logits).
+    rows: Vec<(usize, usize, usize, Option<bool>)>,
 }
 
 /// Wraps a model as a scorer: logits at each row's last non-pad token, without gradients.
@@ -187,16 +189,23 @@ fn predict(
         let rows_in_batch = batch.positions.len() as i64;
         if logits.dim() != 2 || logits.size()[0] != rows_in_batch {
             return Err(Error::Input(format!(
-                "a scorer returned logits {:?}, expected [{rows_in_batch}, V]",
+                "a scorer returned logits {:?}, expected [{rows_in_batch}, V] or [{rows_in_batch}, C]",
                 logits.size()
             )));
         }
-        let verbalizer: Vec<i64> =
-            Vec::try_from(logits.index_select(1, &batch.verbalizer_ids).argmax(1, false).to_device(Device::Cpu))?;
-        let full: Vec<i64> = Vec::try_from(logits.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu))?;
+        // Class scores (one column per label word) or next-token logits over the vocabulary.
+        let class_scores = logits.size()[1] == prompt.word_ids.len() as i64;
+        let by_class =
+            if class_scores { logits.shallow_clone() } else { logits.index_select(1, &batch.verbalizer_ids) };
+        let verbalizer: Vec<i64> = Vec::try_from(by_class.argmax(1, false).to_device(Device::Cpu))?;
+        let full: Option<Vec<i64>> = if class_scores {
+            None
+        } else {
+            Some(Vec::try_from(logits.argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu))?)
+        };
         for (row, &position) in batch.positions.iter().enumerate() {
             let gold = batch.label_ids[row];
-            let hit = prompt.word_ids.get(gold) == Some(&full[row]);
+            let hit = full.as_ref().map(|full| prompt.word_ids.get(gold) == Some(&full[row]));
             rows.push((position, gold, verbalizer[row] as usize, hit));
         }
         meter.add_tokens(batch.tokens);
@@ -207,15 +216,18 @@ fn predict(
 /// Scores the rows at `positions` (rows that were dropped are absent).
 fn score(predictions: &Predictions, positions: &[usize], labels: usize, metrics: &[Metric]) -> Scores {
     let wanted: std::collections::HashSet<usize> = positions.iter().copied().collect();
-    let rows: Vec<&(usize, usize, usize, bool)> = predictions.rows.iter().filter(|r| wanted.contains(&r.0)).collect();
+    let rows: Vec<&(usize, usize, usize, Option<bool>)> =
+        predictions.rows.iter().filter(|r| wanted.contains(&r.0)).collect();
     let gold: Vec<usize> = rows.iter().map(|r| r.1).collect();
     let predicted: Vec<usize> = rows.iter().map(|r| r.2).collect();
     let (f1, mcc) = (metrics.contains(&Metric::MacroF1), metrics.contains(&Metric::Matthews));
-    let hits = rows.iter().filter(|r| r.3).count();
+    let hits: Option<Vec<bool>> = rows.iter().map(|r| r.3).collect();
     Scores {
         examples: rows.len(),
         verbalizer: MetricValues::of(&gold, &predicted, labels, f1, mcc),
-        full_vocab_accuracy: if rows.is_empty() { 0.0 } else { hits as f64 / rows.len() as f64 },
+        full_vocab_accuracy: hits
+            .filter(|h| !h.is_empty())
+            .map(|h| h.iter().filter(|&&x| x).count() as f64 / h.len() as f64),
         majority: MetricValues::majority_baseline(&gold, labels, f1, mcc),
     }
 }

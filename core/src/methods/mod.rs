@@ -82,11 +82,7 @@ impl<'m> MethodRun<'m> {
         seed: u64,
     ) -> Result<Self> {
         let mut state = HostState::new(task, seed);
-        let mut loaded = Vec::with_capacity(adapters.len());
-        for spec in adapters {
-            let object = create(registry, model, &loaded, &mut state, spec, Role::Adapter)?;
-            loaded.push(Loaded::new(&spec.name, object));
-        }
+        let loaded = load_adapters(model, registry, adapters, &mut state)?;
         let object = create(registry, model, &loaded, &mut state, objective, Role::Objective)?;
         let run = Self { model, objective: Loaded::new(&objective.name, object), adapters: loaded, state };
         run.apply_trainability()?;
@@ -130,9 +126,14 @@ impl<'m> MethodRun<'m> {
         base
     }
 
-    /// Switches dropout on (training) or off (evaluation) for forwards that do not choose.
-    pub fn set_train(&mut self, train: bool) {
+    /// Switches dropout on (training) or off (evaluation) for forwards that do not choose, and
+    /// tells every method.
+    pub fn set_train(&mut self, train: bool) -> Result<()> {
         self.state.train = train;
+        for method in self.adapters.iter_mut().chain(std::iter::once(&mut self.objective)) {
+            method.object.set_train(train).into_result()?;
+        }
+        Ok(())
     }
 
     /// The objective's training loss of `batch` and the metrics it and the host logged.
@@ -173,6 +174,21 @@ impl<'m> MethodRun<'m> {
     fn missing(&self, what: &str) -> Error {
         Error::Input(format!("method `{}` returned no `{what}`", self.objective.name))
     }
+}
+
+/// Creates adapters in order; each may see the ones before it in its host's forward passes.
+pub fn load_adapters(
+    model: &Model,
+    registry: &Registry,
+    specs: &[MethodSpec],
+    state: &mut HostState,
+) -> Result<Vec<Loaded>> {
+    let mut loaded = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let object = create(registry, model, &loaded, state, spec, Role::Adapter)?;
+        loaded.push(Loaded::new(&spec.name, object));
+    }
+    Ok(loaded)
 }
 
 fn create(

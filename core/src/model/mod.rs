@@ -14,7 +14,7 @@ pub mod tiny;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
 use tch::Device;
 
@@ -47,7 +47,7 @@ impl Default for LoadOptions {
 }
 
 /// Where a loaded model came from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelOrigin {
     /// The name the user gave (`tiny-opt`, a folder, `org/name`).
     pub id: String,

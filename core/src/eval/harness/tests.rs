@@ -38,7 +38,7 @@ fn a_constant_scorer_scores_as_its_label_and_matches_the_majority_baseline() {
     assert_eq!((in_domain.name.as_str(), in_domain.scores.examples), ("synthetic-nli", 10));
     // 5 of 10 validation rows are label 0 (labels alternate).
     assert_eq!(in_domain.scores.verbalizer.accuracy, 0.5);
-    assert_eq!(in_domain.scores.full_vocab_accuracy, 0.5);
+    assert_eq!(in_domain.scores.full_vocab_accuracy, Some(0.5));
     assert_eq!(in_domain.scores.verbalizer.matthews, Some(0.0));
     assert!((in_domain.scores.verbalizer.macro_f1.unwrap() - (2.0 / 3.0) / 2.0).abs() < 1e-12);
     assert_eq!(in_domain.scores.majority, in_domain.scores.verbalizer, "always-0 is the majority predictor");
@@ -72,7 +72,7 @@ fn full_vocabulary_accuracy_needs_the_gold_word_to_win_everything() {
     };
     let report = evaluate(&sets, &prompt, &tokenizer, &options(vec![]), &mut scorer).unwrap();
     let scores = &report.sets[0].scores;
-    assert_eq!((scores.verbalizer.accuracy, scores.full_vocab_accuracy), (1.0, 0.0));
+    assert_eq!((scores.verbalizer.accuracy, scores.full_vocab_accuracy), (1.0, Some(0.0)));
     assert_eq!(scores.verbalizer.macro_f1, None);
 }
 

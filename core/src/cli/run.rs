@@ -1,0 +1,142 @@
+//! `ftlab run`: one run from an experiment file, `FTLAB_*` variables and flags.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use ftlab_core::run::config::parse_set;
+use ftlab_core::run::{self, RunConfig, RunOptions, RunRecord};
+use ftlab_registry::Registry;
+
+/// Train (or prompt) with a method and evaluate in- and out-of-domain.
+///
+/// Settings are layered: defaults ← `--config FILE` (TOML) ← `FTLAB_*` environment variables
+/// (`FTLAB_TRAIN__LR=1e-4`) ← these flags and `--set key=value`. With no config the run uses the
+/// embedded tiny model and synthetic NLI task. The run folder (`OUT/NAME/`) receives the
+/// resolved config, per-epoch metrics (`metrics.jsonl`), checkpoints and `record.json`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The objective method (`ftlab plugins list`), e.g. pbft, vanilla_ft, icl, context_distill.
+    #[arg(long)]
+    plugin: Option<String>,
+    /// An adapter method, repeatable (e.g. `--adapter lora`); none means full fine-tuning.
+    #[arg(long = "adapter")]
+    adapters: Vec<String>,
+    /// Experiment file (TOML) with any of the settings.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model: `tiny-opt`, a folder, or a hub id such as facebook/opt-125m.
+    #[arg(long)]
+    model: Option<String>,
+    /// Task (`ftlab data list`).
+    #[arg(long)]
+    task: Option<String>,
+    /// Few-shot training-set size k.
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Seed of the few-shot draw and demonstrations.
+    #[arg(long)]
+    data_seed: Option<u32>,
+    /// Seed of initialisation, dropout and batch order.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Folder for run folders (default `runs`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Any setting by its dotted key, repeatable: `--set train.lr=3e-5 --set eval.max_examples=500`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Continue an interrupted run from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Run again even if the run folder holds a finished run.
+    #[arg(long)]
+    force: bool,
+    /// Stop after this many epochs (continue later with --resume), e.g. for time-limited jobs.
+    #[arg(long)]
+    epochs_budget: Option<usize>,
+    /// Print the record as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl RunArgs {
+    /// Flags as dotted-key overrides, then `--set` in order.
+    fn overrides(&self) -> anyhow::Result<Vec<(String, toml::Value)>> {
+        let mut o: Vec<(String, toml::Value)> = Vec::new();
+        let mut put = |key: &str, value: toml::Value| o.push((key.into(), value));
+        if let Some(v) = &self.plugin {
+            put("method.name", v.clone().into());
+        }
+        if !self.adapters.is_empty() {
+            let table =
+                |name: &String| toml::Value::Table(toml::Table::from_iter([("name".to_string(), name.clone().into())]));
+            let tables = self.adapters.iter().map(table).collect();
+            put("adapters", toml::Value::Array(tables));
+        }
+        if let Some(v) = &self.model {
+            put("model", v.clone().into());
+        }
+        if let Some(v) = &self.task {
+            put("task", v.clone().into());
+        }
+        if let Some(v) = self.shots {
+            put("shots", (v as i64).into());
+        }
+        if let Some(v) = self.data_seed {
+            put("data_seed", i64::from(v).into());
+        }
+        if let Some(v) = self.seed {
+            put("seed", (v as i64).into());
+        }
+        if let Some(v) = &self.out {
+            put("out", v.display().to_string().into());
+        }
+        for assignment in &self.sets {
+            o.push(parse_set(assignment)?);
+        }
+        Ok(o)
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = RunConfig::load(args.config.as_deref(), &args.overrides()?)?;
+    let options = RunOptions { resume: args.resume, force: args.force, epochs_budget: args.epochs_budget };
+    eprintln!("run {} → {}", config.run_name(), config.out.join(config.run_name()).display());
+    let record = run::run(&config, &options, &Registry::discover())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        print_summary(&record);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(record: &RunRecord) {
+    if record.status == "paused" {
+        println!("paused after the epoch budget; continue with --resume");
+        return;
+    }
+    let Some(last) = &record.last else { return };
+    println!("{} ({} trainable parameters)", record.name, record.trainable_parameters);
+    println!("| eval set | examples | accuracy | full-vocab acc. | majority |");
+    println!("|---|---|---|---|---|");
+    for set in last.report.as_array().into_iter().flatten() {
+        let scores = &set["scores"];
+        let number = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.3}"));
+        println!(
+            "| {}{} | {} | {} | {} | {} |",
+            set["name"].as_str().unwrap_or("?"),
+            if set["in_domain"].as_bool() == Some(true) { "" } else { " (OOD)" },
+            scores["examples"],
+            number(&scores["verbalizer"]["accuracy"]),
+            number(&scores["full_vocab_accuracy"]),
+            number(&scores["majority"]["accuracy"]),
+        );
+    }
+    if let Some((epoch, best)) = &record.best {
+        println!("best in-domain accuracy {:.3} after epoch {epoch}", best.acc_in);
+    }
+    let t = &record.timings;
+    println!("time: load {:.1}s, prepare {:.1}s, train {:.1}s, eval {:.1}s", t.load, t.prepare, t.train, t.eval);
+}

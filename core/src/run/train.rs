@@ -1,0 +1,156 @@
+//! The training loop: batches → the objective's loss → backward → clipped AdamW step, epoch by
+//! epoch, evaluating after each epoch and checkpointing so an interrupted run resumes exactly.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::config::RunConfig;
+use super::data::RunData;
+use super::optim::{learning_rate, AdamW};
+use super::record::RunDir;
+use crate::data::batch::{self, BatchOrder};
+use crate::error::{Error, Result};
+use crate::methods::MethodRun;
+use crate::tokenizer::Tokenizer;
+
+/// Where training stands; saved beside each checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Optimizer steps taken.
+    pub steps: usize,
+}
+
+/// One epoch's line in `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Optimizer steps so far.
+    pub step: usize,
+    /// Mean training loss over the epoch.
+    pub train_loss: f64,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Metrics the methods logged (averaged over the epoch).
+    pub method_metrics: Vec<(String, f64)>,
+    /// Evaluation after this epoch, if any.
+    pub eval: Option<serde_json::Value>,
+}
+
+/// Optimizer steps of the whole run.
+pub fn total_steps(config: &RunConfig, examples: usize) -> usize {
+    let per_epoch = examples.div_ceil(config.train.batch_size);
+    config.train.max_steps.unwrap_or(per_epoch * config.train.epochs)
+}
+
+/// Runs one epoch (`epoch` is 0-based); returns its metrics without evaluation.
+pub fn train_epoch(
+    config: &RunConfig,
+    run: &mut MethodRun,
+    data: &RunData,
+    tokenizer: &Tokenizer,
+    optimizer: &mut AdamW,
+    epoch: usize,
+    total: usize,
+) -> Result<EpochMetrics> {
+    run.set_train(true)?;
+    // Dropout and batch order depend only on (seed, epoch): a resumed run repeats them.
+    let epoch_seed = config.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
+    tch::manual_seed(epoch_seed as i64);
+    let micro = config.train.batch_size / config.train.grad_accum;
+    let device = run.model.device();
+    let batches = batch::batches(
+        tokenizer,
+        &data.encoded,
+        &data.prompt.word_ids,
+        micro,
+        BatchOrder::BucketedShuffled { seed: epoch_seed },
+        device,
+    );
+    let bar = progress_bar(batches.len() as u64, &format!("epoch {}", epoch + 1));
+    let (mut loss_sum, mut loss_count, mut lr) = (0.0, 0usize, 0.0);
+    let mut method_metrics: Vec<(String, f64)> = Vec::new();
+    for group in batches.chunks(config.train.grad_accum) {
+        if optimizer.step >= total {
+            break;
+        }
+        optimizer.zero_grad();
+        for b in group {
+            let (loss, metrics) = run.loss(data.method_batch(b, &data.train))?;
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Err(Error::Input(format!(
+                    "the loss became {value} at step {} (lower train.lr?)",
+                    optimizer.step + 1
+                )));
+            }
+            (loss / group.len() as f64).backward();
+            loss_sum += value;
+            loss_count += 1;
+            method_metrics.extend(metrics);
+            bar.inc(1);
+        }
+        optimizer.clip_grad_norm(config.train.grad_clip);
+        lr = learning_rate(&config.train, optimizer.step, total);
+        optimizer.step(lr);
+        bar.set_message(format!("loss {:.4}", loss_sum / loss_count.max(1) as f64));
+    }
+    bar.finish_and_clear();
+    Ok(EpochMetrics {
+        epoch: epoch + 1,
+        step: optimizer.step,
+        train_loss: loss_sum / loss_count.max(1) as f64,
+        lr,
+        method_metrics: average(method_metrics),
+        eval: None,
+    })
+}
+
+fn average(metrics: Vec<(String, f64)>) -> Vec<(String, f64)> {
+    let mut sums: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for (name, value) in metrics {
+        let entry = sums.entry(name).or_default();
+        entry.0 += value;
+        entry.1 += 1;
+    }
+    sums.into_iter().map(|(name, (sum, n))| (name, sum / n as f64)).collect()
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress_bar(length: u64, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    let style = ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+        .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+/// Saves the optimizer state and progress into the run's checkpoint folder (atomically).
+pub fn save_checkpoint(dir: &RunDir, optimizer: &AdamW, progress: &Progress) -> Result<()> {
+    let folder = dir.checkpoint();
+    std::fs::create_dir_all(&folder).map_err(Error::io(&folder))?;
+    let state = folder.join("state.safetensors");
+    let partial = folder.join("state.safetensors.partial");
+    let tensors: Vec<(String, Tensor)> =
+        optimizer.state().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu))).collect();
+    Tensor::write_safetensors(&tensors, &partial)?;
+    std::fs::rename(&partial, &state).map_err(Error::io(&state))?;
+    dir.write_json(&folder.join("progress.json"), progress)
+}
+
+/// Restores a checkpoint into `optimizer`; returns where training stopped.
+pub fn load_checkpoint(dir: &RunDir, optimizer: &mut AdamW) -> Result<Progress> {
+    let folder = dir.checkpoint();
+    let progress_path = folder.join("progress.json");
+    let text = std::fs::read_to_string(&progress_path).map_err(Error::io(&progress_path))?;
+    let progress: Progress = serde_json::from_str(&text).map_err(Error::json(&progress_path))?;
+    let state = Tensor::read_safetensors(folder.join("state.safetensors"))?;
+    optimizer.load_state(&state, progress.steps)?;
+    Ok(progress)
+}

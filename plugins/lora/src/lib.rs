@@ -1,0 +1,112 @@
+//! `lora`: low-rank adaptation (Hu et al., 2021, <https://arxiv.org/abs/2106.09685>) with HF
+//! PEFT's semantics: each targeted linear of every decoder layer computes
+//! `y = Wx + b + (alpha / r)·B·A·dropout(x)`, with A `[r, in]` Kaiming-uniform (PEFT's
+//! `kaiming_uniform_(a=sqrt(5))`) and B `[out, r]` zero, so training starts from the pretrained
+//! function. Only A and B train (the host freezes the base). They are named as PEFT names them
+//! minus `base_model.model.` — `model.decoder.layers.{i}.self_attn.q_proj.lora_A.weight` — so
+//! a run's adapter is saved as, and loaded from, a PEFT adapter by name.
+
+use std::collections::BTreeMap;
+
+use ftlab_sdk::prelude::*;
+
+/// Hyperparameters, set in an experiment file under `lora` (PEFT's names in brackets).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Config {
+    /// Rank of the update (`r`); default 8, the paper's setting.
+    pub r: i64,
+    /// The update is scaled by `alpha / r` (`lora_alpha`); default 16.
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training (`lora_dropout`); default 0.
+    pub dropout: f64,
+    /// Linears adapted in every layer (`target_modules`): any of q_proj, k_proj, v_proj,
+    /// out_proj, fc1, fc2; default q_proj and v_proj, as in the LoRA paper.
+    pub targets: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { r: 8, alpha: 16.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()] }
+    }
+}
+
+/// The targeted sites, each once, or an error listing the valid names.
+fn parse_targets(names: &[String]) -> Result<Vec<Site>> {
+    let valid = || Site::LINEAR.map(Site::name).join(", ");
+    let mut sites = Vec::new();
+    for name in names {
+        let site = Site::from_name(name).filter(|s| Site::LINEAR.contains(s));
+        let site = site.ok_or_else(|| Error::msg(format!("unknown LoRA target `{name}`; valid: {}", valid())))?;
+        if sites.contains(&site) {
+            return Err(Error::msg(format!("LoRA target `{name}` is listed twice")));
+        }
+        sites.push(site);
+    }
+    if sites.is_empty() {
+        return Err(Error::msg(format!("LoRA needs at least one target among {}", valid())));
+    }
+    Ok(sites)
+}
+
+/// A and B of every adapted linear, by (layer, site).
+pub struct Lora {
+    pairs: BTreeMap<(i64, Site), (Tensor, Tensor)>,
+    targets: Vec<Site>,
+    scale: f64,
+    dropout: f64,
+    train: bool,
+}
+
+impl Method for Lora {
+    const NAME: &'static str = "lora";
+    const ROLE: Role = Role::Adapter;
+    const DESCRIPTION: &'static str = "LoRA: a trainable low-rank update (alpha/r)·B·A beside frozen linears, \
+        with HF PEFT's semantics and names (https://arxiv.org/abs/2106.09685).";
+    type Config = Config;
+
+    fn new(config: Config, host: &mut Host) -> Result<Self> {
+        if config.r <= 0 || !config.alpha.is_finite() || !(0.0..1.0).contains(&config.dropout) {
+            return Err(Error::msg(format!(
+                "need r > 0, a finite alpha and dropout in [0, 1); got r = {}, alpha = {}, dropout = {}",
+                config.r, config.alpha, config.dropout
+            )));
+        }
+        let targets = parse_targets(&config.targets)?;
+        let model = host.model()?;
+        let mut pairs = BTreeMap::new();
+        for layer in 0..model.num_hidden_layers {
+            for &site in &targets {
+                let (fan_in, fan_out) = match site {
+                    Site::Fc1 => (model.hidden_size, model.ffn_dim),
+                    Site::Fc2 => (model.ffn_dim, model.hidden_size),
+                    _ => (model.hidden_size, model.hidden_size),
+                };
+                let path = site.path(layer);
+                let a = host.parameter(
+                    &format!("{path}.lora_A.weight"),
+                    &[config.r, fan_in],
+                    Init::KaimingUniform { fan_in },
+                )?;
+                let b = host.parameter(&format!("{path}.lora_B.weight"), &[fan_out, config.r], Init::Zeros)?;
+                pairs.insert((layer, site), (a, b));
+            }
+        }
+        Ok(Self { pairs, targets, scale: config.alpha / config.r as f64, dropout: config.dropout, train: false })
+    }
+
+    fn sites(&self) -> Vec<Site> {
+        self.targets.clone()
+    }
+
+    fn linear(&self, layer: i64, site: Site, input: &Tensor, output: Tensor) -> Result<Tensor> {
+        let Some((a, b)) = self.pairs.get(&(layer, site)) else { return Ok(output) };
+        let x = input.dropout(self.dropout, self.train); // (B, T, in)
+        Ok(output + x.matmul(&a.tr()).matmul(&b.tr()) * self.scale)
+    }
+
+    fn set_train(&mut self, train: bool) {
+        self.train = train;
+    }
+}
+
+ftlab_sdk::export_library!(Lora);

@@ -1,0 +1,339 @@
+//! The paper's methods (plugins/), loaded through the registry like any third-party plugin and
+//! trained on the embedded model with the embedded synthetic NLI task: each objective learns
+//! under each adapter, BitFit and LoRA train only what they should, LoRA merged equals LoRA
+//! hooked, and ICL with the cached context equals ICL without it.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use ftlab_core::data::batch::{self, BatchOrder, EncodedExample};
+use ftlab_core::data::prompt::{Prompt, PromptFamily, PromptSpec};
+use ftlab_core::data::sampling::balanced_demonstrations;
+use ftlab_core::data::synthetic::{self, SyntheticConfig};
+use ftlab_core::data::Dataset;
+use ftlab_core::methods::hooks::AdapterHooks;
+use ftlab_core::methods::{MethodRun, MethodSpec};
+use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model};
+use ftlab_registry::Registry;
+use ftlab_sdk::{TaskInfo, Tensors};
+use serde_json::json;
+use tch::{Device, Tensor};
+
+/// Tests share libtorch's global RNG (model init, dropout): one at a time keeps each
+/// deterministic.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The workspace's plugins are built next to the `ftlab` binary.
+fn registry() -> Registry {
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_ftlab")).parent().unwrap().to_path_buf();
+    let registry = Registry::from_dirs(&[dir]);
+    for name in ["vanilla_ft", "pbft", "icl", "bitfit", "lora"] {
+        assert!(registry.methods().any(|m| m.name == name), "plugin `{name}` not built: run `cargo build --workspace`");
+    }
+    registry
+}
+
+/// One padded batch and its rendered prompts.
+struct Rows {
+    batch: batch::Batch,
+    prompts: Vec<String>,
+}
+
+impl Rows {
+    /// The batch as the runtime hands it to a method (see `ftlab_sdk::Batch`).
+    fn tensors(&self) -> Tensors {
+        let b = &self.batch;
+        let mut tensors = Tensors::new()
+            .with("input_ids", b.input_ids.shallow_clone())
+            .with("attention_mask", b.attention_mask.shallow_clone())
+            .with("labels", b.labels.shallow_clone())
+            .with("label_token_ids", b.label_token_ids.shallow_clone())
+            .with("verbalizer_ids", b.verbalizer_ids.shallow_clone());
+        tensors.json = json!({ "prompts": self.prompts });
+        tensors
+    }
+}
+
+/// The embedded model with `n` balanced examples of the synthetic task, in batches of 8.
+struct Toy {
+    model: Model,
+    prompt: Prompt,
+    data: Dataset,
+    batches: Vec<Rows>,
+}
+
+impl Toy {
+    fn new(n: usize) -> Self {
+        let model = Model::embedded(LoadOptions::default()).unwrap();
+        let prompt = Prompt::new(PromptFamily::Nli, 2, &PromptSpec::default(), &model.tokenizer).unwrap();
+        let data = synthetic::in_domain(&SyntheticConfig { train: n, ..Default::default() }, "train");
+        let encoded: Vec<EncodedExample> = (data.examples.iter().enumerate())
+            .map(|(position, e)| EncodedExample {
+                position,
+                ids: prompt.encode(&model.tokenizer, "", e).unwrap(),
+                label: e.label,
+            })
+            .collect();
+        let order = BatchOrder::Shuffled { seed: 0 };
+        let batches = batch::batches(&model.tokenizer, &encoded, &prompt.word_ids, 8, order, Device::Cpu)
+            .into_iter()
+            .map(|batch| {
+                let prompts = batch.positions.iter().map(|&p| prompt.query(&data.examples[p])).collect();
+                Rows { batch, prompts }
+            })
+            .collect();
+        Self { model, prompt, data, batches }
+    }
+
+    fn task(&self) -> TaskInfo {
+        TaskInfo {
+            name: "synthetic-nli".into(),
+            label_words: self.prompt.words.clone(),
+            label_token_ids: self.prompt.word_ids.clone(),
+        }
+    }
+
+    fn run(&self, objective: MethodSpec, adapters: &[MethodSpec]) -> MethodRun<'_> {
+        MethodRun::new(&self.model, &registry(), &objective, adapters, self.task(), 0).unwrap()
+    }
+
+    /// Every base parameter, copied.
+    fn snapshot(&self) -> Vec<(String, Tensor)> {
+        self.model.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect()
+    }
+}
+
+fn spec(name: &str, config: serde_json::Value) -> MethodSpec {
+    MethodSpec { name: name.into(), config }
+}
+
+/// AdamW (no weight decay) over the run's trainable tensors for `epochs` passes over the
+/// batches; returns each epoch's mean loss.
+fn train(run: &mut MethodRun, toy: &Toy, epochs: usize, lr: f64) -> Vec<f64> {
+    let params = run.trainable();
+    assert!(!params.is_empty(), "nothing trains");
+    let mut optimizer = tch::COptimizer::adamw(lr, 0.9, 0.999, 0.0, 1e-8, false).unwrap();
+    for (_, p) in &params {
+        optimizer.add_parameters(p, 0).unwrap();
+    }
+    run.set_train(true).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..epochs {
+        let mut total = 0.0;
+        for rows in &toy.batches {
+            optimizer.zero_grad().unwrap();
+            let (loss, _) = run.loss(rows.tensors()).unwrap();
+            loss.backward();
+            optimizer.step().unwrap();
+            total += loss.double_value(&[]);
+        }
+        losses.push(total / toy.batches.len() as f64);
+    }
+    run.set_train(false).unwrap();
+    losses
+}
+
+/// Accuracy of the objective's predictions on the toy batches.
+fn accuracy(run: &mut MethodRun, toy: &Toy) -> f64 {
+    let (mut right, mut total) = (0, 0);
+    for rows in &toy.batches {
+        let predicted = Vec::<i64>::try_from(run.predict(rows.tensors()).unwrap().argmax(1, false)).unwrap();
+        right += predicted.iter().zip(&rows.batch.label_ids).filter(|(p, l)| **p as usize == **l).count();
+        total += predicted.len();
+    }
+    right as f64 / total as f64
+}
+
+/// Trains `objective` under `adapter` (none: full fine-tuning): the loss must fall and the
+/// training-set accuracy end well above the majority baseline (the set is balanced: 0.5).
+fn learns(objective: &str, adapter: Option<&str>, lr: f64) {
+    let _serial = serial();
+    let t0 = std::time::Instant::now();
+    let toy = Toy::new(32);
+    eprintln!("toy {:?}", t0.elapsed());
+    let majority = toy.data.label_counts().into_iter().max().unwrap() as f64 / toy.data.len() as f64;
+    let adapters: Vec<MethodSpec> = adapter.map(MethodSpec::named).into_iter().collect();
+    let mut run = toy.run(MethodSpec::named(objective), &adapters);
+    eprintln!("run {:?}", t0.elapsed());
+    let before = accuracy(&mut run, &toy);
+    let losses = train(&mut run, &toy, 30, lr);
+    eprintln!("train {:?}", t0.elapsed());
+    let after = accuracy(&mut run, &toy);
+    let name = format!("{objective} + {}", adapter.unwrap_or("full"));
+    eprintln!("{name}: loss {:.3} → {:.3}, accuracy {before:.2} → {after:.2}", losses[0], losses[losses.len() - 1]);
+    assert!(losses[losses.len() - 1] < 0.7 * losses[0], "{name}: loss should fall: {losses:?}");
+    assert!(after >= majority + 0.25, "{name}: accuracy {after} vs majority {majority}");
+}
+
+#[test]
+fn vanilla_ft_learns_with_full_fine_tuning() {
+    learns("vanilla_ft", None, 1e-3);
+}
+
+#[test]
+fn vanilla_ft_learns_with_bitfit() {
+    learns("vanilla_ft", Some("bitfit"), 1e-2);
+}
+
+#[test]
+fn vanilla_ft_learns_with_lora() {
+    learns("vanilla_ft", Some("lora"), 1e-2);
+}
+
+#[test]
+fn pbft_learns_with_full_fine_tuning() {
+    learns("pbft", None, 1e-3);
+}
+
+#[test]
+fn pbft_learns_with_bitfit() {
+    learns("pbft", Some("bitfit"), 1e-2);
+}
+
+#[test]
+fn pbft_learns_with_lora() {
+    learns("pbft", Some("lora"), 1e-2);
+}
+
+#[test]
+fn objective_options_run() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    for objective in
+        [spec("vanilla_ft", json!({"head": "llmft"})), spec("pbft", json!({"restrict_to_verbalizer": true}))]
+    {
+        let name = objective.config.to_string();
+        let mut run = toy.run(objective, &[spec("lora", json!({"targets": ["k_proj", "out_proj", "fc1", "fc2"]}))]);
+        let losses = train(&mut run, &toy, 10, 1e-2);
+        assert!(losses[9] < losses[0], "{name}: {losses:?}");
+        assert_eq!(run.predict(toy.batches[0].tensors()).unwrap().size(), [8, 2]);
+    }
+}
+
+#[test]
+fn bitfit_trains_only_biases() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    let before = toy.snapshot();
+    let mut run = toy.run(MethodSpec::named("pbft"), &[MethodSpec::named("bitfit")]);
+    let trainable: Vec<String> = run.trainable().into_iter().map(|(n, _)| n).collect();
+    assert!(trainable.iter().all(|n| n.ends_with(".bias")), "{trainable:?}");
+    assert!(trainable.contains(&"model.decoder.layers.0.self_attn.q_proj.bias".to_string()));
+    assert!(trainable.contains(&"model.decoder.final_layer_norm.bias".to_string()));
+    train(&mut run, &toy, 3, 1e-2);
+    let after = toy.model.vs.variables();
+    let mut moved = 0;
+    for (name, old) in &before {
+        if name.ends_with(".bias") {
+            moved += usize::from(!after[name].equal(old));
+        } else {
+            assert!(after[name].equal(old), "{name} changed under bitfit");
+        }
+    }
+    assert_eq!(moved, trainable.len(), "every bias should have moved");
+}
+
+/// The model's logits `[B, T, V]` of a batch, through the run's adapters or without them.
+fn logits(run: &MethodRun, rows: &Rows, adapters: bool) -> Tensor {
+    let hooks = AdapterHooks { adapters: &run.adapters };
+    let input = ForwardInput {
+        input_ids: Some(&rows.batch.input_ids),
+        attention_mask: Some(&rows.batch.attention_mask),
+        logits: LogitsAt::All,
+        hooks: adapters.then_some(&hooks as _),
+        ..Default::default()
+    };
+    tch::no_grad(|| run.model.net.forward(input)).unwrap().logits.unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn lora_freezes_the_base_and_merges_exactly() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    let before = toy.snapshot();
+    let (alpha, r) = (16.0, 4);
+    let lora = spec("lora", json!({"r": r, "alpha": alpha, "targets": ["q_proj", "v_proj", "fc1", "fc2"]}));
+    let mut run = toy.run(MethodSpec::named("pbft"), &[lora]);
+
+    // PEFT's names and shapes; B starts at zero, so the adapted model starts as the base one.
+    let trainable = run.trainable();
+    assert_eq!(trainable.len(), 4 * 4 * 2);
+    let shape = |name: &str| trainable.iter().find(|(n, _)| n == name).map(|(_, t)| t.size()).unwrap();
+    assert_eq!(shape("lora.model.decoder.layers.0.self_attn.q_proj.lora_A.weight"), [4, 64]);
+    assert_eq!(shape("lora.model.decoder.layers.3.self_attn.v_proj.lora_B.weight"), [64, 4]);
+    assert_eq!(shape("lora.model.decoder.layers.1.fc1.lora_B.weight"), [256, 4]);
+    assert_eq!(shape("lora.model.decoder.layers.2.fc2.lora_A.weight"), [4, 256]);
+    let a = &trainable[0].1;
+    assert!(a.abs().max().double_value(&[]) <= 1.0 / (a.size()[1] as f64).sqrt(), "Kaiming-uniform bound");
+    assert_eq!(max_diff(&logits(&run, &toy.batches[0], true), &logits(&run, &toy.batches[0], false)), 0.0);
+
+    train(&mut run, &toy, 5, 1e-2);
+    for (name, old) in &before {
+        assert!(toy.model.vs.variables()[name].equal(old), "{name} changed under lora");
+    }
+    let hooked = logits(&run, &toy.batches[0], true);
+    assert!(max_diff(&hooked, &logits(&run, &toy.batches[0], false)) > 1e-3, "training should move the adapter");
+
+    // Merge W += alpha/r · B·A into the base and run it without hooks.
+    let store = &run.state.stores["lora"].variables();
+    tch::no_grad(|| {
+        for (name, weight) in toy.model.vs.variables() {
+            let module = name.trim_end_matches(".weight");
+            if let (Some(a), Some(b)) =
+                (store.get(&format!("{module}.lora_A.weight")), store.get(&format!("{module}.lora_B.weight")))
+            {
+                let _ = weight.shallow_clone().f_add_(&(b.matmul(a) * (alpha / r as f64))).unwrap();
+            }
+        }
+    });
+    let merged = logits(&run, &toy.batches[0], false);
+    let diff = max_diff(&hooked, &merged);
+    assert!(diff < 1e-5, "merged vs hooked logits differ by {diff}");
+}
+
+#[test]
+fn lora_refuses_unknown_targets_listing_the_valid_ones() {
+    let _serial = serial();
+    let toy = Toy::new(8);
+    let bad = spec("lora", json!({"targets": ["q_proj", "o_proj"]}));
+    let err = MethodRun::new(&toy.model, &registry(), &MethodSpec::named("pbft"), &[bad], toy.task(), 0).err().unwrap();
+    let err = err.to_string();
+    assert!(err.contains("o_proj") && err.contains("q_proj, k_proj, v_proj, out_proj, fc1, fc2"), "{err}");
+}
+
+/// What the runtime hands `prepare`: the training set and a balanced, shuffled context.
+fn prepare_data(toy: &Toy, shots: usize) -> Tensors {
+    let positions = balanced_demonstrations(&toy.data, shots, 0).unwrap();
+    let context = toy.prompt.context(positions.iter().map(|&p| &toy.data.examples[p]));
+    let mut data = toy.batches[0].tensors();
+    data.json = json!({ "prompts": [], "context": context, "separator": toy.prompt.separator });
+    data
+}
+
+#[test]
+fn icl_with_the_cached_context_equals_icl_without_it() {
+    let _serial = serial();
+    let toy = Toy::new(32);
+    let mut scores = Vec::new();
+    for cache_context in [true, false] {
+        let mut run = toy.run(spec("icl", json!({ "cache_context": cache_context })), &[]);
+        assert!(run.trainable().is_empty(), "icl trains nothing");
+        let err = run.loss(toy.batches[0].tensors()).unwrap_err().to_string();
+        assert!(err.contains("icl") && err.contains("loss"), "{err}");
+        run.prepare(prepare_data(&toy, 8)).unwrap();
+        assert_eq!(run.state.caches.len(), usize::from(cache_context));
+        let batch: Vec<Tensor> = toy.batches.iter().map(|rows| run.predict(rows.tensors()).unwrap()).collect();
+        scores.push(Tensor::cat(&batch, 0));
+    }
+    assert_eq!(scores[0].size(), [32, 2]);
+    let diff = max_diff(&scores[0], &scores[1]);
+    assert!(diff < 1e-5, "cached vs uncached ICL logits differ by {diff}");
+    assert!(scores[0].abs().max().double_value(&[]) > 0.0);
+}
