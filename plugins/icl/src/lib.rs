@@ -1,7 +1,7 @@
 //! `icl`: in-context learning (Brown et al., 2020, <https://arxiv.org/abs/2005.14165>), the
-//! paper's baseline: nothing trains; each query is scored by its verbalizer tokens' LM logits
-//! after the run's context of balanced, shuffled demonstrations (rendered by the runtime,
-//! shared/DESIGN.md §4).
+//! paper's baseline: nothing trains; each query is scored by its next-token LM logits (the
+//! evaluation reads the verbalizer's and the full vocabulary's argmax) after the run's context
+//! of balanced, shuffled demonstrations (rendered by the runtime, shared/DESIGN.md §4).
 //!
 //! One context serves every query, so `prepare` encodes it once (with `</s>`), keeps its
 //! keys/values, and `predict` runs only the query tokens against them: `q·(C + q)` work per
@@ -119,10 +119,8 @@ impl Method for Icl {
             past: context.cache,
             ..Default::default()
         };
-        let logits =
-            host.forward(&ids, &mask, &request)?.logits.ok_or_else(|| Error::msg("the host returned no logits"))?;
-        let words = Tensor::from_slice(&host.task()?.label_token_ids).to_device(device);
-        Ok(logits.index_select(1, &words)) // (B, C)
+        // Next-token logits (B, V): the evaluation scores the verbalizer and the whole vocabulary.
+        host.forward(&ids, &mask, &request)?.logits.ok_or_else(|| Error::msg("the host returned no logits"))
     }
 }
 
