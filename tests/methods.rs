@@ -1,7 +1,8 @@
 //! The paper's methods (plugins/), loaded through the registry like any third-party plugin and
 //! trained on the embedded model with the embedded synthetic NLI task: each objective learns
 //! under each adapter, BitFit and LoRA train only what they should, LoRA merged equals LoRA
-//! hooked, and ICL with the cached context equals ICL without it.
+//! hooked (also through PEFT's format, and a PEFT-made adapter runs in the plugin as in PEFT),
+//! and ICL with the cached context equals ICL without it.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
@@ -12,6 +13,7 @@ use ftlab_core::data::sampling::balanced_demonstrations;
 use ftlab_core::data::synthetic::{self, SyntheticConfig};
 use ftlab_core::data::Dataset;
 use ftlab_core::methods::hooks::AdapterHooks;
+use ftlab_core::methods::peft::LoraAdapter;
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model};
 use ftlab_registry::Registry;
@@ -205,18 +207,22 @@ fn pbft_learns_with_lora() {
     learns("pbft", Some("lora"), 1e-2, 30);
 }
 
+/// The non-default options: llmft's head, pbft over the verbalizer only, LoRA on the other
+/// linears and with dropout; each trains a few steps and predicts.
 #[test]
 fn objective_options_run() {
     let _serial = serial();
     let toy = Toy::new(16);
-    for objective in
-        [spec("vanilla_ft", json!({"head": "llmft"})), spec("pbft", json!({"restrict_to_verbalizer": true}))]
-    {
+    let lora = spec("lora", json!({"targets": ["k_proj", "out_proj", "fc1", "fc2"], "dropout": 0.1}));
+    for (objective, width) in [
+        (spec("vanilla_ft", json!({"head": "llmft"})), 2),
+        (spec("pbft", json!({"restrict_to_verbalizer": true})), 1024),
+    ] {
         let name = objective.config.to_string();
-        let mut run = toy.run(objective, &[spec("lora", json!({"targets": ["k_proj", "out_proj", "fc1", "fc2"]}))]);
+        let mut run = toy.run(objective, std::slice::from_ref(&lora));
         let losses = train(&mut run, &toy, 10, 1e-2);
         assert!(losses[9] < losses[0], "{name}: {losses:?}");
-        assert_eq!(run.predict(toy.batches[0].tensors()).unwrap().size(), [8, 2]);
+        assert_eq!(run.predict(toy.batches[0].tensors()).unwrap().size(), [8, width]);
     }
 }
 
@@ -240,7 +246,9 @@ fn bitfit_trains_only_biases() {
             assert!(after[name].equal(old), "{name} changed under bitfit");
         }
     }
-    assert_eq!(moved, trainable.len(), "every bias should have moved");
+    // Not necessarily all: k_proj's bias adds a constant to each query's scores, which softmax
+    // ignores, so its gradient is zero up to rounding.
+    assert!(moved > trainable.len() / 2, "only {moved} of {} biases moved", trainable.len());
 }
 
 /// The model's logits `[B, T, V]` of a batch, through the run's adapters or without them.
@@ -267,7 +275,7 @@ fn lora_freezes_the_base_and_merges_exactly() {
     let before = toy.snapshot();
     let (alpha, r) = (16.0, 4);
     let lora = spec("lora", json!({"r": r, "alpha": alpha, "targets": ["q_proj", "v_proj", "fc1", "fc2"]}));
-    let mut run = toy.run(MethodSpec::named("pbft"), &[lora]);
+    let mut run = toy.run(MethodSpec::named("pbft"), std::slice::from_ref(&lora));
 
     // PEFT's names and shapes; B starts at zero, so the adapted model starts as the base one.
     let trainable = run.trainable();
@@ -302,7 +310,65 @@ fn lora_freezes_the_base_and_merges_exactly() {
     });
     let merged = logits(&run, &toy.batches[0], false);
     let diff = max_diff(&hooked, &merged);
+    eprintln!("merged vs hooked LoRA logits: max difference {diff:e}");
     assert!(diff < 1e-5, "merged vs hooked logits differ by {diff}");
+
+    // The same through PEFT's format: export, reload, merge into a fresh copy of the model.
+    let dir = tempfile::tempdir().unwrap();
+    LoraAdapter::from_run(&run, &registry(), &lora).unwrap().save(dir.path()).unwrap();
+    let adapter = LoraAdapter::load(dir.path()).unwrap();
+    assert_eq!((adapter.config.r, adapter.config.alpha, adapter.tensors.len()), (4, 16.0, 32));
+    let fresh = Model::embedded(LoadOptions::default()).unwrap();
+    adapter.merge_into(&fresh).unwrap();
+    let rows = &toy.batches[0];
+    let input = ForwardInput {
+        input_ids: Some(&rows.batch.input_ids),
+        attention_mask: Some(&rows.batch.attention_mask),
+        logits: LogitsAt::All,
+        ..Default::default()
+    };
+    let diff = max_diff(&hooked, &tch::no_grad(|| fresh.net.forward(input)).unwrap().logits.unwrap());
+    assert!(diff < 1e-5, "exported, reloaded and merged vs hooked logits differ by {diff}");
+}
+
+/// A PEFT-made adapter (core/tests/fixtures/make_peft_fixtures.py) loaded into a `lora` run
+/// gives PEFT's logits through the plugin's hooks, and exports back to the same tensors.
+#[test]
+fn peft_adapter_runs_in_the_lora_plugin_as_in_peft() {
+    let _serial = serial();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let model = Model::load(fixtures.join("opt-pre-ln").to_str().unwrap(), LoadOptions::default()).unwrap();
+    let adapter = LoraAdapter::load(&fixtures.join("peft/from-peft")).unwrap();
+    let task =
+        TaskInfo { name: "any".into(), label_words: vec![" a".into(), " b".into()], label_token_ids: vec![10, 11] };
+    let lora = adapter.method_spec();
+    let run =
+        MethodRun::new(&model, &registry(), &MethodSpec::named("pbft"), std::slice::from_ref(&lora), task, 0).unwrap();
+    adapter.copy_into(&run, "lora").unwrap();
+
+    let reference = Tensor::read_safetensors(fixtures.join("peft/from-peft.logits.safetensors")).unwrap();
+    let get = |key: &str| reference.iter().find(|(n, _)| n == key).unwrap().1.shallow_clone();
+    let (ids, mask, expected) = (get("input_ids"), get("attention_mask"), get("logits"));
+    let hooks = AdapterHooks { adapters: &run.adapters };
+    let input = ForwardInput {
+        input_ids: Some(&ids),
+        attention_mask: Some(&mask),
+        logits: LogitsAt::All,
+        hooks: Some(&hooks),
+        ..Default::default()
+    };
+    let ours = tch::no_grad(|| model.net.forward(input)).unwrap().logits.unwrap();
+    let keep = mask.to_kind(tch::Kind::Bool).unsqueeze(-1).expand_as(&expected);
+    let (ours, expected) = (ours.masked_select(&keep), expected.masked_select(&keep));
+    let err = max_diff(&ours, &expected) / expected.abs().max().double_value(&[]);
+    assert!(err < 1e-4, "hooked LoRA vs PEFT logits: relative error {err}");
+
+    let exported = LoraAdapter::from_run(&run, &registry(), &lora).unwrap();
+    assert_eq!(exported.config, adapter.config);
+    assert_eq!(exported.tensors.len(), adapter.tensors.len());
+    for (name, tensor) in &adapter.tensors {
+        assert!(exported.tensors[name].equal(tensor), "{name}");
+    }
 }
 
 #[test]
@@ -339,8 +405,9 @@ fn icl_with_the_cached_context_equals_icl_without_it() {
         let batch: Vec<Tensor> = toy.batches.iter().map(|rows| run.predict(rows.tensors()).unwrap()).collect();
         scores.push(Tensor::cat(&batch, 0));
     }
-    assert_eq!(scores[0].size(), [32, 2]);
+    assert_eq!(scores[0].size(), [32, 1024], "next-token logits over the vocabulary");
     let diff = max_diff(&scores[0], &scores[1]);
+    eprintln!("cached vs uncached ICL logits: max difference {diff:e}");
     assert!(diff < 1e-5, "cached vs uncached ICL logits differ by {diff}");
     assert!(scores[0].abs().max().double_value(&[]) > 0.0);
 }

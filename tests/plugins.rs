@@ -219,3 +219,23 @@ fn cli_lists_refused_libraries_with_reasons_and_installs_verified_ones() {
     assert_eq!(out.status.code(), Some(1));
     assert!(!home.path().join("ftlab/plugins/libjunk.so").exists());
 }
+
+/// The scaffolded crates work with `ftlab run` as any method does, found via $FTLAB_PLUGIN_PATH.
+#[test]
+fn scaffolded_plugins_run_from_the_cli() {
+    let out = tempfile::tempdir().unwrap();
+    let result = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(["run", "--plugin", "myce", "--adapter", "myscale", "--shots", "16", "--json"])
+        .args(["--set", "train.epochs=2", "--set", "eval.max_examples=20", "--out", out.path().to_str().unwrap()])
+        .env("FTLAB_PLUGIN_PATH", scaffolded())
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(record["status"], "completed");
+    let methods: Vec<&str> = record["methods"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["myce", "myscale"]);
+    assert!(record["methods"][1]["library"].as_str().unwrap().starts_with(scaffolded().to_str().unwrap()));
+    // Only the adapter's four scaling vectors of 256 train.
+    assert_eq!(record["trainable_parameters"], 4 * 256);
+}

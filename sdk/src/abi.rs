@@ -170,6 +170,19 @@ pub enum Role {
     Adapter,
 }
 
+/// What an objective's training batches hold.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Inputs {
+    /// The labelled few-shot training set.
+    #[default]
+    Labelled,
+    /// Unlabelled inputs of the task's training split, disjoint from the labelled set
+    /// (`train.unlabelled` of them); their labels are hidden (-1).
+    Unlabelled,
+}
+
 /// Static description of one method in a library.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
@@ -232,8 +245,12 @@ pub trait MethodObject {
 
     /// Switches training behaviour (e.g. dropout inside hooks) on or off, as the run moves
     /// between training and evaluation.
-    #[sabi(last_prefix_field)]
     fn set_train(&mut self, train: bool) -> RResult<(), PluginError>;
+
+    /// Which inputs the objective trains on: the labelled few-shot set, or unlabelled task
+    /// inputs (context distillation).
+    #[sabi(last_prefix_field)]
+    fn training_inputs(&self) -> Inputs;
 }
 
 /// The owned method object the host keeps.

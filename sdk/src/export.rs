@@ -11,7 +11,7 @@ use abi_stable::std_types::{RErr, ROk, ROption, RResult, RStr, RVec, Tuple2};
 use serde_json::Value;
 
 use crate::abi::{
-    this_abi, AbiInfo, ErrorKind, HostRef, Message, MethodBox, MethodInfo, MethodLibrary, MethodLibraryRef,
+    this_abi, AbiInfo, ErrorKind, HostRef, Inputs, Message, MethodBox, MethodInfo, MethodLibrary, MethodLibraryRef,
     MethodObject, MethodObject_TO, OwnedTensor, PluginError, TensorRef,
 };
 use crate::host::Host;
@@ -195,6 +195,11 @@ impl<M: Method> MethodObject for Object<M> {
                 Ok(Tensors::new().with("scores", scores).into_message())
             },
         )
+    }
+
+    fn training_inputs(&self) -> Inputs {
+        // A panic here would abort the process: fall back to the labelled set.
+        catch_unwind(AssertUnwindSafe(|| self.0.training_inputs())).unwrap_or_default()
     }
 
     fn set_train(&mut self, train: bool) -> RResult<(), PluginError> {

@@ -19,7 +19,7 @@ pub mod host;
 mod message;
 mod method;
 
-pub use abi::Role;
+pub use abi::{Inputs, Role};
 pub use error::{Error, Result};
 pub use host::{ForwardOutput, ForwardRequest, Host, HostRequest, Init, Logits, ModelInfo, TaskInfo};
 pub use message::Tensors;
@@ -48,7 +48,7 @@ pub mod template {
 pub mod prelude {
     pub use crate::host::{ForwardRequest, Host, Init, Logits};
     pub use crate::method::{last_token_logits, verbalizer_logits, Batch, Loss, Method, Site};
-    pub use crate::{Error, Result, Role, Tensors};
+    pub use crate::{Error, Inputs, Result, Role, Tensors};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
     pub use tch::{self, Kind, Reduction, Tensor};

@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use crate::abi::Role;
+use crate::abi::{Inputs, Role};
 use crate::host::{ForwardRequest, Host, Logits};
 use crate::message::Tensors;
 use crate::{Error, Result};
@@ -208,6 +208,12 @@ pub trait Method: Sized + 'static {
     fn activation(&self, layer: i64, activation: Tensor) -> Result<Tensor> {
         let _ = layer;
         Ok(activation)
+    }
+
+    /// Which inputs training batches hold (objectives): the labelled few-shot set (default) or
+    /// unlabelled task inputs, e.g. for context distillation.
+    fn training_inputs(&self) -> Inputs {
+        Inputs::Labelled
     }
 
     /// Training (`true`) or evaluation (`false`) from now on: e.g. dropout inside hooks.

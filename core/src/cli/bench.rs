@@ -28,8 +28,9 @@ pub enum BenchCommand {
     Hooks(HooksBench),
 }
 
+/// The OPT shape and batch both benchmarks measure.
 #[derive(Debug, Args)]
-pub struct HooksBench {
+pub struct ShapeArgs {
     /// A config.json to take the shape from (default: facebook/opt-125m's).
     #[arg(long)]
     config: Option<std::path::PathBuf>,
@@ -39,12 +40,18 @@ pub struct HooksBench {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 128)]
     seq: i64,
-    /// Timed forwards of each kind (median reported), alternating.
-    #[arg(long, default_value_t = 5)]
-    repeats: usize,
     /// Intra-op threads.
     #[arg(long, default_value_t = 2)]
     threads: i32,
+}
+
+#[derive(Debug, Args)]
+pub struct HooksBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Timed forwards of each kind (median reported), alternating.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -52,21 +59,11 @@ pub struct HooksBench {
 
 #[derive(Debug, Args)]
 pub struct ModelBench {
-    /// A config.json to take the shape from (default: facebook/opt-125m's).
-    #[arg(long)]
-    config: Option<std::path::PathBuf>,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 16)]
-    batch: i64,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 128)]
-    seq: i64,
+    #[command(flatten)]
+    shape: ShapeArgs,
     /// Timed steps per measurement (median reported), after one warm-up.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// Intra-op threads for both sides.
-    #[arg(long, default_value_t = 2)]
-    threads: i32,
     /// Python interpreter with torch and transformers importable; omit to measure ftlab only.
     #[arg(long)]
     python: Option<String>,
@@ -116,8 +113,8 @@ fn shape(path: Option<&std::path::Path>) -> anyhow::Result<(String, OptConfig)> 
 }
 
 fn hooks(args: HooksBench) -> anyhow::Result<ExitCode> {
-    let (_, config) = shape(args.config.as_deref())?;
-    tch::set_num_threads(args.threads);
+    let (_, config) = shape(args.shape.config.as_deref())?;
+    tch::set_num_threads(args.shape.threads);
     let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions::default())?;
     let registry = ftlab_registry::Registry::discover();
     let task = ftlab_sdk::TaskInfo { name: "bench".into(), label_words: vec![], label_token_ids: vec![] };
@@ -128,9 +125,9 @@ fn hooks(args: HooksBench) -> anyhow::Result<ExitCode> {
     let calls = config.num_hidden_layers * 7 + 1;
     eprintln!(
         "measuring: {} × {} tokens, {} threads, {calls} hook calls per forward …",
-        args.batch, args.seq, args.threads
+        args.shape.batch, args.shape.seq, args.shape.threads
     );
-    let (plain, hooked) = bench::hook_overhead(&model, &hooks, args.batch, args.seq, args.repeats)?;
+    let (plain, hooked) = bench::hook_overhead(&model, &hooks, args.shape.batch, args.shape.seq, args.repeats)?;
     let overhead = 100.0 * (hooked / plain - 1.0);
     if args.json {
         let report = serde_json::json!({"plain_seconds": plain, "hooked_seconds": hooked, "overhead_percent": overhead, "hook_calls": calls});
@@ -144,23 +141,23 @@ fn hooks(args: HooksBench) -> anyhow::Result<ExitCode> {
 }
 
 fn model(args: ModelBench) -> anyhow::Result<ExitCode> {
-    let (config_text, config) = shape(args.config.as_deref())?;
-    tch::set_num_threads(args.threads);
+    let (config_text, config) = shape(args.shape.config.as_deref())?;
+    tch::set_num_threads(args.shape.threads);
     let device = args.device.resolve()?;
     let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions { device, ..Default::default() })?;
-    eprintln!("measuring ftlab: {} × {} tokens, {} threads …", args.batch, args.seq, args.threads);
+    eprintln!("measuring ftlab: {} × {} tokens, {} threads …", args.shape.batch, args.shape.seq, args.shape.threads);
     let matmul_gflops = bench::matmul_gflops(2048, 768, 3072, 10, device);
-    let forward = bench::forward_throughput(&model, args.batch, args.seq, args.repeats)?;
-    let train_step = bench::train_step_throughput(&model, args.batch, args.seq, args.repeats)?;
+    let forward = bench::forward_throughput(&model, args.shape.batch, args.shape.seq, args.repeats)?;
+    let train_step = bench::train_step_throughput(&model, args.shape.batch, args.shape.seq, args.repeats)?;
     drop(model);
     let reference = match &args.python {
         Some(python) => Some(reference(python, &config_text, &args)?),
         None => None,
     };
     let report = Report {
-        batch: args.batch,
-        seq: args.seq,
-        threads: args.threads,
+        batch: args.shape.batch,
+        seq: args.shape.seq,
+        threads: args.shape.threads,
         matmul_gflops,
         forward,
         train_step,
@@ -181,8 +178,8 @@ fn reference(python: &str, config: &str, args: &ModelBench) -> anyhow::Result<Re
     let output = Command::new(python)
         .arg(&script)
         .args(["--config", config])
-        .args(["--batch", &args.batch.to_string(), "--seq", &args.seq.to_string()])
-        .args(["--repeats", &args.repeats.to_string(), "--threads", &args.threads.to_string()])
+        .args(["--batch", &args.shape.batch.to_string(), "--seq", &args.shape.seq.to_string()])
+        .args(["--repeats", &args.repeats.to_string(), "--threads", &args.shape.threads.to_string()])
         .output()
         .with_context(|| format!("running {python}"));
     let _ = std::fs::remove_file(&script);

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use ftlab_core::methods::peft::LoraAdapter;
 use ftlab_core::model::{self, ForwardInput, LoadOptions, Model, OptConfig, WeightsFormat};
 use ftlab_core::tokenizer::Padding;
 use ftlab_core::{DeviceSpec, Dtype};
@@ -65,6 +66,10 @@ pub struct ForwardArgs {
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
+    /// A LoRA adapter folder in HF PEFT format (adapter_config.json + adapter_model.safetensors,
+    /// from PEFT or from an ftlab run), merged into the weights before running.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -133,6 +138,12 @@ fn human_bytes(bytes: i64) -> String {
 fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
     let model =
         Model::load(&args.model, args.load.options()?).with_context(|| format!("loading model `{}`", args.model))?;
+    if let Some(dir) = &args.adapter {
+        let adapter = LoraAdapter::load(dir).with_context(|| format!("loading adapter {}", dir.display()))?;
+        adapter
+            .merge_into(&model)
+            .with_context(|| format!("merging adapter {} into `{}`", dir.display(), args.model))?;
+    }
     let device = model.device();
     let (ids, mask) = match &args.input {
         Some(path) => read_inputs(path)?,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ftlab_core::run::config::parse_set;
-use ftlab_core::run::{self, RunConfig, RunOptions, RunRecord};
+use ftlab_core::run::{self, Headline, RunConfig, RunOptions, RunRecord};
 use ftlab_registry::Registry;
 
 /// Train (or prompt) with a method and evaluate in- and out-of-domain.
@@ -112,6 +112,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One row per eval set: the majority baseline, the model before training (zero-shot), the ICL
+/// reference when scored, and the model after training — accuracy over the verbalizer.
 fn print_summary(record: &RunRecord) {
     if record.status == "paused" {
         println!("paused after the epoch budget; continue with --resume");
@@ -119,19 +121,28 @@ fn print_summary(record: &RunRecord) {
     }
     let Some(last) = &record.last else { return };
     println!("{} ({} trainable parameters)", record.name, record.trainable_parameters);
-    println!("| eval set | examples | accuracy | full-vocab acc. | majority |");
-    println!("|---|---|---|---|---|");
-    for set in last.report.as_array().into_iter().flatten() {
-        let scores = &set["scores"];
-        let number = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |x| format!("{x:.3}"));
+    let mut columns: Vec<(String, &Headline)> = Vec::new();
+    if let Some(zero) = &record.zero_shot {
+        columns.push(("before training".into(), zero));
+    }
+    if let Some(icl) = &record.icl_reference {
+        columns.push((format!("ICL ({} shots)", record.config.eval.icl_shots), icl));
+    }
+    columns.push(("after training".into(), last));
+    let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+    println!("| eval set | examples | majority | {} |", names.join(" | "));
+    println!("|---|---|---|{}", "---|".repeat(columns.len()));
+    let sets = |h: &Headline| h.report.as_array().cloned().unwrap_or_default();
+    for (i, set) in sets(last).iter().enumerate() {
+        let accuracy = |h: &Headline| sets(h).get(i).and_then(|s| s["scores"]["verbalizer"]["accuracy"].as_f64());
+        let cells: Vec<String> = columns.iter().map(|(_, h)| accuracy(h).map_or("-".into(), |a| format!("{a:.3}"))).collect();
+        let ood = if set["in_domain"].as_bool() == Some(true) { "" } else { " (OOD)" };
         println!(
-            "| {}{} | {} | {} | {} | {} |",
+            "| {}{ood} | {} | {:.3} | {} |",
             set["name"].as_str().unwrap_or("?"),
-            if set["in_domain"].as_bool() == Some(true) { "" } else { " (OOD)" },
-            scores["examples"],
-            number(&scores["verbalizer"]["accuracy"]),
-            number(&scores["full_vocab_accuracy"]),
-            number(&scores["majority"]["accuracy"]),
+            set["scores"]["examples"],
+            set["scores"]["majority"]["accuracy"].as_f64().unwrap_or(f64::NAN),
+            cells.join(" | ")
         );
     }
     if let Some((epoch, best)) = &record.best {

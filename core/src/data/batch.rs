@@ -4,7 +4,7 @@
 
 use tch::{Device, Tensor};
 
-use super::numpy::Pcg64Generator;
+use super::numpy::{NumpyShuffle, Pcg64Generator};
 use crate::tokenizer::{Padding, Tokenizer};
 
 /// One example ready for the model.

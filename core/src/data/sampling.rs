@@ -14,7 +14,7 @@
 //!   the label count; here it is `k / num_labels`, the same for binary tasks.
 
 use super::dataset::Dataset;
-use super::numpy::{LegacyRandomState, Pcg64Generator};
+use super::numpy::{LegacyRandomState, NumpyShuffle, Pcg64Generator};
 use crate::error::{Error, Result};
 
 /// The seed llmft fixes for subsampling data (QQP's splits, `max_eval_samples`).

@@ -18,7 +18,7 @@
 use serde::Serialize;
 
 use super::dataset::{Dataset, Example};
-use super::numpy::LegacyRandomState;
+use super::numpy::{LegacyRandomState, NumpyShuffle};
 
 /// Label names of the synthetic task (HANS's label 1 is "non-entailment").
 pub const LABEL_NAMES: [&str; 2] = ["entailment", "non-entailment"];

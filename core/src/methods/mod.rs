@@ -6,6 +6,7 @@
 
 pub mod hooks;
 pub mod host;
+pub mod peft;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::RResult;
@@ -104,7 +105,8 @@ impl<'m> MethodRun<'m> {
         Ok(false)
     }
 
-    fn apply_trainability(&self) -> Result<()> {
+    /// Sets `requires_grad` on every base parameter as [`MethodRun::base_trains`] decides.
+    pub fn apply_trainability(&self) -> Result<()> {
         for (name, var) in self.model.vs.variables() {
             let _ = var.set_requires_grad(self.base_trains(&name)?);
         }

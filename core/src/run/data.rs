@@ -12,7 +12,7 @@ use crate::data::sampling;
 use crate::data::task::{self, DataOptions, TaskDef};
 use crate::error::Result;
 use crate::tokenizer::{Padding, Tokenizer};
-use ftlab_sdk::{TaskInfo, Tensors};
+use ftlab_sdk::{Inputs, TaskInfo, Tensors};
 
 /// Everything a run reads.
 pub struct RunData {
@@ -24,6 +24,13 @@ pub struct RunData {
     pub train: Dataset,
     /// Its encoded prompts.
     pub encoded: Vec<EncodedExample>,
+    /// Unlabelled training-split inputs, disjoint from `train` (their labels are never shown to
+    /// methods).
+    pub unlabelled: Dataset,
+    /// Their encoded prompts.
+    pub unlabelled_encoded: Vec<EncodedExample>,
+    /// The training pool (for in-context demonstrations).
+    pool: Dataset,
     /// In-context demonstrations (balanced, shuffled), or why there are none.
     pub context: std::result::Result<String, String>,
     /// Eval sets, in-domain first.
@@ -54,13 +61,9 @@ impl RunData {
         let positions = sampling::few_shot_positions(pool.len(), config.shots, config.data_seed)?;
         let train = pool.select(format!("{}-k{}", task.name, config.shots), &positions);
         let prompt = Prompt::new(task.prompt, task.label_names.len(), &config.prompt, tokenizer)?;
-        let mut truncated = 0;
-        let mut encoded = Vec::with_capacity(train.len());
-        for (position, example) in train.examples.iter().enumerate() {
-            let e = prompt.encode_within(tokenizer, "", example, config.train.max_length)?;
-            truncated += usize::from(e.truncated_tokens > 0);
-            encoded.push(EncodedExample { position, ids: e.ids, label: example.label });
-        }
+        let (encoded, truncated) = encode(&prompt, tokenizer, &train, config.train.max_length)?;
+        let unlabelled = draw_unlabelled(&pool, &positions, config.train.unlabelled, config.data_seed)?;
+        let (unlabelled_encoded, _) = encode(&prompt, tokenizer, &unlabelled, config.train.max_length)?;
         let context = sampling::balanced_demonstrations(&pool, config.shots, config.data_seed)
             .map(|demos| prompt.context(demos.iter().map(|&p| &pool.examples[p])))
             .map_err(|e| e.to_string());
@@ -77,7 +80,7 @@ impl RunData {
             train_truncated: truncated,
             eval_sizes: eval.iter().map(|s| (s.name.clone(), s.data.len())).collect(),
         };
-        Ok(Self { task, prompt, train, encoded, context, eval, summary })
+        Ok(Self { task, prompt, train, encoded, unlabelled, unlabelled_encoded, pool, context, eval, summary })
     }
 
     /// The task as methods see it.
@@ -89,13 +92,33 @@ impl RunData {
         }
     }
 
-    /// A batch as methods take it: its tensors and each row's rendered prompt.
-    pub fn method_batch(&self, batch: &Batch, examples: &Dataset) -> Tensors {
+    /// What an objective trains on: the labelled set, or the unlabelled inputs.
+    pub fn training_set(&self, inputs: Inputs) -> (&[EncodedExample], &Dataset) {
+        match inputs {
+            Inputs::Labelled => (&self.encoded, &self.train),
+            Inputs::Unlabelled => (&self.unlabelled_encoded, &self.unlabelled),
+        }
+    }
+
+    /// `k` balanced, shuffled demonstrations from the pool as an in-context prefix.
+    pub fn context_of(&self, k: usize, data_seed: u32) -> Result<String> {
+        let demos = sampling::balanced_demonstrations(&self.pool, k, data_seed)?;
+        Ok(self.prompt.context(demos.iter().map(|&p| &self.pool.examples[p])))
+    }
+
+    /// A batch as methods take it: its tensors and each row's rendered prompt. With
+    /// `hide_labels` (unlabelled inputs) the label tensors hold -1.
+    pub fn method_batch(&self, batch: &Batch, examples: &Dataset, hide_labels: bool) -> Tensors {
+        let (labels, gold_words) = if hide_labels {
+            (batch.labels.full_like(-1), batch.label_token_ids.full_like(-1))
+        } else {
+            (batch.labels.shallow_clone(), batch.label_token_ids.shallow_clone())
+        };
         let mut tensors = Tensors::new()
             .with("input_ids", batch.input_ids.shallow_clone())
             .with("attention_mask", batch.attention_mask.shallow_clone())
-            .with("labels", batch.labels.shallow_clone())
-            .with("label_token_ids", batch.label_token_ids.shallow_clone())
+            .with("labels", labels)
+            .with("label_token_ids", gold_words)
             .with("verbalizer_ids", batch.verbalizer_ids.shallow_clone());
         let prompts: Vec<String> = batch.positions.iter().map(|&p| self.prompt.query(&examples.examples[p])).collect();
         tensors.json = serde_json::json!({ "prompts": prompts });
@@ -106,7 +129,7 @@ impl RunData {
     pub fn prepare_data(&self, tokenizer: &Tokenizer, device: Device) -> Tensors {
         let all: Vec<usize> = (0..self.encoded.len()).collect();
         let batch = batch::collate(tokenizer, &self.encoded, &all, &self.prompt.word_ids, Padding::Right, device);
-        let mut data = self.method_batch(&batch, &self.train);
+        let mut data = self.method_batch(&batch, &self.train, false);
         let demonstrations: Vec<String> = self.train.examples.iter().map(|e| self.prompt.demonstration(e)).collect();
         data.json["demonstrations"] = demonstrations.into();
         data.json["labels_of_demonstrations"] = self.train.examples.iter().map(|e| e.label).collect::<Vec<_>>().into();
@@ -114,8 +137,32 @@ impl RunData {
         if let Ok(context) = &self.context {
             data.json["context"] = context.clone().into();
         }
+        let unlabelled: Vec<String> = self.unlabelled.examples.iter().map(|e| self.prompt.query(e)).collect();
+        data.json["unlabelled"] = unlabelled.into();
         data
     }
+}
+
+/// Encodes every example's prompt within `max_length`; returns them and how many were shortened.
+fn encode(prompt: &Prompt, tokenizer: &Tokenizer, data: &Dataset, max_length: usize) -> Result<(Vec<EncodedExample>, usize)> {
+    let mut truncated = 0;
+    let mut encoded = Vec::with_capacity(data.len());
+    for (position, example) in data.examples.iter().enumerate() {
+        let e = prompt.encode_within(tokenizer, "", example, max_length)?;
+        truncated += usize::from(e.truncated_tokens > 0);
+        encoded.push(EncodedExample { position, ids: e.ids, label: example.label });
+    }
+    Ok((encoded, truncated))
+}
+
+/// Up to `count` pool examples outside the labelled `taken` positions, drawn as the few-shot
+/// set is (numpy's `choice`) with the next data seed, so they never overlap it.
+fn draw_unlabelled(pool: &Dataset, taken: &[usize], count: usize, data_seed: u32) -> Result<Dataset> {
+    let taken: std::collections::HashSet<usize> = taken.iter().copied().collect();
+    let rest: Vec<usize> = (0..pool.len()).filter(|p| !taken.contains(p)).collect();
+    let picks = sampling::few_shot_positions(rest.len(), count.min(rest.len()), data_seed.wrapping_add(1))?;
+    let positions: Vec<usize> = picks.into_iter().map(|i| rest[i]).collect();
+    Ok(pool.select(format!("{}-unlabelled", pool.name), &positions))
 }
 
 /// Keeps at most `max` rows of an eval set, drawn as llmft's `max_eval_samples` does.

@@ -106,6 +106,11 @@ pub struct RunRecord {
     pub data: Option<DataSummary>,
     /// Trainable scalars (0 for ICL).
     pub trainable_parameters: i64,
+    /// Evaluation before training: the zero-shot model (or the in-context one, for ICL).
+    pub zero_shot: Option<Headline>,
+    /// In-context learning with `eval.icl_shots` demonstrations on the untrained model: the
+    /// teacher a distilled model is compared with.
+    pub icl_reference: Option<Headline>,
     /// Evaluation after the last epoch.
     pub last: Option<Headline>,
     /// The epoch (1-based; 0 = before training) with the best in-domain accuracy, and its scores.
@@ -151,6 +156,8 @@ pub fn run(config: &RunConfig, options: &RunOptions, registry: &Registry) -> Res
         ftlab_version: env!("CARGO_PKG_VERSION").into(),
         data: None,
         trainable_parameters: 0,
+        zero_shot: None,
+        icl_reference: None,
         last: None,
         best: None,
         timings: Timings::default(),
@@ -195,6 +202,13 @@ fn execute(
     record.data = Some(data.summary.clone());
     let adapters: Vec<_> = config.adapters.iter().map(|a| a.spec()).collect();
     let mut run = MethodRun::new(&model, registry, &config.method.spec(), &adapters, data.task_info(), config.seed)?;
+    // The ICL reference: by default for objectives that distil a context into the model.
+    let distils = run.objective.object.training_inputs() == ftlab_sdk::Inputs::Unlabelled;
+    if config.eval.icl_reference.unwrap_or(distils) && !options.resume {
+        record.icl_reference = Some(icl_reference(config, registry, &model, &data)?);
+        // The reference froze the base model for itself; restore this run's choice.
+        run.apply_trainability()?;
+    }
     record.methods = provenance(config, registry)?;
     record.timings.load = start.elapsed().as_secs_f64();
 
@@ -236,6 +250,7 @@ fn execute(
             },
         )?;
         best = Some((0, headline.clone()));
+        record.zero_shot = Some(headline.clone());
         record.last = Some(headline);
     }
     let mut ran = 0;
@@ -278,6 +293,15 @@ fn execute(
     Ok(true)
 }
 
+/// In-context learning on the untrained model with `eval.icl_shots` demonstrations.
+fn icl_reference(config: &RunConfig, registry: &Registry, model: &Model, data: &RunData) -> Result<Headline> {
+    let mut icl = MethodRun::new(model, registry, &crate::methods::MethodSpec::named("icl"), &[], data.task_info(), config.seed)?;
+    let mut prepare = data.prepare_data(&model.tokenizer, model.device());
+    prepare.json["context"] = data.context_of(config.eval.icl_shots, config.data_seed)?.into();
+    icl.prepare(prepare)?;
+    Ok(evaluate(&mut icl, data, model, config)?.0)
+}
+
 fn log_epoch(dir: &RunDir, metrics: EpochMetrics) -> Result<()> {
     dir.append_metrics(&metrics)
 }
@@ -312,7 +336,7 @@ fn evaluate(run: &mut MethodRun, data: &RunData, model: &Model, config: &RunConf
     let mut reports: Vec<EvalReport> = Vec::new();
     let bar = train::progress_bar(data.eval.len() as u64, "eval");
     for set in &data.eval {
-        let mut scorer = |b: &crate::data::batch::Batch| run.predict(data.method_batch(b, &set.data));
+        let mut scorer = |b: &crate::data::batch::Batch| run.predict(data.method_batch(b, &set.data, false));
         reports.push(harness::evaluate(
             std::slice::from_ref(set),
             &data.prompt,

@@ -3,6 +3,7 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
+use ftlab_sdk::Inputs;
 use tch::Tensor;
 
 use super::config::RunConfig;
@@ -40,7 +41,7 @@ pub struct EpochMetrics {
     pub eval: Option<serde_json::Value>,
 }
 
-/// Optimizer steps of the whole run.
+/// Optimizer steps of the whole run over `examples` training rows.
 pub fn total_steps(config: &RunConfig, examples: usize) -> usize {
     let per_epoch = examples.div_ceil(config.train.batch_size);
     config.train.max_steps.unwrap_or(per_epoch * config.train.epochs)
@@ -62,14 +63,10 @@ pub fn train_epoch(
     tch::manual_seed(epoch_seed as i64);
     let micro = config.train.batch_size / config.train.grad_accum;
     let device = run.model.device();
-    let batches = batch::batches(
-        tokenizer,
-        &data.encoded,
-        &data.prompt.word_ids,
-        micro,
-        BatchOrder::BucketedShuffled { seed: epoch_seed },
-        device,
-    );
+    let inputs = run.objective.object.training_inputs();
+    let (encoded, examples) = data.training_set(inputs);
+    let order = BatchOrder::BucketedShuffled { seed: epoch_seed };
+    let batches = batch::batches(tokenizer, encoded, &data.prompt.word_ids, micro, order, device);
     let bar = progress_bar(batches.len() as u64, &format!("epoch {}", epoch + 1));
     let (mut loss_sum, mut loss_count, mut lr) = (0.0, 0usize, 0.0);
     let mut method_metrics: Vec<(String, f64)> = Vec::new();
@@ -79,7 +76,7 @@ pub fn train_epoch(
         }
         optimizer.zero_grad();
         for b in group {
-            let (loss, metrics) = run.loss(data.method_batch(b, &data.train))?;
+            let (loss, metrics) = run.loss(data.method_batch(b, examples, inputs == Inputs::Unlabelled))?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(Error::Input(format!(

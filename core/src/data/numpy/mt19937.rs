@@ -8,6 +8,8 @@
 //! drawing each swap partner with numpy's `random_interval`: masked rejection sampling on
 //! 32-bit outputs (`numpy/random/src/distributions/distributions.c`).
 
+use super::NumpyShuffle;
+
 const N: usize = 624;
 const M: usize = 397;
 const MATRIX_A: u32 = 0x9908_b0df;
@@ -61,31 +63,6 @@ impl LegacyRandomState {
             self.state[i] = mix(self.state[i], self.state[(i + 1) % N], self.state[(i + M) % N]);
         }
         self.position = 0;
-    }
-
-    /// A uniform integer in `0..=max` (numpy's `random_interval`): draws are masked to the
-    /// smallest all-ones bit pattern covering `max` and rejected above it.
-    pub fn interval(&mut self, max: u32) -> u32 {
-        if max == 0 {
-            return 0;
-        }
-        let mask = u32::MAX >> max.leading_zeros();
-        loop {
-            let value = self.next_u32() & mask;
-            if value <= max {
-                return value;
-            }
-        }
-    }
-
-    /// `np.random.permutation(n)`: `arange(n)` shuffled in place from the end.
-    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
-        let mut values: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            let j = self.interval(i as u32) as usize;
-            values.swap(i, j);
-        }
-        values
     }
 
     /// `np.random.choice(n, k, replace=False)`: the first `k` entries of a full permutation

@@ -61,31 +61,6 @@ impl Pcg64Generator {
         self.buffered_u32 = Some((next >> 32) as u32);
         next as u32
     }
-
-    /// A uniform integer in `0..=max` by masked rejection (numpy's `random_interval`, which
-    /// `Generator.shuffle` uses, unlike `Generator.integers`).
-    pub fn interval(&mut self, max: u32) -> u32 {
-        if max == 0 {
-            return 0;
-        }
-        let mask = u32::MAX >> max.leading_zeros();
-        loop {
-            let value = self.next_u32() & mask;
-            if value <= max {
-                return value;
-            }
-        }
-    }
-
-    /// `Generator.permutation(n)`: `arange(n)` shuffled in place from the end.
-    pub fn permutation(&mut self, n: usize) -> Vec<usize> {
-        let mut values: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            let j = self.interval(i as u32) as usize;
-            values.swap(i, j);
-        }
-        values
-    }
 }
 
 fn hashmix(value: u32, hash_const: &mut u32) -> u32 {

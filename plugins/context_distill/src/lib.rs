@@ -1,0 +1,216 @@
+//! `context_distill`: context distillation (Snell et al., 2022, "Learning by Distilling
+//! Context", <https://arxiv.org/abs/2209.15189>; Askell et al., 2021, "A General Language
+//! Assistant as a Laboratory for Alignment", <https://arxiv.org/abs/2112.00861>), the headline
+//! method of shared/DESIGN.md §5.
+//!
+//! The teacher is the frozen pretrained model reading a context C of k balanced, shuffled
+//! demonstrations before an input's prompt q(x); the student is the run's model (its adapters,
+//! or all of it) reading q(x) alone. The loss is the forward
+//! KL(p_teacher(· | C, q(x)) ‖ p_student(· | q(x))) at the answer position, over the full
+//! vocabulary (top-m buckets, see [`targets`]) or the verbalizer, at temperature τ and scaled
+//! by τ², plus an optional λ·CE on inputs whose label is known.
+//!
+//! Efficiency is part of the method: `prepare` computes every teacher distribution once, in
+//! batches, before any step — so the teacher stays the pretrained model even when base weights
+//! train — and keeps only compact targets. A context shared by all inputs (`resample = false`)
+//! is encoded once and its keys/values reused. The student predicts with no context (the
+//! default `predict`).
+
+mod sampler;
+mod targets;
+mod teacher;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use ftlab_sdk::prelude::*;
+
+use targets::{agreement, distill_loss, Targets};
+use teacher::{Pool, Teacher};
+
+/// Which distributions the KL compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KlOver {
+    /// The full vocabulary, in `top_m` + 1 buckets.
+    Vocab,
+    /// Only the verbalizer tokens, both distributions renormalised over them.
+    Verbalizer,
+}
+
+/// Which inputs x the student is trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Unlabelled task inputs the runtime supplies (training-split inputs outside the
+    /// labelled pool, `train.unlabelled` of them).
+    Unlabelled,
+    /// The labelled few-shot inputs themselves (each context leaves out the input's own
+    /// demonstration).
+    Labelled,
+}
+
+/// Hyperparameters, set in an experiment file under `context_distill`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Demonstrations per context (default 8): k / num_labels of each label, shuffled. A
+    /// context that would not fit the model's window with its query gets fewer (logged as
+    /// `contexts_shortened` and `context_k_min`).
+    pub k: usize,
+    /// A fresh context per input, drawn from the labelled pool, so every demonstration gets
+    /// internalised (default true). False: one context shared by all inputs.
+    pub resample: bool,
+    /// Temperature τ of both distributions (default 1.0); the loss is scaled by τ².
+    pub temperature: f64,
+    /// KL over the full vocabulary (`"vocab"`, default) or the verbalizer tokens (`"verbalizer"`).
+    pub kl: KlOver,
+    /// Tokens the cached full-vocabulary target keeps (default 64), the rest merged into one
+    /// bucket; exact when ≥ the vocabulary. Bounds the cache at m ids and probabilities per input.
+    pub top_m: usize,
+    /// Weight λ of the cross-entropy against the gold label word on labelled rows (default 0).
+    pub ce_weight: f64,
+    /// Train on `"unlabelled"` inputs (default) or the `"labelled"` ones.
+    pub inputs: Source,
+    /// With `resample = false`: encode the shared context once and reuse its keys/values
+    /// (default true); false prepends it to every input (the reference for tests and
+    /// benchmarks). Ignored with `resample = true`: every context differs, nothing is shared.
+    pub cache_context: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            k: 8,
+            resample: true,
+            temperature: 1.0,
+            kl: KlOver::Vocab,
+            top_m: 64,
+            ce_weight: 0.0,
+            inputs: Source::Unlabelled,
+            cache_context: true,
+        }
+    }
+}
+
+impl Config {
+    /// Refuses settings that have no meaning, naming the field.
+    fn validate(&self, num_labels: usize) -> Result<()> {
+        if num_labels == 0 || self.k == 0 || self.k % num_labels != 0 {
+            return Err(Error::msg(format!("`k` = {} must be a positive multiple of the {num_labels} labels", self.k)));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::msg(format!("`temperature` must be positive, got {}", self.temperature)));
+        }
+        if self.top_m == 0 {
+            return Err(Error::msg("`top_m` must be at least 1"));
+        }
+        if !(self.ce_weight.is_finite() && self.ce_weight >= 0.0) {
+            return Err(Error::msg(format!("`ce_weight` must be ≥ 0, got {}", self.ce_weight)));
+        }
+        Ok(())
+    }
+}
+
+/// The student being distilled, and the cached teacher.
+pub struct ContextDistill {
+    config: Config,
+    /// The verbalizer's token ids.
+    verbalizer: Vec<i64>,
+    /// Teacher targets, one row per distinct input prompt.
+    targets: Option<Targets>,
+    /// Row of each input prompt in `targets`.
+    rows: HashMap<String, i64>,
+}
+
+impl Method for ContextDistill {
+    const NAME: &'static str = "context_distill";
+    const ROLE: Role = Role::Objective;
+    const DESCRIPTION: &'static str = "Context distillation: the student, without context, learns the next-token \
+        distribution of the frozen model reading k balanced demonstrations (https://arxiv.org/abs/2209.15189).";
+    type Config = Config;
+
+    fn new(config: Config, host: &mut Host) -> Result<Self> {
+        let verbalizer = host.task()?.label_token_ids;
+        config.validate(verbalizer.len())?;
+        Ok(Self { config, verbalizer, targets: None, rows: HashMap::new() })
+    }
+
+    fn training_inputs(&self) -> Inputs {
+        match self.config.inputs {
+            Source::Unlabelled => Inputs::Unlabelled,
+            Source::Labelled => Inputs::Labelled,
+        }
+    }
+
+    fn prepare(&mut self, host: &mut Host, data: &Tensors) -> Result<()> {
+        let start = Instant::now();
+        let inputs = self.inputs(data)?;
+        let pool = Pool::from_data(data, self.verbalizer.len())?;
+        let model = host.model()?;
+        let device = data.input_ids()?.device();
+        let teacher = Teacher {
+            pool: &pool,
+            k: self.config.k,
+            seed: host.seed()?,
+            tau: self.config.temperature,
+            top_m: (self.config.kl == KlOver::Vocab).then_some(self.config.top_m),
+            verbalizer: Tensor::from_slice(&self.verbalizer).to_device(device),
+            window: usize::try_from(model.max_position_embeddings).unwrap_or(0),
+            pad: model.pad_token_id,
+            device,
+        };
+        let targets = if self.config.resample {
+            teacher.resampled(host, &inputs)?
+        } else {
+            teacher.shared(host, &inputs, self.config.cache_context)?
+        };
+        self.rows = inputs.into_iter().zip(0..).collect();
+        self.targets = Some(targets);
+        host.log("teacher_seconds", start.elapsed().as_secs_f64())
+    }
+
+    fn loss(&mut self, host: &mut Host, batch: &Batch) -> Result<Loss> {
+        let targets = self.targets.as_ref().ok_or("context_distill trains only after `prepare`")?;
+        let index = (batch.strings("prompts")?.iter())
+            .map(|p| self.rows.get(p).copied().ok_or_else(|| Error::msg(format!("no teacher target for input `{p}`"))))
+            .collect::<Result<Vec<i64>>>()?;
+        let device = batch.input_ids()?.device();
+        let targets = targets.rows(&Tensor::from_slice(&index).to_device(device));
+        let verbalizer = Tensor::from_slice(&self.verbalizer).to_device(device);
+        let student = last_token_logits(host, batch, true)?; // (B, V)
+        let parts = distill_loss(
+            &student,
+            &targets,
+            &verbalizer,
+            self.config.temperature,
+            self.config.ce_weight,
+            batch.label_token_ids()?,
+            batch.labels()?,
+        );
+        host.log("kl", parts.kl)?;
+        host.log("teacher_agreement", agreement(&student.detach(), &targets, &verbalizer))?;
+        Ok(Loss::new(parts.loss))
+    }
+}
+
+impl ContextDistill {
+    /// The distinct inputs x to distil on, in order of first appearance.
+    fn inputs(&self, data: &Tensors) -> Result<Vec<String>> {
+        let key = match self.config.inputs {
+            Source::Unlabelled => "unlabelled",
+            Source::Labelled => "prompts",
+        };
+        let all = data.strings(key).map_err(|e| {
+            Error::msg(format!("{e}: the runtime supplied no `{key}` inputs (set `inputs` or `train.unlabelled`)"))
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        let inputs: Vec<String> = all.into_iter().filter(|p| seen.insert(p.clone())).collect();
+        if inputs.is_empty() {
+            return Err(Error::msg(format!("no `{key}` inputs to distil on")));
+        }
+        Ok(inputs)
+    }
+}
+
+ftlab_sdk::export_library!(ContextDistill);
