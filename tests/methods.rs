@@ -4,7 +4,8 @@
 //! hooked (also through PEFT's format, and a PEFT-made adapter runs in the plugin as in PEFT),
 //! and ICL with the cached context equals ICL without it.
 
-use std::path::PathBuf;
+use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use ftlab_core::data::batch::{self, BatchOrder, EncodedExample};
@@ -30,14 +31,21 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The workspace's plugins are built next to the `ftlab` binary.
+/// The workspace's plugins, built next to the `ftlab` binary by `cargo build --workspace`
+/// (`cargo test` builds only their test harnesses, so a stale library is refused here).
 fn registry() -> Registry {
     let dir = PathBuf::from(env!("CARGO_BIN_EXE_ftlab")).parent().unwrap().to_path_buf();
-    let registry = Registry::from_dirs(&[dir]);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     for name in ["vanilla_ft", "pbft", "icl", "bitfit", "lora"] {
-        assert!(registry.methods().any(|m| m.name == name), "plugin `{name}` not built: run `cargo build --workspace`");
+        let lib = dir.join(format!("{DLL_PREFIX}ftlab_method_{name}{DLL_SUFFIX}"));
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{name}/src/lib.rs"));
+        assert!(
+            modified(&lib).is_some_and(|built| Some(built) >= modified(&source)),
+            "{} is missing or older than its source: run `cargo build --workspace` first",
+            lib.display()
+        );
     }
-    registry
+    Registry::from_dirs(&[dir])
 }
 
 /// One padded batch and its rendered prompts.

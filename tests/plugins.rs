@@ -117,9 +117,10 @@ fn scaffolded_plugins_load_and_train_on_the_embedded_model() {
     for (name, old) in before {
         assert!(model.vs.variables()[&name].equal(&old), "{name} changed");
     }
-    // Predictions rank the trained labels first.
-    let scores = run.predict(batch(&model)).unwrap();
-    assert_eq!(Vec::<i64>::try_from(scores.argmax(1, false)).unwrap(), vec![0, 1]);
+    // Predictions (next-token logits) rank the trained label words first.
+    let logits = run.predict(batch(&model)).unwrap();
+    let words = Tensor::from_slice(&task(&model).label_token_ids);
+    assert_eq!(Vec::<i64>::try_from(logits.index_select(1, &words).argmax(1, false)).unwrap(), vec![0, 1]);
 }
 
 #[test]
@@ -233,7 +234,8 @@ fn scaffolded_plugins_run_from_the_cli() {
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
     assert_eq!(record["status"], "completed");
-    let methods: Vec<&str> = record["methods"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let methods: Vec<&str> =
+        record["methods"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(methods, ["myce", "myscale"]);
     assert!(record["methods"][1]["library"].as_str().unwrap().starts_with(scaffolded().to_str().unwrap()));
     // Only the adapter's four scaling vectors of 256 train.

@@ -186,3 +186,27 @@ fn vanilla_ft_and_pbft_learn_the_embedded_task() {
         assert!(accuracy > majority + 0.08, "{plugin}: accuracy {accuracy} vs majority {majority}");
     }
 }
+
+/// A LoRA run leaves its adapter in PEFT's format, and `model forward --adapter` runs it.
+#[test]
+fn lora_runs_export_a_peft_adapter() {
+    let out = tempfile::tempdir().unwrap();
+    let result = quick(out.path(), &["--adapter", "lora"]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let adapter = out.path().join("pbft+lora_synthetic-nli_tiny-opt_k24_d0_s0/adapter");
+    let config = json(&adapter.join("adapter_config.json"));
+    assert_eq!((config["peft_type"].as_str(), config["r"].as_i64()), (Some("LORA"), Some(8)));
+    let logits = out.path().join("logits.safetensors");
+    let forward = ftlab(&[
+        "model",
+        "forward",
+        "tiny-opt",
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--text",
+        "A dog runs.",
+        "--out",
+        logits.to_str().unwrap(),
+    ]);
+    assert!(forward.status.success(), "{}", String::from_utf8_lossy(&forward.stderr));
+}

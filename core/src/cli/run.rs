@@ -135,7 +135,8 @@ fn print_summary(record: &RunRecord) {
     let sets = |h: &Headline| h.report.as_array().cloned().unwrap_or_default();
     for (i, set) in sets(last).iter().enumerate() {
         let accuracy = |h: &Headline| sets(h).get(i).and_then(|s| s["scores"]["verbalizer"]["accuracy"].as_f64());
-        let cells: Vec<String> = columns.iter().map(|(_, h)| accuracy(h).map_or("-".into(), |a| format!("{a:.3}"))).collect();
+        let cells: Vec<String> =
+            columns.iter().map(|(_, h)| accuracy(h).map_or("-".into(), |a| format!("{a:.3}"))).collect();
         let ood = if set["in_domain"].as_bool() == Some(true) { "" } else { " (OOD)" };
         println!(
             "| {}{ood} | {} | {:.3} | {} |",

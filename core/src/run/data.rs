@@ -144,7 +144,12 @@ impl RunData {
 }
 
 /// Encodes every example's prompt within `max_length`; returns them and how many were shortened.
-fn encode(prompt: &Prompt, tokenizer: &Tokenizer, data: &Dataset, max_length: usize) -> Result<(Vec<EncodedExample>, usize)> {
+fn encode(
+    prompt: &Prompt,
+    tokenizer: &Tokenizer,
+    data: &Dataset,
+    max_length: usize,
+) -> Result<(Vec<EncodedExample>, usize)> {
     let mut truncated = 0;
     let mut encoded = Vec::with_capacity(data.len());
     for (position, example) in data.examples.iter().enumerate() {

@@ -219,15 +219,11 @@ fn execute(
     let mut optimizer = AdamW::new(run.trainable(), &config.train);
     record.trainable_parameters = optimizer.num_parameters();
     let trains = record.trainable_parameters > 0;
-    let total = if trains { train::total_steps(config, data.encoded.len()) } else { 0 };
-    let epochs = if trains {
-        config
-            .train
-            .max_steps
-            .map_or(config.train.epochs, |s| s.div_ceil(data.encoded.len().div_ceil(config.train.batch_size)))
-    } else {
-        0
-    };
+    // Steps and epochs count the rows the objective trains on (labelled or unlabelled).
+    let rows = data.training_set(run.objective.object.training_inputs()).0.len();
+    let total = if trains { train::total_steps(config, rows) } else { 0 };
+    let per_epoch = rows.div_ceil(config.train.batch_size);
+    let epochs = if trains { config.train.max_steps.map_or(config.train.epochs, |s| s.div_ceil(per_epoch)) } else { 0 };
     let mut progress = if options.resume && dir.checkpoint().join("progress.json").is_file() {
         train::load_checkpoint(dir, &mut optimizer)?
     } else {
@@ -289,13 +285,26 @@ fn execute(
         record.last = Some(headline);
     }
     record.best = best;
+    export_adapters(config, registry, &run, dir)?;
     record.timings.total = start.elapsed().as_secs_f64() + record.timings.total;
     Ok(true)
 }
 
+/// Saves every `lora` adapter of the run in HF PEFT's format under `adapter/` (or
+/// `adapter-<i>/` when there are several), loadable by `PeftModel.from_pretrained`.
+fn export_adapters(config: &RunConfig, registry: &Registry, run: &MethodRun, dir: &RunDir) -> Result<()> {
+    let loras: Vec<_> = config.adapters.iter().filter(|a| a.name == "lora").collect();
+    for (i, adapter) in loras.iter().enumerate() {
+        let folder = if loras.len() == 1 { dir.path.join("adapter") } else { dir.path.join(format!("adapter-{i}")) };
+        crate::methods::peft::LoraAdapter::from_run(run, registry, &adapter.spec())?.save(&folder)?;
+    }
+    Ok(())
+}
+
 /// In-context learning on the untrained model with `eval.icl_shots` demonstrations.
 fn icl_reference(config: &RunConfig, registry: &Registry, model: &Model, data: &RunData) -> Result<Headline> {
-    let mut icl = MethodRun::new(model, registry, &crate::methods::MethodSpec::named("icl"), &[], data.task_info(), config.seed)?;
+    let mut icl =
+        MethodRun::new(model, registry, &crate::methods::MethodSpec::named("icl"), &[], data.task_info(), config.seed)?;
     let mut prepare = data.prepare_data(&model.tokenizer, model.device());
     prepare.json["context"] = data.context_of(config.eval.icl_shots, config.data_seed)?.into();
     icl.prepare(prepare)?;

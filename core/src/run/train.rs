@@ -1,9 +1,9 @@
 //! The training loop: batches → the objective's loss → backward → clipped AdamW step, epoch by
 //! epoch, evaluating after each epoch and checkpointing so an interrupted run resumes exactly.
 
+use ftlab_sdk::Inputs;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use ftlab_sdk::Inputs;
 use tch::Tensor;
 
 use super::config::RunConfig;

@@ -7,7 +7,7 @@
 //! demonstrations before an input's prompt q(x); the student is the run's model (its adapters,
 //! or all of it) reading q(x) alone. The loss is the forward
 //! KL(p_teacher(· | C, q(x)) ‖ p_student(· | q(x))) at the answer position, over the full
-//! vocabulary (top-m buckets, see [`targets`]) or the verbalizer, at temperature τ and scaled
+//! vocabulary (top-m buckets, see `targets.rs`) or the verbalizer, at temperature τ and scaled
 //! by τ², plus an optional λ·CE on inputs whose label is known.
 //!
 //! Efficiency is part of the method: `prepare` computes every teacher distribution once, in

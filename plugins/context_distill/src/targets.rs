@@ -129,7 +129,7 @@ pub fn distill_loss(
     let known = labels.ge(0).nonzero().squeeze_dim(1); // rows with a label
     if ce_weight > 0.0 && known.size()[0] > 0 {
         let ce = student.index_select(0, &known).cross_entropy_for_logits(&gold.index_select(0, &known));
-        loss = loss + ce * ce_weight;
+        loss += ce * ce_weight;
     }
     LossParts { loss, kl: kl.double_value(&[]) }
 }

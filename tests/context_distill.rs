@@ -1,0 +1,291 @@
+//! `context_distill` (plugins/context_distill) on the embedded model and synthetic task, loaded
+//! through the registry: training brings the student's distribution towards the in-context
+//! teacher on held-out inputs (the KL falls, the agreement rises), a shared context's kept
+//! keys/values give the same teacher as re-encoding it per input, and `ftlab run --plugin
+//! context_distill` completes and reports the zero-shot, ICL and distilled accuracies.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+
+use ftlab_core::data::batch::{self, BatchOrder, EncodedExample};
+use ftlab_core::data::prompt::{Prompt, PromptFamily, PromptSpec};
+use ftlab_core::data::synthetic::{self, SyntheticConfig};
+use ftlab_core::data::Dataset;
+use ftlab_core::methods::{MethodRun, MethodSpec};
+use ftlab_core::model::{LoadOptions, Model};
+use ftlab_registry::Registry;
+use ftlab_sdk::{TaskInfo, Tensors};
+use serde_json::json;
+use tch::Device;
+
+/// One test at a time, on one libtorch thread (model init and dropout use libtorch's global RNG;
+/// the tiny model's ops are too small to split across threads).
+fn serial() -> MutexGuard<'static, ()> {
+    tch::set_num_threads(1);
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The workspace's plugins are built next to the `ftlab` binary.
+fn registry() -> Registry {
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_ftlab")).parent().unwrap().to_path_buf();
+    let registry = Registry::from_dirs(&[dir]);
+    assert!(
+        registry.methods().any(|m| m.name == "context_distill"),
+        "plugin `context_distill` not built: run `cargo build --workspace`"
+    );
+    registry
+}
+
+/// The embedded model and three disjoint slices of the synthetic task's training split: the
+/// labelled pool contexts are drawn from, unlabelled inputs to distil on, held-out inputs.
+struct Toy {
+    model: Model,
+    prompt: Prompt,
+    labelled: Dataset,
+    unlabelled: Dataset,
+    held_out: Dataset,
+}
+
+impl Toy {
+    fn new() -> Self {
+        let model = Model::embedded(LoadOptions::default()).unwrap();
+        let prompt = Prompt::new(PromptFamily::Nli, 2, &PromptSpec::default(), &model.tokenizer).unwrap();
+        let all = synthetic::in_domain(&SyntheticConfig { train: 96, ..Default::default() }, "train");
+        let slice = |name: &str, range: std::ops::Range<usize>| all.select(name, &range.collect::<Vec<_>>());
+        let (labelled, unlabelled, held_out) =
+            (slice("labelled", 0..16), slice("unlabelled", 16..64), slice("held-out", 64..96));
+        Self { model, prompt, labelled, unlabelled, held_out }
+    }
+
+    fn task(&self) -> TaskInfo {
+        TaskInfo {
+            name: "synthetic-nli".into(),
+            label_words: self.prompt.words.clone(),
+            label_token_ids: self.prompt.word_ids.clone(),
+        }
+    }
+
+    fn run(&self, config: serde_json::Value) -> MethodRun<'_> {
+        let spec = MethodSpec { name: "context_distill".into(), config };
+        MethodRun::new(&self.model, &registry(), &spec, &[], self.task(), 0).unwrap()
+    }
+
+    /// `data` in batches of 8 as the runtime hands them to a method; `hide_labels` marks the
+    /// rows unlabelled (-1), as the runtime does for unlabelled inputs.
+    fn batches(&self, data: &Dataset, hide_labels: bool) -> Vec<Tensors> {
+        let encoded: Vec<EncodedExample> = (data.examples.iter().enumerate())
+            .map(|(position, e)| EncodedExample {
+                position,
+                ids: self.prompt.encode(&self.model.tokenizer, "", e).unwrap(),
+                label: e.label,
+            })
+            .collect();
+        let order = BatchOrder::Shuffled { seed: 0 };
+        (batch::batches(&self.model.tokenizer, &encoded, &self.prompt.word_ids, 8, order, Device::Cpu).into_iter())
+            .map(|b| {
+                let (labels, gold) = if hide_labels {
+                    (b.labels.full_like(-1), b.label_token_ids.full_like(-1))
+                } else {
+                    (b.labels.shallow_clone(), b.label_token_ids.shallow_clone())
+                };
+                let mut tensors = Tensors::new()
+                    .with("input_ids", b.input_ids.shallow_clone())
+                    .with("attention_mask", b.attention_mask.shallow_clone())
+                    .with("labels", labels)
+                    .with("label_token_ids", gold)
+                    .with("verbalizer_ids", b.verbalizer_ids.shallow_clone());
+                let prompts: Vec<String> = b.positions.iter().map(|&p| self.prompt.query(&data.examples[p])).collect();
+                tensors.json = json!({ "prompts": prompts });
+                tensors
+            })
+            .collect()
+    }
+
+    /// What the runtime hands `prepare` (see `ftlab_sdk::Batch`): the labelled set's tensors,
+    /// its prompts and demonstrations, and the unlabelled inputs — here the unlabelled and the
+    /// held-out ones, so the teacher's targets exist for both.
+    fn prepare_data(&self) -> Tensors {
+        let mut data = self.batches(&self.labelled, false).remove(0);
+        let queries = |d: &Dataset| d.examples.iter().map(|e| self.prompt.query(e)).collect::<Vec<_>>();
+        let demonstrations: Vec<String> = self.labelled.examples.iter().map(|e| self.prompt.demonstration(e)).collect();
+        let unlabelled = [queries(&self.unlabelled), queries(&self.held_out)].concat();
+        data.json = json!({
+            "prompts": queries(&self.labelled),
+            "demonstrations": demonstrations,
+            "labels_of_demonstrations": self.labelled.examples.iter().map(|e| e.label).collect::<Vec<_>>(),
+            "separator": self.prompt.separator,
+            "unlabelled": unlabelled,
+        });
+        data
+    }
+}
+
+/// A metric the method logged, from a loss call's metrics.
+fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
+    let key = format!("context_distill/{name}");
+    metrics.iter().find(|(n, _)| *n == key).map(|(_, v)| *v).unwrap_or_else(|| panic!("no `{key}` in {metrics:?}"))
+}
+
+/// Mean KL and teacher agreement over `batches`, in evaluation mode, without a step.
+fn measure(run: &mut MethodRun, batches: &[Tensors]) -> (f64, f64) {
+    run.set_train(false).unwrap();
+    let (mut kl, mut agreement) = (0.0, 0.0);
+    for b in batches {
+        let (_, metrics) = run.loss(copy(b)).unwrap();
+        kl += metric(&metrics, "kl");
+        agreement += metric(&metrics, "teacher_agreement");
+    }
+    (kl / batches.len() as f64, agreement / batches.len() as f64)
+}
+
+/// A second handle on a batch (`MethodRun::loss` takes ownership).
+fn copy(batch: &Tensors) -> Tensors {
+    Tensors {
+        tensors: batch.tensors.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect(),
+        json: batch.json.clone(),
+    }
+}
+
+/// Distils with `config` by full fine-tuning (AdamW, 10 epochs) on the unlabelled inputs (labels
+/// hidden), after scaling the tied token embedding — hence the logits — by `sharpen`; checks
+/// that on the held-out inputs, never trained on, the KL falls and the agreement rises.
+fn distils(config: serde_json::Value, sharpen: f64) {
+    let _serial = serial();
+    let toy = Toy::new();
+    tch::no_grad(|| {
+        let embedding = &toy.model.vs.variables()["model.decoder.embed_tokens.weight"];
+        let _ = embedding.shallow_clone().f_mul_scalar_(sharpen).unwrap();
+    });
+    let mut run = toy.run(config.clone());
+    run.prepare(toy.prepare_data()).unwrap();
+    let (train, held_out) = (toy.batches(&toy.unlabelled, true), toy.batches(&toy.held_out, true));
+    let before = measure(&mut run, &held_out);
+
+    let mut optimizer = tch::COptimizer::adamw(1e-3, 0.9, 0.999, 0.0, 1e-8, false).unwrap();
+    for (_, p) in &run.trainable() {
+        optimizer.add_parameters(p, 0).unwrap();
+    }
+    run.set_train(true).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..10 {
+        let mut total = 0.0;
+        for b in &train {
+            optimizer.zero_grad().unwrap();
+            let (loss, _) = run.loss(copy(b)).unwrap();
+            loss.backward();
+            optimizer.step().unwrap();
+            total += loss.double_value(&[]);
+        }
+        losses.push(total / train.len() as f64);
+    }
+    let after = measure(&mut run, &held_out);
+    eprintln!("{config}: train loss {losses:?}; held-out (KL, agreement) {before:?} → {after:?}");
+    assert!(losses[9] < 0.5 * losses[0], "{config}: the training loss should fall: {losses:?}");
+    assert!(after.0 < 0.2 * before.0, "{config}: held-out KL should fall: {before:?} → {after:?}");
+    assert!(after.1 > before.1 && after.1 >= 0.9, "{config}: held-out agreement should rise: {before:?} → {after:?}");
+}
+
+/// The default setting: a fresh context per input, full-vocabulary KL. The random tiny model's
+/// next-token distribution is nearly uniform, so which label word the teacher prefers is a
+/// near-tie that the full-vocabulary KL barely weighs; tripling the logits (as pretraining
+/// sharpens them) puts the context's effect on the label words above that noise.
+#[test]
+fn the_student_approaches_the_resampling_teacher_on_held_out_inputs() {
+    distils(json!({}), 3.0);
+}
+
+/// One shared context and the KL over the label words, on the embedded model as it is.
+#[test]
+fn the_student_approaches_the_shared_context_teacher_on_held_out_inputs() {
+    distils(json!({ "resample": false, "kl": "verbalizer" }), 1.0);
+}
+
+/// One shared context: kept keys/values vs the context re-encoded per input give the same
+/// teacher, hence the same loss, for the full-vocabulary and the verbalizer KL.
+#[test]
+fn cached_and_uncached_shared_context_give_identical_losses() {
+    let _serial = serial();
+    let toy = Toy::new();
+    let batch = &toy.batches(&toy.unlabelled, true)[0];
+    for options in [json!({}), json!({ "kl": "verbalizer", "temperature": 2.0 })] {
+        let mut results = Vec::new();
+        for cache_context in [true, false] {
+            let mut config = json!({ "resample": false, "cache_context": cache_context });
+            config.as_object_mut().unwrap().extend(options.as_object().unwrap().clone());
+            let mut run = toy.run(config);
+            run.prepare(toy.prepare_data()).unwrap();
+            run.set_train(false).unwrap();
+            let (loss, metrics) = run.loss(copy(batch)).unwrap();
+            results.push((loss.double_value(&[]), metric(&metrics, "teacher_agreement")));
+        }
+        let ((cached, a), (uncached, b)) = (results[0], results[1]);
+        eprintln!("{options}: cached {cached:.8}, uncached {uncached:.8}");
+        assert!((cached - uncached).abs() < 1e-5, "{options}: cached {cached} vs uncached {uncached}");
+        assert_eq!(a, b);
+        assert!(cached > 0.0, "the teacher's context should change its distribution");
+    }
+}
+
+/// λ·CE counts only labelled rows: with labels hidden the loss is the KL term alone.
+#[test]
+fn ce_applies_only_to_labelled_rows() {
+    let _serial = serial();
+    let toy = Toy::new();
+    let mut run = toy.run(json!({ "inputs": "labelled", "ce_weight": 0.5 }));
+    run.prepare(toy.prepare_data()).unwrap();
+    run.set_train(false).unwrap();
+    let labelled = &toy.batches(&toy.labelled, false)[0];
+    let hidden = &toy.batches(&toy.labelled, true)[0];
+    let (with_ce, metrics) = run.loss(copy(labelled)).unwrap();
+    let (without, _) = run.loss(copy(hidden)).unwrap();
+    let kl = metric(&metrics, "kl");
+    assert!((without.double_value(&[]) - kl).abs() < 1e-5, "{} vs KL {kl}", without.double_value(&[]));
+    assert!(with_ce.double_value(&[]) > kl + 1.0, "CE over ~1000 tokens adds ≈ 0.5·ln V");
+}
+
+#[test]
+fn invalid_settings_are_refused_naming_the_field() {
+    let _serial = serial();
+    let toy = Toy::new();
+    let spec = |config| MethodSpec { name: "context_distill".into(), config };
+    for (config, field) in [
+        (json!({ "k": 3 }), "`k`"),
+        (json!({ "temperature": 0.0 }), "`temperature`"),
+        (json!({ "kl": "logits" }), "logits"),
+    ] {
+        let err = MethodRun::new(&toy.model, &registry(), &spec(config.clone()), &[], toy.task(), 0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(field), "{config}: {err}");
+    }
+    // More demonstrations per label than the labelled pool holds.
+    let mut run = toy.run(json!({ "k": 18 }));
+    let err = run.prepare(toy.prepare_data()).unwrap_err().to_string();
+    assert!(err.contains("label 0 has 8 demonstrations"), "{err}");
+}
+
+/// The command users run: zero-shot, ICL reference and distilled student in one record.
+#[test]
+fn ftlab_run_distils_and_reports_the_three_accuracies() {
+    let out = tempfile::tempdir().unwrap();
+    let args = ["run", "--plugin", "context_distill", "--shots", "16", "--set", "train.epochs=2"];
+    let result = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(args)
+        .args(["--set", "eval.max_examples=40", "--out", out.path().to_str().unwrap(), "--json"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(record["status"], "completed");
+    for key in ["zero_shot", "icl_reference", "last"] {
+        assert!(record[key]["acc_in"].is_number(), "no {key} accuracy in {record}");
+    }
+    assert!(record["timings"]["prepare"].as_f64().unwrap() > 0.0);
+    let run = out.path().join(record["name"].as_str().unwrap());
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("context_distill/kl") && metrics.contains("context_distill/teacher_agreement"));
+}
