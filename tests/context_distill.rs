@@ -4,9 +4,7 @@
 //! keys/values give the same teacher as re-encoding it per input, and `ftlab run --plugin
 //! context_distill` completes and reports the zero-shot, ICL and distilled accuracies.
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 
 use ftlab_core::data::batch::{self, BatchOrder, EncodedExample};
 use ftlab_core::data::prompt::{Prompt, PromptFamily, PromptSpec};
@@ -14,28 +12,18 @@ use ftlab_core::data::synthetic::{self, SyntheticConfig};
 use ftlab_core::data::Dataset;
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{LoadOptions, Model};
+use ftlab_core::run::data::method_tensors;
 use ftlab_registry::Registry;
 use ftlab_sdk::{TaskInfo, Tensors};
 use serde_json::json;
 use tch::Device;
 
-/// One test at a time, on one libtorch thread (model init and dropout use libtorch's global RNG;
-/// the tiny model's ops are too small to split across threads).
-fn serial() -> MutexGuard<'static, ()> {
-    tch::set_num_threads(1);
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+mod common;
 
-/// The workspace's plugins are built next to the `ftlab` binary.
+use common::serial;
+
 fn registry() -> Registry {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_ftlab")).parent().unwrap().to_path_buf();
-    let registry = Registry::from_dirs(&[dir]);
-    assert!(
-        registry.methods().any(|m| m.name == "context_distill"),
-        "plugin `context_distill` not built: run `cargo build --workspace`"
-    );
-    registry
+    common::registry(&["context_distill"])
 }
 
 /// The embedded model and three disjoint slices of the synthetic task's training split: the
@@ -85,20 +73,8 @@ impl Toy {
         let order = BatchOrder::Shuffled { seed: 0 };
         (batch::batches(&self.model.tokenizer, &encoded, &self.prompt.word_ids, 8, order, Device::Cpu).into_iter())
             .map(|b| {
-                let (labels, gold) = if hide_labels {
-                    (b.labels.full_like(-1), b.label_token_ids.full_like(-1))
-                } else {
-                    (b.labels.shallow_clone(), b.label_token_ids.shallow_clone())
-                };
-                let mut tensors = Tensors::new()
-                    .with("input_ids", b.input_ids.shallow_clone())
-                    .with("attention_mask", b.attention_mask.shallow_clone())
-                    .with("labels", labels)
-                    .with("label_token_ids", gold)
-                    .with("verbalizer_ids", b.verbalizer_ids.shallow_clone());
-                let prompts: Vec<String> = b.positions.iter().map(|&p| self.prompt.query(&data.examples[p])).collect();
-                tensors.json = json!({ "prompts": prompts });
-                tensors
+                let prompts = b.positions.iter().map(|&p| self.prompt.query(&data.examples[p])).collect();
+                method_tensors(&b, prompts, hide_labels)
             })
             .collect()
     }

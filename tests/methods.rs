@@ -4,9 +4,7 @@
 //! hooked (also through PEFT's format, and a PEFT-made adapter runs in the plugin as in PEFT),
 //! and ICL with the cached context equals ICL without it.
 
-use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::path::PathBuf;
 
 use ftlab_core::data::batch::{self, BatchOrder, EncodedExample};
 use ftlab_core::data::prompt::{Prompt, PromptFamily, PromptSpec};
@@ -17,35 +15,18 @@ use ftlab_core::methods::hooks::AdapterHooks;
 use ftlab_core::methods::peft::LoraAdapter;
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model};
+use ftlab_core::run::data::method_tensors;
 use ftlab_registry::Registry;
 use ftlab_sdk::{TaskInfo, Tensors};
 use serde_json::json;
 use tch::{Device, Tensor};
 
-/// Tests share libtorch's global RNG (model init, dropout): one at a time keeps each
-/// deterministic. One libtorch thread: the tiny model's ops are far too small to split, and
-/// two threads on a busy 2-core machine run ~8× slower.
-fn serial() -> MutexGuard<'static, ()> {
-    tch::set_num_threads(1);
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+mod common;
 
-/// The workspace's plugins, built next to the `ftlab` binary by `cargo build --workspace`
-/// (`cargo test` builds only their test harnesses, so a stale library is refused here).
+use common::serial;
+
 fn registry() -> Registry {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_ftlab")).parent().unwrap().to_path_buf();
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    for name in ["vanilla_ft", "pbft", "icl", "bitfit", "lora"] {
-        let lib = dir.join(format!("{DLL_PREFIX}ftlab_method_{name}{DLL_SUFFIX}"));
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{name}/src/lib.rs"));
-        assert!(
-            modified(&lib).is_some_and(|built| Some(built) >= modified(&source)),
-            "{} is missing or older than its source: run `cargo build --workspace` first",
-            lib.display()
-        );
-    }
-    Registry::from_dirs(&[dir])
+    common::registry(&["vanilla_ft", "pbft", "icl", "bitfit", "lora"])
 }
 
 /// One padded batch and its rendered prompts.
@@ -57,15 +38,7 @@ struct Rows {
 impl Rows {
     /// The batch as the runtime hands it to a method (see `ftlab_sdk::Batch`).
     fn tensors(&self) -> Tensors {
-        let b = &self.batch;
-        let mut tensors = Tensors::new()
-            .with("input_ids", b.input_ids.shallow_clone())
-            .with("attention_mask", b.attention_mask.shallow_clone())
-            .with("labels", b.labels.shallow_clone())
-            .with("label_token_ids", b.label_token_ids.shallow_clone())
-            .with("verbalizer_ids", b.verbalizer_ids.shallow_clone());
-        tensors.json = json!({ "prompts": self.prompts });
-        tensors
+        method_tensors(&self.batch, self.prompts.clone(), false)
     }
 }
 

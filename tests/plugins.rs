@@ -14,6 +14,10 @@ use ftlab_registry::Registry;
 use ftlab_sdk::{TaskInfo, Tensors};
 use tch::{Device, Tensor};
 
+mod common;
+
+use common::build_dir;
+
 fn ftlab(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ftlab")).args(args).output().unwrap()
 }
@@ -43,11 +47,6 @@ fn scaffolded() -> &'static Path {
         }
         target.join("debug")
     })
-}
-
-/// `target/<profile>`, where the workspace's fixture libraries are built.
-fn build_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ftlab")).parent().unwrap().to_path_buf()
 }
 
 fn registry() -> Registry {

@@ -1,8 +1,13 @@
-//! ftlab's runtime library: the OPT model family, its tokenizer, devices and dtypes.
+//! ftlab's runtime library, in the order of a run's data flow (shared/DESIGN.md §1):
 //!
-//! Data flow (shared/DESIGN.md §1): a run config names a model, which [`model::Model::load`]
-//! turns into a network and tokenizer; the training loop, evaluation harness and results store
-//! build on it. The `ftlab` binary is a thin CLI over this crate.
+//! - [`run::config`]: experiment file ← `FTLAB_*` environment ← flags, into a `RunConfig`;
+//! - [`model`] and [`tokenizer`]: the OPT family from HF checkpoints or the embedded tiny model;
+//! - [`data`]: tasks, llmft's few-shot sampling, prompts and batches;
+//! - [`methods`]: the objective and adapters, loaded as plugins through the registry;
+//! - [`run`]: the training loop, checkpoints and the run record;
+//! - [`eval`]: the evaluation harness and metrics.
+//!
+//! The `ftlab` binary is a thin CLI over this crate; [`bench`] holds what its benchmarks measure.
 
 pub mod bench;
 pub mod data;

@@ -109,20 +109,8 @@ impl RunData {
     /// A batch as methods take it: its tensors and each row's rendered prompt. With
     /// `hide_labels` (unlabelled inputs) the label tensors hold -1.
     pub fn method_batch(&self, batch: &Batch, examples: &Dataset, hide_labels: bool) -> Tensors {
-        let (labels, gold_words) = if hide_labels {
-            (batch.labels.full_like(-1), batch.label_token_ids.full_like(-1))
-        } else {
-            (batch.labels.shallow_clone(), batch.label_token_ids.shallow_clone())
-        };
-        let mut tensors = Tensors::new()
-            .with("input_ids", batch.input_ids.shallow_clone())
-            .with("attention_mask", batch.attention_mask.shallow_clone())
-            .with("labels", labels)
-            .with("label_token_ids", gold_words)
-            .with("verbalizer_ids", batch.verbalizer_ids.shallow_clone());
-        let prompts: Vec<String> = batch.positions.iter().map(|&p| self.prompt.query(&examples.examples[p])).collect();
-        tensors.json = serde_json::json!({ "prompts": prompts });
-        tensors
+        let prompts = batch.positions.iter().map(|&p| self.prompt.query(&examples.examples[p])).collect();
+        method_tensors(batch, prompts, hide_labels)
     }
 
     /// The whole training set for a method's `prepare`, with the demonstrations and context.
@@ -141,6 +129,24 @@ impl RunData {
         data.json["unlabelled"] = unlabelled.into();
         data
     }
+}
+
+/// The tensors and JSON a method receives for `batch` (see `ftlab_sdk::Batch`): `prompts` are
+/// the rows' rendered prompts; with `hide_labels` (unlabelled inputs) the label tensors hold -1.
+pub fn method_tensors(batch: &Batch, prompts: Vec<String>, hide_labels: bool) -> Tensors {
+    let (labels, gold_words) = if hide_labels {
+        (batch.labels.full_like(-1), batch.label_token_ids.full_like(-1))
+    } else {
+        (batch.labels.shallow_clone(), batch.label_token_ids.shallow_clone())
+    };
+    let mut tensors = Tensors::new()
+        .with("input_ids", batch.input_ids.shallow_clone())
+        .with("attention_mask", batch.attention_mask.shallow_clone())
+        .with("labels", labels)
+        .with("label_token_ids", gold_words)
+        .with("verbalizer_ids", batch.verbalizer_ids.shallow_clone());
+    tensors.json = serde_json::json!({ "prompts": prompts });
+    tensors
 }
 
 /// Encodes every example's prompt within `max_length`; returns them and how many were shortened.

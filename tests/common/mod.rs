@@ -1,0 +1,40 @@
+//! Helpers shared by the end-to-end tests that load the workspace's plugins in-process.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use ftlab_registry::Registry;
+
+/// One test at a time, on one libtorch thread: tests share libtorch's global RNG (model init,
+/// dropout), and the tiny model's ops are far too small to split across threads (two threads on
+/// a busy 2-core machine run ~8× slower).
+pub fn serial() -> MutexGuard<'static, ()> {
+    tch::set_num_threads(1);
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `target/<profile>`: where cargo builds the workspace's plugin libraries, beside `ftlab`.
+pub fn build_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ftlab")).parent().unwrap().to_path_buf()
+}
+
+/// The workspace's plugins, refusing any of `plugins` whose library is missing or older than
+/// its source (`cargo test` rebuilds only their test harnesses: run `cargo build --workspace`).
+pub fn registry(plugins: &[&str]) -> Registry {
+    let dir = build_dir();
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    for name in plugins {
+        let lib = dir.join(format!("{DLL_PREFIX}ftlab_method_{name}{DLL_SUFFIX}"));
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{name}/src/lib.rs"));
+        assert!(
+            modified(&lib).is_some_and(|built| Some(built) >= modified(&source)),
+            "{} is missing or older than its source: run `cargo build --workspace` first",
+            lib.display()
+        );
+    }
+    Registry::from_dirs(&[dir])
+}
