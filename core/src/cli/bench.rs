@@ -26,6 +26,23 @@ pub enum BenchCommand {
     /// `probe_noop` adapter hooking every site (built with the workspace's test fixtures:
     /// `cargo build --release --workspace`). Target: under 2% of forward time.
     Hooks(HooksBench),
+    /// Peak memory of training an OPT shape (random weights, pbft objective) with every
+    /// parameter trainable, with BitFit and with LoRA, each in a fresh process so each peak is
+    /// its own. Target: BitFit and LoRA at most 0.5× full fine-tuning.
+    Memory(MemoryBench),
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Optimizer steps per configuration.
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Measure one configuration in this process (`full`, `bitfit` or `lora`); used by the
+    /// parent invocation.
+    #[arg(long, hide = true)]
+    child: Option<String>,
 }
 
 /// The OPT shape and batch both benchmarks measure.
@@ -99,6 +116,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Model(args) => model(args),
         BenchCommand::Hooks(args) => hooks(args),
+        BenchCommand::Memory(args) => memory(args),
     }
 }
 
@@ -138,6 +156,82 @@ fn hooks(args: HooksBench) -> anyhow::Result<ExitCode> {
         println!("ABI overhead:                     {overhead:+.2}% (target < 2%)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn memory(args: MemoryBench) -> anyhow::Result<ExitCode> {
+    if let Some(adapter) = &args.child {
+        let peak = memory_child(&args, adapter)?;
+        println!("{}", serde_json::json!({ "peak_rss_bytes": peak }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let exe = std::env::current_exe().context("locating the ftlab binary")?;
+    let mut peaks = Vec::new();
+    for adapter in ["full", "bitfit", "lora"] {
+        eprintln!("measuring {adapter} …");
+        let mut command = Command::new(&exe);
+        command.args(["bench", "memory", "--child", adapter, "--steps", &args.steps.to_string()]);
+        command.args(["--batch", &args.shape.batch.to_string(), "--seq", &args.shape.seq.to_string()]);
+        command.args(["--threads", &args.shape.threads.to_string()]);
+        if let Some(config) = &args.shape.config {
+            command.arg("--config").arg(config);
+        }
+        let output = command.output().context("running a measurement process")?;
+        if !output.status.success() {
+            bail!("measuring {adapter} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let reply: serde_json::Value = serde_json::from_slice(&output.stdout).context("reading a measurement")?;
+        peaks.push((adapter, reply["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN)));
+    }
+    let full = peaks[0].1;
+    println!("| training | peak RSS | × full |");
+    println!("|---|---|---|");
+    for (name, peak) in &peaks {
+        println!("| {name} | {:.2} GB | {:.2} |", peak / 1e9, peak / full);
+    }
+    println!(
+        "(batch {} × {} tokens, {} steps, target: bitfit and lora ≤ 0.50 × full)",
+        args.shape.batch, args.shape.seq, args.steps
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains `steps` pbft steps on random tokens with `adapter` (`full`: none) and returns the
+/// process's peak resident memory.
+fn memory_child(args: &MemoryBench, adapter: &str) -> anyhow::Result<u64> {
+    let (_, config) = shape(args.shape.config.as_deref())?;
+    tch::set_num_threads(args.shape.threads);
+    let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions::default())?;
+    let registry = ftlab_registry::Registry::discover();
+    let words = [" Yes", " No"];
+    let ids: Vec<i64> =
+        words.iter().map(|w| model.tokenizer.encode_plain(w).map(|ids| ids[0])).collect::<Result<_, _>>()?;
+    let task = ftlab_sdk::TaskInfo {
+        name: "bench".into(),
+        label_words: words.map(String::from).to_vec(),
+        label_token_ids: ids.clone(),
+    };
+    let adapters: Vec<MethodSpec> = if adapter == "full" { vec![] } else { vec![MethodSpec::named(adapter)] };
+    let mut run =
+        ftlab_core::methods::MethodRun::new(&model, &registry, &MethodSpec::named("pbft"), &adapters, task, 0)?;
+    run.set_train(true)?;
+    let mut optimizer = ftlab_core::run::optim::AdamW::new(run.trainable(), &Default::default());
+    let (b, t) = (args.shape.batch, args.shape.seq);
+    let input_ids = tch::Tensor::randint_low(4, config.vocab_size, [b, t], (tch::Kind::Int64, tch::Device::Cpu));
+    let labels = tch::Tensor::randint(2, [b], (tch::Kind::Int64, tch::Device::Cpu));
+    let gold = tch::Tensor::from_slice(&ids).index_select(0, &labels);
+    for _ in 0..args.steps {
+        let batch = ftlab_sdk::Tensors::new()
+            .with("input_ids", input_ids.shallow_clone())
+            .with("attention_mask", input_ids.ones_like())
+            .with("labels", labels.shallow_clone())
+            .with("label_token_ids", gold.shallow_clone())
+            .with("verbalizer_ids", tch::Tensor::from_slice(&ids));
+        optimizer.zero_grad();
+        let (loss, _) = run.loss(batch)?;
+        loss.backward();
+        optimizer.step(1e-5);
+    }
+    ftlab_core::eval::resources::peak_rss_bytes().context("this OS reports no peak RSS")
 }
 
 fn model(args: ModelBench) -> anyhow::Result<ExitCode> {
