@@ -30,6 +30,22 @@ pub enum BenchCommand {
     /// parameter trainable, with BitFit and with LoRA, each in a fresh process so each peak is
     /// its own. Target: BitFit and LoRA at most 0.5× full fine-tuning.
     Memory(MemoryBench),
+    /// In-context learning with a shared context: the `icl` method scoring queries after a
+    /// 16-shot context whose keys/values are computed once, vs re-encoding the context with
+    /// every query. Target: ≥ 8× faster.
+    Icl(IclBench),
+}
+
+#[derive(Debug, Args)]
+pub struct IclBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Demonstrations in the context (balanced, from the embedded task).
+    #[arg(long, default_value_t = 16)]
+    shots: usize,
+    /// Queries scored (the in-domain eval set's first rows).
+    #[arg(long, default_value_t = 100)]
+    queries: usize,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +133,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Model(args) => model(args),
         BenchCommand::Hooks(args) => hooks(args),
         BenchCommand::Memory(args) => memory(args),
+        BenchCommand::Icl(args) => icl(args),
     }
 }
 
@@ -232,6 +249,47 @@ fn memory_child(args: &MemoryBench, adapter: &str) -> anyhow::Result<u64> {
         optimizer.step(1e-5);
     }
     ftlab_core::eval::resources::peak_rss_bytes().context("this OS reports no peak RSS")
+}
+
+fn icl(args: IclBench) -> anyhow::Result<ExitCode> {
+    use ftlab_core::data::batch::{self as batches, BatchOrder};
+    let (_, config) = shape(args.shape.config.as_deref())?;
+    tch::set_num_threads(args.shape.threads);
+    let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions::default())?;
+    let registry = ftlab_registry::Registry::discover();
+    let run_config = ftlab_core::run::RunConfig { shots: args.shots, ..Default::default() };
+    let data = ftlab_core::run::data::RunData::load(&run_config, &model.tokenizer)?;
+    let context_tokens = model.tokenizer.encode(data.context.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?)?.len();
+    let set = &data.eval[0].data;
+    let positions: Vec<usize> = (0..args.queries.min(set.len())).collect();
+    let queries = set.select("queries", &positions);
+    let encoded: Vec<_> = queries
+        .examples
+        .iter()
+        .enumerate()
+        .map(|(position, e)| {
+            let ids = data.prompt.encode(&model.tokenizer, "", e)?;
+            Ok(ftlab_core::data::batch::EncodedExample { position, ids, label: e.label })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let device = model.device();
+    let mut seconds = Vec::new();
+    for cache in [true, false] {
+        let spec = MethodSpec { name: "icl".into(), config: serde_json::json!({ "cache_context": cache }) };
+        let mut run = ftlab_core::methods::MethodRun::new(&model, &registry, &spec, &[], data.task_info(), 0)?;
+        run.set_train(false)?;
+        let start = std::time::Instant::now();
+        run.prepare(data.prepare_data(&model.tokenizer, device))?;
+        for b in batches::batches(&model.tokenizer, &encoded, &data.prompt.word_ids, 16, BatchOrder::ByLength, device) {
+            let _scores = run.predict(data.method_batch(&b, &queries, false))?;
+        }
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    println!("{} queries after a {}-shot context of {context_tokens} tokens:", encoded.len(), args.shots);
+    println!("context keys/values computed once: {:.1} s", seconds[0]);
+    println!("context re-encoded per query:      {:.1} s", seconds[1]);
+    println!("speed-up: {:.1}× (target ≥ 8×)", seconds[1] / seconds[0]);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn model(args: ModelBench) -> anyhow::Result<ExitCode> {
