@@ -154,20 +154,29 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The benchmark shape: a config.json, or opt-125m's.
-fn shape(path: Option<&std::path::Path>) -> anyhow::Result<(String, OptConfig)> {
-    let text = match path {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        None => OPT_125M_CONFIG.to_string(),
-    };
-    let config = OptConfig::from_json(&text, path.unwrap_or("<opt-125m>".as_ref()))?;
-    Ok((text, config))
+impl ShapeArgs {
+    /// The shape's `config.json` (text and parsed: the given file or opt-125m's), with libtorch
+    /// set to the requested threads.
+    fn load(&self) -> anyhow::Result<(String, OptConfig)> {
+        let text = match &self.config {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            None => OPT_125M_CONFIG.to_string(),
+        };
+        let config = OptConfig::from_json(&text, self.config.as_deref().unwrap_or("<opt-125m>".as_ref()))?;
+        tch::set_num_threads(self.threads);
+        Ok((text, config))
+    }
+}
+
+/// A model of `config` with random weights (seed 0) on `device`; the embedded tokenizer only
+/// supplies ids below the model's vocabulary.
+fn random_model(config: &OptConfig, device: tch::Device) -> anyhow::Result<Model> {
+    Ok(Model::random(config, tiny::tokenizer()?, 0, LoadOptions { device, ..Default::default() })?)
 }
 
 fn hooks(args: HooksBench) -> anyhow::Result<ExitCode> {
-    let (_, config) = shape(args.shape.config.as_deref())?;
-    tch::set_num_threads(args.shape.threads);
-    let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions::default())?;
+    let (_, config) = args.shape.load()?;
+    let model = random_model(&config, tch::Device::Cpu)?;
     let registry = ftlab_registry::Registry::discover();
     let task = ftlab_sdk::TaskInfo { name: "bench".into(), label_words: vec![], label_token_ids: vec![] };
     let mut state = HostState::new(task, 0);
@@ -232,9 +241,8 @@ fn memory(args: MemoryBench) -> anyhow::Result<ExitCode> {
 /// Trains `steps` pbft steps on random tokens with `adapter` (`full`: none) and returns the
 /// process's peak resident memory.
 fn memory_child(args: &MemoryBench, adapter: &str) -> anyhow::Result<u64> {
-    let (_, config) = shape(args.shape.config.as_deref())?;
-    tch::set_num_threads(args.shape.threads);
-    let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions::default())?;
+    let (_, config) = args.shape.load()?;
+    let model = random_model(&config, tch::Device::Cpu)?;
     let registry = ftlab_registry::Registry::discover();
     let words = [" Yes", " No"];
     let ids: Vec<i64> =
@@ -270,9 +278,8 @@ fn memory_child(args: &MemoryBench, adapter: &str) -> anyhow::Result<u64> {
 
 fn icl(args: IclBench) -> anyhow::Result<ExitCode> {
     use ftlab_core::data::batch::{self as batches, BatchOrder};
-    let (_, config) = shape(args.shape.config.as_deref())?;
-    tch::set_num_threads(args.shape.threads);
-    let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions::default())?;
+    let (_, config) = args.shape.load()?;
+    let model = random_model(&config, tch::Device::Cpu)?;
     let registry = ftlab_registry::Registry::discover();
     let run_config = ftlab_core::run::RunConfig { shots: args.shots, ..Default::default() };
     let data = ftlab_core::run::data::RunData::load(&run_config, &model.tokenizer)?;
@@ -312,12 +319,11 @@ fn icl(args: IclBench) -> anyhow::Result<ExitCode> {
 fn protocol(args: ProtocolBench) -> anyhow::Result<ExitCode> {
     use ftlab_core::data::batch::{self as batches, BatchOrder};
     use ftlab_core::model::{ForwardInput, LogitsAt};
-    let (_, config) = shape(args.shape.config.as_deref())?;
-    tch::set_num_threads(args.shape.threads);
+    let (_, config) = args.shape.load()?;
     let run_config = ftlab_core::run::RunConfig { shots: args.shots, ..Default::default() };
     let mut seconds = Vec::new();
     for padded in [false, true] {
-        let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions::default())?;
+        let model = random_model(&config, tch::Device::Cpu)?;
         let data = ftlab_core::run::data::RunData::load(&run_config, &model.tokenizer)?;
         let params: Vec<(String, tch::Tensor)> = model.vs.variables().into_iter().collect();
         let mut optimizer = ftlab_core::run::optim::AdamW::new(params, &run_config.train);
@@ -374,10 +380,9 @@ fn protocol(args: ProtocolBench) -> anyhow::Result<ExitCode> {
 }
 
 fn model(args: ModelBench) -> anyhow::Result<ExitCode> {
-    let (config_text, config) = shape(args.shape.config.as_deref())?;
-    tch::set_num_threads(args.shape.threads);
+    let (config_text, config) = args.shape.load()?;
     let device = args.device.resolve()?;
-    let model = Model::random(&config, tiny::tokenizer()?, 0, LoadOptions { device, ..Default::default() })?;
+    let model = random_model(&config, device)?;
     eprintln!("measuring ftlab: {} × {} tokens, {} threads …", args.shape.batch, args.shape.seq, args.shape.threads);
     let matmul_gflops = bench::matmul_gflops(2048, 768, 3072, 10, device);
     let forward = bench::forward_throughput(&model, args.shape.batch, args.shape.seq, args.repeats)?;
