@@ -117,6 +117,28 @@ fn model_forward_on_text_tokenizes_with_bos() {
     assert!(bool::try_from(logits.isfinite().all()).unwrap());
 }
 
+/// `model save` writes a folder that loads back to the same model: equal logits, equal ids.
+#[test]
+fn model_save_round_trips_the_embedded_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("tiny");
+    let out = ftlab(&["model", "save", "tiny-opt", folder.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let forward = |model: &str, name: &str| {
+        let output = dir.path().join(name);
+        let text = ["model", "forward", model, "--text", "The cat sat on the mat.", "--text", "No"];
+        let out = ftlab(&[&text[..], &["--out", output.to_str().unwrap()]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Tensor::read_safetensors(&output).unwrap()
+    };
+    let (embedded, saved) = (forward("tiny-opt", "a.safetensors"), forward(folder.to_str().unwrap(), "b.safetensors"));
+    assert_eq!(embedded.len(), saved.len());
+    for (name, a) in &embedded {
+        let b = &saved.iter().find(|(n, _)| n == name).unwrap().1;
+        assert!(a.equal(b), "`{name}` differs after save and load");
+    }
+}
+
 #[test]
 fn bad_model_folders_name_the_file_and_key() {
     let dir = model_copy("opt-pre-ln");

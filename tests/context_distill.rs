@@ -11,8 +11,9 @@ use ftlab_core::data::prompt::{Prompt, PromptFamily, PromptSpec};
 use ftlab_core::data::synthetic::{self, SyntheticConfig};
 use ftlab_core::data::Dataset;
 use ftlab_core::methods::{MethodRun, MethodSpec};
-use ftlab_core::model::{LoadOptions, Model};
+use ftlab_core::model::{tiny, LoadOptions, Model, OptConfig};
 use ftlab_core::run::data::method_tensors;
+use ftlab_core::tokenizer::Tokenizer;
 use ftlab_registry::Registry;
 use ftlab_sdk::{TaskInfo, Tensors};
 use serde_json::json;
@@ -202,6 +203,51 @@ fn cached_and_uncached_shared_context_give_identical_losses() {
         assert_eq!(a, b);
         assert!(cached > 0.0, "the teacher's context should change its distribution");
     }
+}
+
+/// `teacher`: another model reads the contexts. The run's own weights saved as a folder teach
+/// exactly as the default teacher does (so the second model is the one read), a larger model
+/// teaches otherwise, and a model whose tokenizer encodes differently is refused.
+#[test]
+fn another_model_can_be_the_teacher() {
+    let _serial = serial();
+    let toy = Toy::new();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = |name: &str, model: &Model| {
+        let path = dir.path().join(name);
+        model.save_pretrained(&path).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let own = folder("own", &toy.model);
+    let config =
+        OptConfig { num_hidden_layers: 6, hidden_size: 96, word_embed_proj_dim: 96, ..tiny::config().unwrap() };
+    let larger =
+        folder("larger", &Model::random(&config, tiny::tokenizer().unwrap(), 7, LoadOptions::default()).unwrap());
+    let other_tokenizer = Tokenizer::train(&["a completely different corpus", "of a few words only"], 300).unwrap();
+    let foreign = folder(
+        "foreign",
+        &Model::random(&tiny::config().unwrap(), other_tokenizer, 7, LoadOptions::default()).unwrap(),
+    );
+
+    let batch = &toy.batches(&toy.unlabelled, true)[0];
+    let loss = |mut config: serde_json::Value, teacher: Option<&str>| {
+        if let Some(teacher) = teacher {
+            config["teacher"] = teacher.into();
+        }
+        let mut run = toy.run(config);
+        run.prepare(toy.prepare_data())?;
+        run.set_train(false).unwrap();
+        Ok::<f64, ftlab_core::error::Error>(run.loss(copy(batch))?.0.double_value(&[]))
+    };
+    for config in [json!({}), json!({ "resample": false, "kl": "verbalizer" })] {
+        let (default, saved) = (loss(config.clone(), None).unwrap(), loss(config.clone(), Some(&own)).unwrap());
+        let bigger = loss(config.clone(), Some(&larger)).unwrap();
+        eprintln!("{config}: default teacher {default:.8}, saved copy {saved:.8}, larger model {bigger:.8}");
+        assert!((default - saved).abs() < 1e-6, "{config}: {default} vs {saved}");
+        assert!((default - bigger).abs() > 1e-4, "{config}: the larger teacher should teach otherwise");
+    }
+    let err = loss(json!({}), Some(&foreign)).unwrap_err().to_string();
+    assert!(err.contains("tokenizes differently"), "{err}");
 }
 
 /// λ·CE counts only labelled rows: with labels hidden the loss is the KL term alone.

@@ -74,6 +74,13 @@ fn a_run_writes_config_metrics_and_record() {
     let last = &record["last"];
     assert!((0.0..=1.0).contains(&last["acc_in"].as_f64().unwrap()));
     assert!(last["acc_ood"].as_f64().is_some(), "the synthetic task has an out-of-domain set");
+    // The training phase's cost: its tokens are the epochs' tokens.
+    let train = &record["train_resources"];
+    let tokens: u64 = lines.iter().map(|l| l["tokens"].as_u64().unwrap()).sum();
+    assert_eq!(train["tokens"].as_u64().unwrap(), tokens);
+    assert!(tokens > 3 * 24 * 5, "three epochs of 24 prompts");
+    assert!(train["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(train["peak_rss_bytes"].as_u64().unwrap() > 10 << 20);
 
     // A finished run is not silently redone.
     let again = quick(out.path(), &[]);
@@ -185,6 +192,37 @@ fn vanilla_ft_and_pbft_learn_the_embedded_task() {
         );
         assert!(accuracy > majority + 0.08, "{plugin}: accuracy {accuracy} vs majority {majority}");
     }
+}
+
+/// Mixed precision: with bf16 autocast the matmuls round differently (the first epoch's loss
+/// differs from fp32's, a little) and the model still learns the task; fp16 autocast, with its
+/// loss scaling (which skips the first steps while the scale settles), brings the loss down.
+#[test]
+fn autocast_runs_learn_the_embedded_task() {
+    let run = |autocast: &str, shots: &str, epochs: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let (autocast, epochs) = (format!("train.autocast={autocast}"), format!("train.epochs={epochs}"));
+        let args = ["run", "--plugin", "pbft", "--shots", shots, "--set", &epochs, "--set", &autocast];
+        let out_dir = out.path().to_str().unwrap();
+        let result = ftlab(&[&args[..], &["--set", "eval.max_examples=300", "--out", out_dir, "--json"]].concat());
+        assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+        let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        let lines = metrics_lines(&out.path().join(record["name"].as_str().unwrap()));
+        let losses: Vec<f64> = lines[1..].iter().map(|l| l["train_loss"].as_f64().unwrap()).collect();
+        (record, losses)
+    };
+    let (_, fp32) = run("none", "128", "10");
+    let (record, bf16) = run("bf16", "128", "10");
+    assert_eq!(record["config"]["train"]["autocast"], "bf16");
+    let difference = (bf16[0] - fp32[0]).abs();
+    assert!(difference > 1e-7 && difference < 0.05, "first-epoch loss: bf16 {} vs fp32 {}", bf16[0], fp32[0]);
+    let in_domain = &record["last"]["report"][0]["scores"];
+    let (accuracy, majority) =
+        (in_domain["verbalizer"]["accuracy"].as_f64().unwrap(), in_domain["majority"]["accuracy"].as_f64().unwrap());
+    assert!(accuracy > majority + 0.08, "bf16: accuracy {accuracy} vs majority {majority}");
+
+    let (_, fp16) = run("fp16", "24", "3");
+    assert!(fp16.iter().all(|l| l.is_finite()) && fp16[2] < fp16[0], "fp16 losses {fp16:?}");
 }
 
 /// A LoRA run leaves its adapter in PEFT's format, and `model forward --adapter` runs it.

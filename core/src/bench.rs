@@ -8,11 +8,12 @@
 use std::time::Instant;
 
 use serde::Serialize;
-use tch::nn::OptimizerConfig;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
 use crate::model::{ForwardHooks, ForwardInput, Model, OptConfig};
+use crate::run::config::TrainConfig;
+use crate::run::optim::AdamW;
 
 /// Timing of repeated steps over a fixed batch.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -63,11 +64,12 @@ pub fn forward_throughput(model: &Model, batch: i64, seq: i64, repeats: usize) -
     Ok(throughput(&model.net.config, batch, seq, seconds, 1.0))
 }
 
-/// Training steps: forward with dropout, next-token cross-entropy, backward, AdamW (lr 1e-5,
-/// torch's default weight decay 0.01) over every parameter.
+/// Training steps: forward with dropout, next-token cross-entropy, backward, and the AdamW
+/// runs use (lr 1e-5, torch's default weight decay 0.01) over every parameter.
 pub fn train_step_throughput(model: &Model, batch: i64, seq: i64, repeats: usize) -> Result<Throughput> {
     let ids = random_batch(model, batch, seq);
-    let mut optimizer = nn::AdamW::default().build(&model.vs, 1e-5)?;
+    let config = TrainConfig { weight_decay: 0.01, ..Default::default() };
+    let mut optimizer = AdamW::new(model.vs.variables().into_iter().collect(), &config);
     let seconds = median_seconds(repeats, || {
         let out = model.net.forward(ForwardInput { input_ids: Some(&ids), train: true, ..Default::default() })?;
         let logits = out.logits.expect("LogitsAt::All returns logits").narrow(1, 0, seq - 1);
@@ -75,7 +77,7 @@ pub fn train_step_throughput(model: &Model, batch: i64, seq: i64, repeats: usize
         let loss = logits.reshape([-1, model.net.config.vocab_size]).cross_entropy_for_logits(&targets.reshape([-1]));
         optimizer.zero_grad();
         loss.backward();
-        optimizer.step();
+        optimizer.step(1e-5)?;
         Ok(())
     })?;
     // Backward costs twice the forward.

@@ -100,6 +100,34 @@ fn load_torch_cuda() -> bool {
     tch::Cuda::is_available()
 }
 
+/// Mixed precision (`torch.autocast`): eligible ops — matmuls and linear layers — compute in
+/// bf16 or fp16 while weights, optimizer state and reductions (softmax, layer norm, losses) stay
+/// in the model's dtype. On CUDA it is the usual way to train fast in half precision; bf16 also
+/// works on CPUs. fp16 training scales the loss (see `run::optim::LossScaler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Autocast {
+    /// Everything in the model's dtype.
+    #[default]
+    None,
+    /// bfloat16 (fp32's range: no loss scaling needed).
+    Bf16,
+    /// IEEE half precision (needs loss scaling in training).
+    Fp16,
+}
+
+impl Autocast {
+    /// Runs `f` under this autocast setting for `device`.
+    pub fn run<T>(self, device: Device, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let kind = match self {
+            Self::None => return f(),
+            Self::Bf16 => Kind::BFloat16,
+            Self::Fp16 => Kind::Half,
+        };
+        ftlab_torch_ext::autocast(device, kind, f).map_err(|e| Error::Device(format!("autocast {self:?}: {e}")))?
+    }
+}
+
 /// Compute precision: fp32, bf16 or fp16.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dtype {
@@ -142,6 +170,11 @@ impl Dtype {
             Self::Bf16 => Kind::BFloat16,
             Self::F16 => Kind::Half,
         }
+    }
+
+    /// The dtype of a tch kind (`None` for non-float kinds).
+    pub fn of_kind(kind: Kind) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.kind() == kind)
     }
 
     /// Bytes per element.

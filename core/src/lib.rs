@@ -19,5 +19,5 @@ pub mod model;
 pub mod run;
 pub mod tokenizer;
 
-pub use device::{DeviceSpec, Dtype};
+pub use device::{Autocast, DeviceSpec, Dtype};
 pub use error::{Error, Result};

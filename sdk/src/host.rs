@@ -46,6 +46,11 @@ pub struct ForwardRequest {
     /// Keep this call's keys/values and return their id.
     #[serde(default)]
     pub keep_cache: bool,
+    /// Another model loaded with [`Host::load_model`] (e.g. a larger teacher); `None` runs the
+    /// run's own model. Adapters hook only the run's model, and kept keys/values belong to the
+    /// model that made them.
+    #[serde(default)]
+    pub model: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -54,7 +59,15 @@ fn yes() -> bool {
 
 impl Default for ForwardRequest {
     fn default() -> Self {
-        Self { logits: Logits::Last, adapters: true, grad: true, train: None, past: None, keep_cache: false }
+        Self {
+            logits: Logits::Last,
+            adapters: true,
+            grad: true,
+            train: None,
+            past: None,
+            keep_cache: false,
+            model: None,
+        }
     }
 }
 
@@ -126,6 +139,27 @@ pub enum HostRequest {
     },
     /// The run's seed for methods' own sampling. Reply: `{"seed": n}`.
     Seed,
+    /// Loads another model (same spec as a run's `model`: `tiny-opt`, a folder or a hub id) on
+    /// the run's device and dtype, frozen, for [`ForwardRequest::model`]. Its tokenizer must
+    /// encode as the run's does. Reply: a [`LoadedModel`].
+    LoadModel {
+        /// The model spec.
+        model: String,
+    },
+    /// Releases a model loaded with `LoadModel` and the keys/values it kept. Reply: `{}`.
+    FreeModel {
+        /// The id `LoadModel` returned.
+        id: u64,
+    },
+}
+
+/// A model loaded for a method (a teacher): its id for [`ForwardRequest::model`] and its shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadedModel {
+    /// The id to pass in [`ForwardRequest::model`].
+    pub id: u64,
+    /// Its shape.
+    pub info: ModelInfo,
 }
 
 /// The run's task as a method sees it.
@@ -258,6 +292,17 @@ impl<'a> Host<'a> {
     /// Frees keys/values kept by an earlier forward.
     pub fn free_cache(&mut self, id: u64) -> Result<()> {
         self.call::<serde_json::Value>(&HostRequest::FreeCache { id }).map(drop)
+    }
+
+    /// Loads another model (e.g. a larger teacher) for [`ForwardRequest::model`]; see
+    /// [`HostRequest::LoadModel`]. Free it with [`Host::free_model`] once it is no longer needed.
+    pub fn load_model(&mut self, model: &str) -> Result<LoadedModel> {
+        self.call(&HostRequest::LoadModel { model: model.into() })
+    }
+
+    /// Releases a model from [`Host::load_model`] and its kept keys/values.
+    pub fn free_model(&mut self, id: u64) -> Result<()> {
+        self.call::<serde_json::Value>(&HostRequest::FreeModel { id }).map(drop)
     }
 
     /// The run's seed, for a method's own sampling.

@@ -21,7 +21,7 @@ mod method;
 
 pub use abi::{Inputs, Role};
 pub use error::{Error, Result};
-pub use host::{ForwardOutput, ForwardRequest, Host, HostRequest, Init, Logits, ModelInfo, TaskInfo};
+pub use host::{ForwardOutput, ForwardRequest, Host, HostRequest, Init, LoadedModel, Logits, ModelInfo, TaskInfo};
 pub use message::Tensors;
 pub use method::{last_token_logits, verbalizer_logits, Batch, Loss, Method, Site};
 

@@ -27,6 +27,21 @@ pub enum ModelCommand {
     /// The output holds `logits` (float32 [B,T,V]), the `input_ids` used and the
     /// `attention_mask`; it is how parity with another implementation is checked.
     Forward(ForwardArgs),
+    /// Write a model as an HF folder (config.json, model.safetensors, tokenizer.json).
+    ///
+    /// E.g. the embedded `tiny-opt` as a folder other tools read, a `.bin` checkpoint converted to
+    /// safetensors in another dtype, or a model with a LoRA adapter merged in (`--adapter`).
+    Save {
+        /// The model (see `ftlab model info --help`).
+        model: String,
+        /// The folder to write.
+        out: PathBuf,
+        /// A LoRA adapter folder in HF PEFT format to merge into the weights first.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
 }
 
 /// Where and how a model is loaded.
@@ -78,6 +93,12 @@ pub fn run(command: ModelCommand) -> anyhow::Result<ExitCode> {
     match command {
         ModelCommand::Info { model, json } => info(&model, json),
         ModelCommand::Forward(args) => forward(args),
+        ModelCommand::Save { model, out, adapter, load } => {
+            let model = load_merged(&model, adapter.as_deref(), &load)?;
+            model.save_pretrained(&out)?;
+            eprintln!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -135,15 +156,18 @@ fn human_bytes(bytes: i64) -> String {
     }
 }
 
-fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
-    let model =
-        Model::load(&args.model, args.load.options()?).with_context(|| format!("loading model `{}`", args.model))?;
-    if let Some(dir) = &args.adapter {
+/// `spec` loaded as `load` says, with the PEFT adapter in `adapter` merged into its weights.
+fn load_merged(spec: &str, adapter: Option<&Path>, load: &LoadArgs) -> anyhow::Result<Model> {
+    let model = Model::load(spec, load.options()?).with_context(|| format!("loading model `{spec}`"))?;
+    if let Some(dir) = adapter {
         let adapter = LoraAdapter::load(dir).with_context(|| format!("loading adapter {}", dir.display()))?;
-        adapter
-            .merge_into(&model)
-            .with_context(|| format!("merging adapter {} into `{}`", dir.display(), args.model))?;
+        adapter.merge_into(&model).with_context(|| format!("merging adapter {} into `{spec}`", dir.display()))?;
     }
+    Ok(model)
+}
+
+fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
+    let model = load_merged(&args.model, args.adapter.as_deref(), &args.load)?;
     let device = model.device();
     let (ids, mask) = match &args.input {
         Some(path) => read_inputs(path)?,

@@ -5,16 +5,17 @@
 //! `/proc/self/status`, which is reset at the start of the phase by writing `5` to
 //! `/proc/self/clear_refs` (Linux ≥ 4.0), so it is the phase's own peak; when the reset is not
 //! permitted the value is the peak since the process started, and `rss_peak_is_phase_only`
-//! says so. On CUDA, tch 0.26 exposes none of the caching allocator's statistics, so
-//! `cuda_peak_bytes` is `None` there; the host RSS is still reported.
+//! says so. On CUDA the peak is the caching allocator's peak of allocated bytes
+//! (`torch.cuda.max_memory_allocated`, read through `ftlab-torch-ext`), reset at the phase
+//! start as `torch.cuda.reset_peak_memory_stats` does; the host RSS is reported too.
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Device;
 
 /// What a phase cost.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseResources {
     /// Wall-clock seconds.
     pub wall_seconds: f64,
@@ -32,6 +33,24 @@ pub struct PhaseResources {
     pub device: String,
 }
 
+impl PhaseResources {
+    /// The cost of this phase and `later` together (e.g. a run's training epochs): times and
+    /// tokens add up, peaks are the larger.
+    pub fn then(self, later: PhaseResources) -> PhaseResources {
+        let (wall_seconds, tokens) = (self.wall_seconds + later.wall_seconds, self.tokens + later.tokens);
+        let max = |a: Option<u64>, b: Option<u64>| a.max(b);
+        PhaseResources {
+            wall_seconds,
+            tokens,
+            tokens_per_s: if wall_seconds > 0.0 { tokens as f64 / wall_seconds } else { 0.0 },
+            peak_rss_bytes: max(self.peak_rss_bytes, later.peak_rss_bytes),
+            rss_peak_is_phase_only: self.rss_peak_is_phase_only && later.rss_peak_is_phase_only,
+            cuda_peak_bytes: max(self.cuda_peak_bytes, later.cuda_peak_bytes),
+            device: later.device,
+        }
+    }
+}
+
 /// Measures a phase from [`PhaseMeter::start`] to [`PhaseMeter::finish`].
 #[derive(Debug)]
 pub struct PhaseMeter {
@@ -44,6 +63,11 @@ pub struct PhaseMeter {
 impl PhaseMeter {
     /// Starts the clock and resets the process's RSS peak when the OS allows it.
     pub fn start(device: Device) -> Self {
+        if let Device::Cuda(index) = device {
+            if let Err(e) = ftlab_torch_ext::reset_cuda_peak(index) {
+                tracing::warn!("cannot reset the CUDA memory peak: {e}");
+            }
+        }
         let rss_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
         Self { started: Instant::now(), device, tokens: 0, rss_reset }
     }
@@ -65,10 +89,17 @@ impl PhaseMeter {
             tokens_per_s: if wall_seconds > 0.0 { self.tokens as f64 / wall_seconds } else { 0.0 },
             peak_rss_bytes: peak_rss_bytes(),
             rss_peak_is_phase_only: self.rss_reset,
-            cuda_peak_bytes: None,
+            cuda_peak_bytes: cuda_peak_bytes(self.device),
             device: format!("{:?}", self.device),
         }
     }
+}
+
+/// The CUDA allocator's peak allocated bytes on `device` since the last reset (`None` on other
+/// devices, or when libtorch cannot say).
+pub fn cuda_peak_bytes(device: Device) -> Option<u64> {
+    let Device::Cuda(index) = device else { return None };
+    ftlab_torch_ext::cuda_allocated_bytes(index).map(|(_, peak)| peak).map_err(|e| tracing::warn!("{e}")).ok()
 }
 
 /// `VmHWM` of this process in bytes, from `/proc/self/status`.
@@ -91,6 +122,21 @@ mod tests {
     fn parses_the_peak_from_proc_status() {
         assert_eq!(parse_vm_hwm("Name:\tx\nVmHWM:\t  123456 kB\nVmRSS:\t1 kB\n"), Some(123_456 * 1024));
         assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
+    }
+
+    /// A GPU-only check (`cargo test -- --ignored` on a CUDA machine): the phase's CUDA peak
+    /// covers a 256 MiB tensor made inside it, and a new phase starts from a reset peak.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn the_cuda_peak_covers_what_a_phase_allocates() {
+        let device = Device::Cuda(0);
+        let meter = PhaseMeter::start(device);
+        let block = tch::Tensor::zeros([64 << 20], (tch::Kind::Float, device));
+        drop(block);
+        let peak = meter.finish().cuda_peak_bytes.unwrap();
+        assert!(peak >= 256 << 20, "{peak}");
+        let again = PhaseMeter::start(device).finish().cuda_peak_bytes.unwrap();
+        assert!(again < 256 << 20, "the peak was reset: {again}");
     }
 
     #[test]

@@ -5,21 +5,26 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
 use ftlab_sdk::abi::{ErrorKind, HostObject, Message, OwnedTensor, PluginError};
+use ftlab_sdk::host::LoadedModel;
 use ftlab_sdk::{ForwardRequest, HostRequest, Init, Logits, ModelInfo, TaskInfo, Tensors};
 use tch::nn::{self, VarStore};
 use tch::Tensor;
 
 use super::hooks::AdapterHooks;
 use super::Loaded;
-use crate::model::{ForwardInput, KvCache, LogitsAt, Model};
+use crate::device::Dtype;
+use crate::model::{ForwardInput, KvCache, LoadOptions, LogitsAt, Model};
 
 /// Per-run state a method may touch through the host.
 pub struct HostState {
     /// One variable store per method: its parameters (`<method>.<name>`).
     pub stores: BTreeMap<String, VarStore>,
-    /// Keys/values kept for methods, by id.
-    pub caches: HashMap<u64, KvCache>,
+    /// Keys/values kept for methods, by id, with the model that made them (`None`: the run's).
+    pub caches: HashMap<u64, (Option<u64>, KvCache)>,
     next_cache: u64,
+    /// Other models methods loaded (teachers), by id.
+    pub models: HashMap<u64, Model>,
+    next_model: u64,
     /// Metrics methods logged since the last drain.
     pub metrics: Vec<(String, f64)>,
     /// Whether the run is training (dropout on by default).
@@ -37,6 +42,8 @@ impl HostState {
             stores: BTreeMap::new(),
             caches: HashMap::new(),
             next_cache: 0,
+            models: HashMap::new(),
+            next_model: 0,
             metrics: Vec::new(),
             train: false,
             seed,
@@ -85,9 +92,16 @@ impl RunHost<'_> {
         let ids = request.get("input_ids").map_err(|e| e.to_string())?;
         let mask = request.get("attention_mask").map_err(|e| e.to_string())?;
         let batch = ids.size().first().copied().unwrap_or(0);
+        let model = match options.model {
+            Some(id) => self.state.models.get(&id).ok_or_else(|| format!("no loaded model with id {id}"))?,
+            None => self.model,
+        };
         let past = match options.past {
             Some(id) => {
-                let cache = self.state.caches.get(&id).ok_or_else(|| format!("no kept cache with id {id}"))?;
+                let (owner, cache) = self.state.caches.get(&id).ok_or_else(|| format!("no kept cache with id {id}"))?;
+                if *owner != options.model {
+                    return Err(format!("kept cache {id} was made by another model than this forward's"));
+                }
                 Some(if cache.batch_size() == 1 && batch > 1 { cache.expand(batch) } else { cache.shallow_clone() })
             }
             None => None,
@@ -108,9 +122,10 @@ impl RunHost<'_> {
             use_cache: options.keep_cache,
             logits,
             train: options.train.unwrap_or(self.state.train),
-            hooks: (options.adapters && !self.adapters.is_empty()).then_some(&hooks as _),
+            // Adapters hook only the run's model (their shapes are its shapes).
+            hooks: (options.adapters && options.model.is_none() && !self.adapters.is_empty()).then_some(&hooks as _),
         };
-        let run = || self.model.net.forward(input);
+        let run = || model.net.forward(input);
         let out = if options.grad { run() } else { tch::no_grad(run) }.map_err(|e| e.to_string())?;
         let mut reply = Tensors::new().with("hidden", out.hidden).with("last_token", out.last_token);
         if let Some(logits) = out.logits {
@@ -119,7 +134,7 @@ impl RunHost<'_> {
         if let Some(cache) = out.cache {
             let id = self.state.next_cache;
             self.state.next_cache += 1;
-            self.state.caches.insert(id, cache);
+            self.state.caches.insert(id, (options.model, cache));
             reply.json = serde_json::json!({ "cache": id });
         }
         Ok(reply)
@@ -171,19 +186,7 @@ impl RunHost<'_> {
                 serde_json::json!({ "text": tokenizer.decode(&ids).map_err(|e| e.to_string())? })
             }
             HostRequest::Task => serde_json::to_value(&self.state.task).map_err(|e| e.to_string())?,
-            HostRequest::Model => {
-                let c = &self.model.net.config;
-                serde_json::to_value(ModelInfo {
-                    hidden_size: c.hidden_size,
-                    word_embed_proj_dim: c.word_embed_proj_dim,
-                    vocab_size: c.vocab_size,
-                    num_hidden_layers: c.num_hidden_layers,
-                    ffn_dim: c.ffn_dim,
-                    max_position_embeddings: c.max_position_embeddings,
-                    pad_token_id: c.pad_token_id,
-                })
-                .map_err(|e| e.to_string())?
-            }
+            HostRequest::Model => serde_json::to_value(info(self.model)).map_err(|e| e.to_string())?,
             HostRequest::Log { name, value } => {
                 self.state.metrics.push((format!("{}/{name}", self.method), value));
                 serde_json::json!({})
@@ -193,8 +196,61 @@ impl RunHost<'_> {
                 serde_json::json!({})
             }
             HostRequest::Seed => serde_json::json!({ "seed": self.state.seed }),
+            HostRequest::LoadModel { model } => {
+                serde_json::to_value(self.load_model(&model)?).map_err(|e| e.to_string())?
+            }
+            HostRequest::FreeModel { id } => {
+                self.state.models.remove(&id).ok_or_else(|| format!("no loaded model with id {id}"))?;
+                self.state.caches.retain(|_, (owner, _)| *owner != Some(id));
+                serde_json::json!({})
+            }
         };
         Ok(reply.to_string())
+    }
+}
+
+impl RunHost<'_> {
+    /// Loads `spec` like the run's model (device, dtype), frozen; refuses a tokenizer that
+    /// encodes differently, since methods encode with the run's tokenizer.
+    fn load_model(&mut self, spec: &str) -> Result<LoadedModel, String> {
+        let kind = self.model.net.embed_tokens.ws.kind();
+        let dtype = Dtype::of_kind(kind).ok_or_else(|| format!("the run's model has no float dtype ({kind:?})"))?;
+        let options = LoadOptions { device: self.model.device(), dtype, weights_format: None };
+        let mut model = Model::load(spec, options).map_err(|e| format!("loading model `{spec}`: {e}"))?;
+        model.vs.freeze();
+        let probe = format!("{} {}", self.state.task.label_words.join(" "), TOKENIZER_PROBE);
+        let (ours, theirs) = (self.model.tokenizer.encode(&probe), model.tokenizer.encode(&probe));
+        if ours.map_err(|e| e.to_string())? != theirs.map_err(|e| e.to_string())? {
+            return Err(format!(
+                "model `{spec}` tokenizes differently from the run's model `{}`: a method's token ids would \
+                 mean different words to it",
+                self.model.origin.id
+            ));
+        }
+        let id = self.state.next_model;
+        self.state.next_model += 1;
+        let loaded = LoadedModel { id, info: info(&model) };
+        tracing::info!(model = spec, id, "loaded a model for {}", self.method);
+        self.state.models.insert(id, model);
+        Ok(loaded)
+    }
+}
+
+/// Text whose encoding must agree between the run's tokenizer and a loaded model's: words,
+/// spaces, punctuation, digits and newlines.
+const TOKENIZER_PROBE: &str = "Question: Does the premise entail it? Answer:\n The 3 cats, 12 dogs; yes/no.";
+
+/// A model's shape as methods see it.
+fn info(model: &Model) -> ModelInfo {
+    let c = &model.net.config;
+    ModelInfo {
+        hidden_size: c.hidden_size,
+        word_embed_proj_dim: c.word_embed_proj_dim,
+        vocab_size: c.vocab_size,
+        num_hidden_layers: c.num_hidden_layers,
+        ffn_dim: c.ffn_dim,
+        max_position_embeddings: c.max_position_embeddings,
+        pad_token_id: c.pad_token_id,
     }
 }
 

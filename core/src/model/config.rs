@@ -252,6 +252,18 @@ impl OptConfig {
         self.word_embed_proj_dim != self.hidden_size
     }
 
+    /// The `config.json` HF writes for this configuration (what [`OptConfig::from_json`] reads).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = json.as_object_mut() {
+            map.remove("final_layer_norm");
+            map.insert("_remove_final_layer_norm".into(), (self.do_layer_norm_before && !self.final_layer_norm).into());
+            map.insert("model_type".into(), "opt".into());
+            map.insert("architectures".into(), serde_json::json!(["OPTForCausalLM"]));
+        }
+        json
+    }
+
     /// Parameter count, with the LM head tied to the embeddings (counted once).
     pub fn num_parameters(&self) -> i64 {
         let (d, f, e) = (self.hidden_size, self.ffn_dim, self.word_embed_proj_dim);
@@ -272,6 +284,18 @@ mod tests {
     use super::*;
 
     const OPT_125M: &str = OPT_125M_CONFIG;
+
+    #[test]
+    fn hf_json_round_trips() {
+        for json in [
+            OPT_125M.to_string(),
+            OPT_125M.replace("\"do_layer_norm_before\": true", "\"do_layer_norm_before\": false"),
+        ] {
+            let c = OptConfig::from_json(&json, Path::new("config.json")).unwrap();
+            let again = OptConfig::from_json(&c.to_hf_json().to_string(), Path::new("again")).unwrap();
+            assert_eq!(c, again);
+        }
+    }
 
     #[test]
     fn opt_125m_has_125m_parameters() {

@@ -12,7 +12,7 @@ pub mod opt;
 pub mod source;
 pub mod tiny;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::nn::VarStore;
@@ -126,6 +126,18 @@ impl Model {
             )));
         }
         Ok(Self { vs, net, tokenizer, origin })
+    }
+
+    /// Writes the model as an HF folder — `config.json`, `model.safetensors` (HF key names, the
+    /// compute dtype) and `tokenizer.json` — that [`Model::load`] and `transformers` read.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let config = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&self.net.config.to_hf_json()).unwrap_or_default();
+        std::fs::write(&config, text).map_err(Error::io(&config))?;
+        let weights = dir.join("model.safetensors");
+        self.vs.save(&weights).map_err(|e| Error::Input(format!("writing {}: {e}", weights.display())))?;
+        self.tokenizer.save(&dir.join("tokenizer.json"))
     }
 
     /// The compute device.

@@ -124,6 +124,10 @@ pub struct TrainConfig {
     /// Unlabelled training-split inputs (disjoint from the labelled set) drawn for objectives
     /// that train on unlabelled inputs, such as context distillation.
     pub unlabelled: usize,
+    /// Mixed precision for every forward pass of the run (training, evaluation and the methods'
+    /// precomputation): `none` (default), `bf16` or `fp16`, as `torch.autocast`; weights and
+    /// optimizer state stay in `dtype`. fp16 training scales the loss dynamically.
+    pub autocast: crate::device::Autocast,
 }
 
 impl Default for TrainConfig {
@@ -144,6 +148,7 @@ impl Default for TrainConfig {
             eval_every_epoch: true,
             checkpoint: true,
             unlabelled: 256,
+            autocast: crate::device::Autocast::None,
         }
     }
 }

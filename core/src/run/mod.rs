@@ -28,6 +28,7 @@ use crate::data::dataset::EvalSet;
 use crate::device::{DeviceSpec, Dtype};
 use crate::error::{Error, Result};
 use crate::eval::harness::{self, EvalOptions, EvalReport};
+use crate::eval::{PhaseMeter, PhaseResources};
 use crate::methods::MethodRun;
 use crate::model::{LoadOptions, Model, ModelOrigin};
 
@@ -117,6 +118,9 @@ pub struct RunRecord {
     pub best: Option<(usize, Headline)>,
     /// Phase timings.
     pub timings: Timings,
+    /// Time, tokens/s and peak memory (RSS; CUDA allocator on GPU) of the training epochs run
+    /// in this invocation. Evaluation's are in each eval set's report.
+    pub train_resources: Option<PhaseResources>,
     /// Peak resident memory of the process, in bytes.
     pub peak_rss_bytes: Option<u64>,
     /// Unix seconds at start and end.
@@ -161,6 +165,7 @@ pub fn run(config: &RunConfig, options: &RunOptions, registry: &Registry) -> Res
         last: None,
         best: None,
         timings: Timings::default(),
+        train_resources: None,
         peak_rss_bytes: None,
         started_at: now(),
         finished_at: 0,
@@ -213,7 +218,7 @@ fn execute(
     record.timings.load = start.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    run.prepare(data.prepare_data(&model.tokenizer, device))?;
+    config.train.autocast.run(device, || run.prepare(data.prepare_data(&model.tokenizer, device)))?;
     record.timings.prepare = t.elapsed().as_secs_f64();
 
     let mut optimizer = AdamW::new(run.trainable(), &config.train);
@@ -241,6 +246,7 @@ fn execute(
                 step: 0,
                 train_loss: f64::NAN,
                 lr: 0.0,
+                tokens: 0,
                 method_metrics: vec![],
                 eval: Some(serde_json::to_value(&headline).unwrap_or_default()),
             },
@@ -254,9 +260,15 @@ fn execute(
         if options.epochs_budget.is_some_and(|budget| ran >= budget) {
             return Ok(false);
         }
-        let t = Instant::now();
+        let mut meter = PhaseMeter::start(device);
         let mut metrics = train::train_epoch(config, &mut run, &data, &model.tokenizer, &mut optimizer, epoch, total)?;
-        record.timings.train += t.elapsed().as_secs_f64();
+        meter.add_tokens(metrics.tokens);
+        let used = meter.finish();
+        record.timings.train += used.wall_seconds;
+        record.train_resources = Some(match record.train_resources.take() {
+            Some(before) => before.then(used),
+            None => used,
+        });
         if config.train.eval_every_epoch || epoch + 1 == epochs {
             let (headline, seconds) = evaluate(&mut run, &data, &model, config)?;
             record.timings.eval += seconds;
@@ -307,7 +319,7 @@ fn icl_reference(config: &RunConfig, registry: &Registry, model: &Model, data: &
         MethodRun::new(model, registry, &crate::methods::MethodSpec::named("icl"), &[], data.task_info(), config.seed)?;
     let mut prepare = data.prepare_data(&model.tokenizer, model.device());
     prepare.json["context"] = data.context_of(config.eval.icl_shots, config.data_seed)?.into();
-    icl.prepare(prepare)?;
+    config.train.autocast.run(model.device(), || icl.prepare(prepare))?;
     Ok(evaluate(&mut icl, data, model, config)?.0)
 }
 
@@ -345,7 +357,9 @@ fn evaluate(run: &mut MethodRun, data: &RunData, model: &Model, config: &RunConf
     let mut reports: Vec<EvalReport> = Vec::new();
     let bar = train::progress_bar(data.eval.len() as u64, "eval");
     for set in &data.eval {
-        let mut scorer = |b: &crate::data::batch::Batch| run.predict(data.method_batch(b, &set.data, false));
+        let mut scorer = |b: &crate::data::batch::Batch| {
+            config.train.autocast.run(model.device(), || run.predict(data.method_batch(b, &set.data, false)))
+        };
         reports.push(harness::evaluate(
             std::slice::from_ref(set),
             &data.prompt,

@@ -10,7 +10,7 @@ use std::f64::consts::PI;
 use tch::{Kind, Tensor};
 
 use super::config::{Schedule, TrainConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One trainable tensor with its moments.
 struct Slot {
@@ -29,6 +29,8 @@ pub struct AdamW {
     weight_decay: f64,
     /// Optimizer steps taken.
     pub step: usize,
+    /// Loss scaling for fp16 autocast (the identity otherwise).
+    pub loss_scale: LossScaler,
 }
 
 /// Whether a parameter is decayed: not biases and not layer-norm weights.
@@ -49,7 +51,8 @@ impl AdamW {
                 param,
             })
             .collect();
-        Self { slots, betas: config.betas, eps: config.eps, weight_decay: config.weight_decay, step: 0 }
+        let loss_scale = LossScaler::new(config.autocast == crate::device::Autocast::Fp16);
+        Self { slots, betas: config.betas, eps: config.eps, weight_decay: config.weight_decay, step: 0, loss_scale }
     }
 
     /// Clears every gradient.
@@ -79,27 +82,49 @@ impl AdamW {
         norm
     }
 
-    /// One update at learning rate `lr`.
-    pub fn step(&mut self, lr: f64) {
-        self.step += 1;
-        let (b1, b2) = self.betas;
-        let t = self.step as i32;
-        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        tch::no_grad(|| {
-            for s in &mut self.slots {
-                let g = s.param.grad();
-                if !g.defined() {
-                    continue;
-                }
-                if s.decay && self.weight_decay > 0.0 {
-                    let _ = s.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
-                }
-                let _ = s.m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                let _ = s.v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
-                let denominator = (&s.v / c2).sqrt() + self.eps;
-                let _ = s.param.g_sub_(&((&s.m / &denominator) * (lr / c1)));
+    /// Divides the gradients of a loss multiplied by `loss_scale.scale` back.
+    pub fn unscale_grads(&mut self) {
+        if !self.loss_scale.enabled {
+            return;
+        }
+        let factor = 1.0 / self.loss_scale.scale;
+        for s in &self.slots {
+            let mut g = s.param.grad();
+            if g.defined() {
+                let _ = g.g_mul_scalar_(factor);
             }
-        });
+        }
+    }
+
+    /// One update at learning rate `lr`, with PyTorch's fused AdamW kernel (one pass over each
+    /// tensor; the decayed and the undecayed parameters as two groups).
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        self.step += 1;
+        let Some(first) = self.slots.first() else { return Ok(()) };
+        let step = Tensor::from(self.step as f32).to_device(first.param.device());
+        for decay in [true, false] {
+            let slots: Vec<(&Slot, Tensor)> = (self.slots.iter())
+                .filter(|s| s.decay == decay)
+                .map(|s| (s, s.param.grad()))
+                .filter(|(_, g)| g.defined())
+                .collect();
+            if slots.is_empty() {
+                continue;
+            }
+            let hyper = ftlab_torch_ext::AdamWStep {
+                lr,
+                betas: self.betas,
+                weight_decay: if decay { self.weight_decay } else { 0.0 },
+                eps: self.eps,
+            };
+            let params: Vec<&Tensor> = slots.iter().map(|(s, _)| &s.param).collect();
+            let grads: Vec<&Tensor> = slots.iter().map(|(_, g)| g).collect();
+            let m: Vec<&Tensor> = slots.iter().map(|(s, _)| &s.m).collect();
+            let v: Vec<&Tensor> = slots.iter().map(|(s, _)| &s.v).collect();
+            ftlab_torch_ext::fused_adamw(&params, &grads, &m, &v, &step, hyper)
+                .map_err(|e| Error::Input(format!("AdamW step {}: {e}", self.step)))?;
+        }
+        Ok(())
     }
 
     /// Everything needed to resume: the parameters and both moments, by name.
@@ -155,6 +180,47 @@ pub fn learning_rate(config: &TrainConfig, step: usize, total: usize) -> f64 {
     }
 }
 
+/// Dynamic loss scaling for fp16 autocast, with PyTorch's `GradScaler` defaults: small fp16
+/// gradients underflow to zero, so the loss is multiplied by `scale` before the backward pass
+/// and the gradients divided by it after; a step whose gradients overflowed is skipped and the
+/// scale halved, and after 2000 clean steps it doubles. Disabled (scale 1), it changes nothing.
+#[derive(Debug, Clone)]
+pub struct LossScaler {
+    /// The current factor.
+    pub scale: f64,
+    enabled: bool,
+    clean_steps: usize,
+}
+
+impl LossScaler {
+    /// Clean steps before the scale doubles.
+    const GROWTH_INTERVAL: usize = 2000;
+
+    /// A scaler starting at 2¹⁶ when `enabled`, else the identity.
+    pub fn new(enabled: bool) -> Self {
+        Self { scale: if enabled { 65536.0 } else { 1.0 }, enabled, clean_steps: 0 }
+    }
+
+    /// Records whether the step's gradients were finite, adjusting the scale; returns whether
+    /// to take the step.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        if !finite {
+            self.scale /= 2.0;
+            self.clean_steps = 0;
+            return false;
+        }
+        self.clean_steps += 1;
+        if self.clean_steps == Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.clean_steps = 0;
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +247,7 @@ mod tests {
         let c = TrainConfig { weight_decay: 0.1, ..Default::default() };
         let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone())], &c);
         (&p * Tensor::from_slice(&[3.0f32, -0.5])).sum(Kind::Float).backward();
-        opt.step(0.01);
+        opt.step(0.01).unwrap();
         let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
         // p·(1 − lr·wd) − lr·g/(|g| + ε)
         let expected = [1.0 * (1.0 - 0.001) - 0.01, -2.0 * (1.0 - 0.001) + 0.01];
@@ -200,5 +266,18 @@ mod tests {
         assert!((opt.clip_grad_norm(1.0) - 5.0).abs() < 1e-6);
         let g: Vec<f32> = Vec::try_from(&p.grad()).unwrap();
         assert!((g[0] - 0.6).abs() < 1e-4 && (g[1] - 0.8).abs() < 1e-4, "{g:?}");
+    }
+
+    #[test]
+    fn the_loss_scale_halves_on_overflow_and_grows_after_clean_steps() {
+        let mut scaler = LossScaler::new(true);
+        assert!(!scaler.update(false));
+        assert_eq!(scaler.scale, 32768.0);
+        for _ in 0..LossScaler::GROWTH_INTERVAL {
+            assert!(scaler.update(true));
+        }
+        assert_eq!(scaler.scale, 65536.0);
+        let mut off = LossScaler::new(false);
+        assert!(off.update(false) && off.scale == 1.0, "disabled, it never skips");
     }
 }

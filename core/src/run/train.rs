@@ -35,6 +35,8 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     /// Learning rate at the epoch's last step.
     pub lr: f64,
+    /// Non-padding tokens trained on.
+    pub tokens: usize,
     /// Metrics the methods logged (averaged over the epoch).
     pub method_metrics: Vec<(String, f64)>,
     /// Evaluation after this epoch, if any.
@@ -68,7 +70,7 @@ pub fn train_epoch(
     let order = BatchOrder::BucketedShuffled { seed: epoch_seed };
     let batches = batch::batches(tokenizer, encoded, &data.prompt.word_ids, micro, order, device);
     let bar = progress_bar(batches.len() as u64, &format!("epoch {}", epoch + 1));
-    let (mut loss_sum, mut loss_count, mut lr) = (0.0, 0usize, 0.0);
+    let (mut loss_sum, mut loss_count, mut lr, mut tokens) = (0.0, 0usize, 0.0, 0);
     let mut method_metrics: Vec<(String, f64)> = Vec::new();
     for group in batches.chunks(config.train.grad_accum) {
         if optimizer.step >= total {
@@ -76,7 +78,8 @@ pub fn train_epoch(
         }
         optimizer.zero_grad();
         for b in group {
-            let (loss, metrics) = run.loss(data.method_batch(b, examples, inputs == Inputs::Unlabelled))?;
+            let batch = data.method_batch(b, examples, inputs == Inputs::Unlabelled);
+            let (loss, metrics) = config.train.autocast.run(device, || run.loss(batch))?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
                 return Err(Error::Input(format!(
@@ -84,15 +87,21 @@ pub fn train_epoch(
                     optimizer.step + 1
                 )));
             }
-            (loss / group.len() as f64).backward();
+            (loss * (optimizer.loss_scale.scale / group.len() as f64)).backward();
             loss_sum += value;
             loss_count += 1;
+            tokens += b.tokens;
             method_metrics.extend(metrics);
             bar.inc(1);
         }
-        optimizer.clip_grad_norm(config.train.grad_clip);
-        lr = learning_rate(&config.train, optimizer.step, total);
-        optimizer.step(lr);
+        optimizer.unscale_grads();
+        let norm = optimizer.clip_grad_norm(config.train.grad_clip);
+        if optimizer.loss_scale.update(norm.is_finite()) {
+            lr = learning_rate(&config.train, optimizer.step, total);
+            optimizer.step(lr)?;
+        } else {
+            tracing::debug!(scale = optimizer.loss_scale.scale, "fp16 gradients overflowed: step skipped");
+        }
         bar.set_message(format!("loss {:.4}", loss_sum / loss_count.max(1) as f64));
     }
     bar.finish_and_clear();
@@ -101,6 +110,7 @@ pub fn train_epoch(
         step: optimizer.step,
         train_loss: loss_sum / loss_count.max(1) as f64,
         lr,
+        tokens,
         method_metrics: average(method_metrics),
         eval: None,
     })

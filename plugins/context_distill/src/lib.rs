@@ -76,6 +76,10 @@ pub struct Config {
     /// (default true); false prepends it to every input (the reference for tests and
     /// benchmarks). Ignored with `resample = true`: every context differs, nothing is shared.
     pub cache_context: bool,
+    /// The teacher's model (`tiny-opt`, a folder or a hub id, e.g. `"facebook/opt-1.3b"`);
+    /// default: the run's own pretrained model. It must share the run's tokenizer; with
+    /// `kl = "vocab"` also its vocabulary size. Loaded for `prepare` only, then released.
+    pub teacher: Option<String>,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             ce_weight: 0.0,
             inputs: Source::Unlabelled,
             cache_context: true,
+            teacher: None,
         }
     }
 }
@@ -147,9 +152,23 @@ impl Method for ContextDistill {
         let start = Instant::now();
         let inputs = self.inputs(data)?;
         let pool = Pool::from_data(data, self.verbalizer.len())?;
-        let model = host.model()?;
+        let student = host.model()?;
+        let (model, id) = match &self.config.teacher {
+            Some(spec) => {
+                let loaded = host.load_model(spec)?;
+                (loaded.info, Some(loaded.id))
+            }
+            None => (student.clone(), None),
+        };
+        if self.config.kl == KlOver::Vocab && model.vocab_size != student.vocab_size {
+            return Err(Error::msg(format!(
+                "`teacher` has {} vocabulary rows but the student {}: use `kl = \"verbalizer\"`",
+                model.vocab_size, student.vocab_size
+            )));
+        }
         let device = data.input_ids()?.device();
         let teacher = Teacher {
+            model: id,
             pool: &pool,
             k: self.config.k,
             seed: host.seed()?,
@@ -161,10 +180,14 @@ impl Method for ContextDistill {
             device,
         };
         let targets = if self.config.resample {
-            teacher.resampled(host, &inputs)?
+            teacher.resampled(host, &inputs)
         } else {
-            teacher.shared(host, &inputs, self.config.cache_context)?
+            teacher.shared(host, &inputs, self.config.cache_context)
         };
+        if let Some(id) = id {
+            host.free_model(id)?;
+        }
+        let targets = targets?;
         self.rows = inputs.into_iter().zip(0..).collect();
         self.targets = Some(targets);
         host.log("teacher_seconds", start.elapsed().as_secs_f64())

@@ -68,6 +68,8 @@ impl Pool {
 
 /// What computing the teacher's targets needs.
 pub struct Teacher<'a> {
+    /// A model loaded for the teacher, or `None` for the run's own model.
+    pub model: Option<u64>,
     /// Demonstrations to draw contexts from.
     pub pool: &'a Pool,
     /// Demonstrations per context (the most; fewer when the window demands).
@@ -122,6 +124,7 @@ impl Teacher<'_> {
             grad: false,
             train: Some(false),
             keep_cache: true,
+            model: self.model,
             ..Default::default()
         };
         let out = host.forward(&input, &input.ones_like(), &request)?;
@@ -185,6 +188,7 @@ impl Teacher<'_> {
                 train: Some(false),
                 past: past.map(|(id, _)| id),
                 keep_cache: false,
+                model: self.model,
             };
             let logits = host.forward(&ids, &mask, &request)?.logits.ok_or("the host returned no logits")?; // (B, V)
             parts.push(Targets::from_teacher_logits(&logits, self.tau, self.top_m, &self.verbalizer));

@@ -1,5 +1,7 @@
 //! `ftlab bench`: throughput against PyTorch + transformers, measured in one invocation.
 
+mod distill;
+
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context};
@@ -13,7 +15,7 @@ use ftlab_core::DeviceSpec;
 use serde::{Deserialize, Serialize};
 
 /// The reference script, embedded so the binary can run it from anywhere.
-const REFERENCE_SCRIPT: &str = include_str!("../../benches/opt_reference.py");
+const REFERENCE_SCRIPT: &str = include_str!("../../../benches/opt_reference.py");
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -38,6 +40,10 @@ pub enum BenchCommand {
     /// dynamic padding, LM head only at the answer position — vs the llmft protocol: every
     /// sequence padded to 256 and logits at every position. Target: ≥ 3× faster.
     Protocol(ProtocolBench),
+    /// Context distillation's costs: a training epoch against a pbft epoch on the same inputs
+    /// (target ≤ 1.2×), and the teacher's precomputation with a shared context's keys/values
+    /// kept against re-encoding the context per input (target ≥ 5× faster).
+    Distill(distill::DistillBench),
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +157,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Memory(args) => memory(args),
         BenchCommand::Icl(args) => icl(args),
         BenchCommand::Protocol(args) => protocol(args),
+        BenchCommand::Distill(args) => distill::distill(args),
     }
 }
 
@@ -271,7 +278,7 @@ fn memory_child(args: &MemoryBench, adapter: &str) -> anyhow::Result<u64> {
         optimizer.zero_grad();
         let (loss, _) = run.loss(batch)?;
         loss.backward();
-        optimizer.step(1e-5);
+        optimizer.step(1e-5)?;
     }
     ftlab_core::eval::resources::peak_rss_bytes().context("this OS reports no peak RSS")
 }
@@ -367,7 +374,7 @@ fn protocol(args: ProtocolBench) -> anyhow::Result<ExitCode> {
                 optimizer.zero_grad();
                 loss.backward();
                 optimizer.clip_grad_norm(1.0);
-                optimizer.step(1e-5);
+                optimizer.step(1e-5)?;
             }
         }
         seconds.push(start.elapsed().as_secs_f64());

@@ -1,0 +1,102 @@
+// libtorch calls that tch 0.26 does not wrap. Every function catches C++ exceptions and
+// reports them through `err` (a NUL-terminated message, truncated to `err_len`), returning a
+// non-zero status, so no exception ever unwinds into Rust.
+
+#include <ATen/autocast_mode.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/_fused_adamw.h>
+#include <c10/core/CachingDeviceAllocator.h>
+
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <vector>
+
+namespace {
+int fail(const char *message, char *err, size_t err_len) {
+  if (err_len > 0) {
+    std::strncpy(err, message, err_len - 1);
+    err[err_len - 1] = '\0';
+  }
+  return 1;
+}
+} // namespace
+
+#define FTLAB_PROTECT(...)                                                     \
+  try {                                                                        \
+    __VA_ARGS__;                                                               \
+    return 0;                                                                  \
+  } catch (const std::exception &e) {                                          \
+    return fail(e.what(), err, err_len);                                       \
+  } catch (...) {                                                              \
+    return fail("unknown C++ exception", err, err_len);                        \
+  }
+
+extern "C" {
+
+// Whether autocast is on for `device_type` (c10::DeviceType) and in which dtype (c10::ScalarType).
+int ftlab_autocast_state(int device_type, bool *enabled, int *dtype, char *err, size_t err_len) {
+  FTLAB_PROTECT({
+    auto device = static_cast<c10::DeviceType>(device_type);
+    *enabled = at::autocast::is_autocast_enabled(device);
+    *dtype = static_cast<int>(at::autocast::get_autocast_dtype(device));
+  })
+}
+
+// Turns autocast on or off for `device_type`, computing in `dtype`. Entering a region
+// increments the nesting count; leaving the outermost one clears the cache of cast weights,
+// as `torch.autocast` does.
+int ftlab_autocast_set(int device_type, bool enabled, int dtype, bool entering, char *err, size_t err_len) {
+  FTLAB_PROTECT({
+    auto device = static_cast<c10::DeviceType>(device_type);
+    at::autocast::set_autocast_dtype(device, static_cast<at::ScalarType>(dtype));
+    at::autocast::set_autocast_enabled(device, enabled);
+    if (entering) {
+      at::autocast::increment_nesting();
+    } else if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+  })
+}
+
+// The CUDA caching allocator's current and peak allocated bytes on `device`
+// (torch.cuda.memory_allocated / max_memory_allocated).
+int ftlab_cuda_allocated(int device, int64_t *current, int64_t *peak, char *err, size_t err_len) {
+  FTLAB_PROTECT({
+    auto *allocator = c10::getDeviceAllocator(c10::DeviceType::CUDA);
+    auto stats = allocator->getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    const auto &all = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+    *current = all.current;
+    *peak = all.peak;
+  })
+}
+
+// One AdamW update of `n` parameters with PyTorch's fused kernel
+// (`torch.optim.AdamW(fused=True)`): one pass over each tensor instead of a dozen elementwise
+// ops. `step` is the (already incremented) step count as a float scalar tensor on the
+// parameters' device, shared by all of them.
+int ftlab_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *grads,
+                      const at::Tensor *const *exp_avgs, const at::Tensor *const *exp_avg_sqs, size_t n,
+                      const at::Tensor *step, double lr, double beta1, double beta2, double weight_decay,
+                      double eps, char *err, size_t err_len) {
+  FTLAB_PROTECT({
+    std::vector<at::Tensor> p, g, m, v, steps;
+    for (size_t i = 0; i < n; ++i) {
+      p.push_back(*params[i]);
+      g.push_back(*grads[i]);
+      m.push_back(*exp_avgs[i]);
+      v.push_back(*exp_avg_sqs[i]);
+      steps.push_back(*step);
+    }
+    at::NoGradGuard no_grad;
+    at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
+                      /*maximize=*/false);
+  })
+}
+
+// Starts a new peak for `device` (torch.cuda.reset_peak_memory_stats).
+int ftlab_cuda_reset_peak(int device, char *err, size_t err_len) {
+  FTLAB_PROTECT({ c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(device)); })
+}
+}
