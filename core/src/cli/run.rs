@@ -151,4 +151,12 @@ fn print_summary(record: &RunRecord) {
     }
     let t = &record.timings;
     println!("time: load {:.1}s, prepare {:.1}s, train {:.1}s, eval {:.1}s", t.load, t.prepare, t.train, t.eval);
+    if let Some(train) = &record.train_resources {
+        let peak = match (train.cuda_peak_bytes, train.peak_rss_bytes) {
+            (Some(cuda), _) => format!("CUDA peak {:.2} GB", cuda as f64 / 1e9),
+            (None, Some(rss)) => format!("peak RSS {:.2} GB", rss as f64 / 1e9),
+            (None, None) => "peak memory unknown".into(),
+        };
+        println!("training: {:.0} tokens/s, {peak}", train.tokens_per_s);
+    }
 }
