@@ -289,6 +289,46 @@ fn invalid_settings_are_refused_naming_the_field() {
     assert!(err.contains("label 0 has 8 demonstrations"), "{err}");
 }
 
+/// Unlabelled inputs from a user's file: its first `train.unlabelled` rows, through a column
+/// mapping, are what the student distils on; a mapping to a missing column names file and column.
+#[test]
+fn unlabelled_inputs_can_come_from_a_users_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inputs.tsv");
+    let rows: Vec<String> =
+        (0..7).map(|i| format!("The doctor saw {i} lawyers.\tThe doctor saw lawyers.\t{i}")).collect();
+    std::fs::write(&file, format!("p\th\tid\n{}\n", rows.join("\n"))).unwrap();
+    let run = |columns: &str| {
+        let settings = [
+            format!("train.unlabelled_file={}", file.display()),
+            format!("train.unlabelled_columns={columns}"),
+            "train.unlabelled=5".into(),
+            "train.epochs=1".into(),
+            "eval.max_examples=20".into(),
+        ];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ftlab"));
+        command
+            .args(["run", "--plugin", "context_distill", "--shots", "16", "--json", "--force", "--out"])
+            .arg(dir.path());
+        for setting in &settings {
+            command.args(["--set", setting]);
+        }
+        command.env("HF_HUB_OFFLINE", "1").output().unwrap()
+    };
+    let result = run("premise=p,hypothesis=h");
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(record["data"]["unlabelled_inputs"], 5);
+    let metrics = std::fs::read_to_string(dir.path().join(record["name"].as_str().unwrap()).join("metrics.jsonl"));
+    let epoch: serde_json::Value = serde_json::from_str(metrics.unwrap().lines().nth(1).unwrap()).unwrap();
+    assert!(epoch["tokens"].as_u64().unwrap() > 5 * 8, "five inputs of 8+ tokens trained on: {epoch}");
+
+    let failed = run("premise=p,hypothesis=hypo");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("inputs.tsv") && stderr.contains("hypo"), "{stderr}");
+}
+
 /// The command users run: zero-shot, ICL reference and distilled student in one record.
 #[test]
 fn ftlab_run_distils_and_reports_the_three_accuracies() {

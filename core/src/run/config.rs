@@ -124,6 +124,12 @@ pub struct TrainConfig {
     /// Unlabelled training-split inputs (disjoint from the labelled set) drawn for objectives
     /// that train on unlabelled inputs, such as context distillation.
     pub unlabelled: usize,
+    /// A file of unlabelled inputs (.tsv, .csv, .jsonl or .parquet with a header) to use instead
+    /// of the training split's: its first `unlabelled` rows, read with `unlabelled_columns`.
+    pub unlabelled_file: Option<PathBuf>,
+    /// Which columns of `unlabelled_file` hold the task's texts, as `--columns` takes them
+    /// (`premise=s1,hypothesis=s2`); default: columns named as the task's fields.
+    pub unlabelled_columns: String,
     /// Mixed precision for every forward pass of the run (training, evaluation and the methods'
     /// precomputation): `none` (default), `bf16` or `fp16`, as `torch.autocast`; weights and
     /// optimizer state stay in `dtype`. fp16 training scales the loss dynamically.
@@ -148,6 +154,8 @@ impl Default for TrainConfig {
             eval_every_epoch: true,
             checkpoint: true,
             unlabelled: 256,
+            unlabelled_file: None,
+            unlabelled_columns: String::new(),
             autocast: crate::device::Autocast::None,
         }
     }

@@ -4,11 +4,12 @@
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use super::config::RunConfig;
+use super::config::{RunConfig, TrainConfig};
 use crate::data::batch::{self, Batch, EncodedExample};
 use crate::data::dataset::{Dataset, EvalSet};
 use crate::data::prompt::Prompt;
 use crate::data::sampling;
+use crate::data::source::{ColumnMap, Header, LocalSource};
 use crate::data::task::{self, DataOptions, TaskDef};
 use crate::error::Result;
 use crate::tokenizer::{Padding, Tokenizer};
@@ -50,6 +51,10 @@ pub struct DataSummary {
     pub train_truncated: usize,
     /// Rows per eval set.
     pub eval_sizes: Vec<(String, usize)>,
+    /// Unlabelled inputs available to objectives that train on them (from the training split,
+    /// or `train.unlabelled_file`).
+    #[serde(default)]
+    pub unlabelled_inputs: usize,
 }
 
 impl RunData {
@@ -62,7 +67,10 @@ impl RunData {
         let train = pool.select(format!("{}-k{}", task.name, config.shots), &positions);
         let prompt = Prompt::new(task.prompt, task.label_names.len(), &config.prompt, tokenizer)?;
         let (encoded, truncated) = encode(&prompt, tokenizer, &train, config.train.max_length)?;
-        let unlabelled = draw_unlabelled(&pool, &positions, config.train.unlabelled, config.data_seed)?;
+        let unlabelled = match &config.train.unlabelled_file {
+            None => draw_unlabelled(&pool, &positions, config.train.unlabelled, config.data_seed)?,
+            Some(path) => unlabelled_from_file(task, path, &config.train)?,
+        };
         let (unlabelled_encoded, _) = encode(&prompt, tokenizer, &unlabelled, config.train.max_length)?;
         let context = sampling::balanced_demonstrations(&pool, config.shots, config.data_seed)
             .map(|demos| prompt.context(demos.iter().map(|&p| &pool.examples[p])))
@@ -79,6 +87,7 @@ impl RunData {
             train_positions: positions,
             train_truncated: truncated,
             eval_sizes: eval.iter().map(|s| (s.name.clone(), s.data.len())).collect(),
+            unlabelled_inputs: unlabelled.len(),
         };
         Ok(Self { task, prompt, train, encoded, unlabelled, unlabelled_encoded, pool, context, eval, summary })
     }
@@ -174,6 +183,15 @@ fn draw_unlabelled(pool: &Dataset, taken: &[usize], count: usize, data_seed: u32
     let picks = sampling::few_shot_positions(rest.len(), count.min(rest.len()), data_seed.wrapping_add(1))?;
     let positions: Vec<usize> = picks.into_iter().map(|i| rest[i]).collect();
     Ok(pool.select(format!("{}-unlabelled", pool.name), &positions))
+}
+
+/// The first `train.unlabelled` inputs of a user's file.
+fn unlabelled_from_file(task: &TaskDef, path: &std::path::Path, train: &TrainConfig) -> Result<Dataset> {
+    let columns = ColumnMap::parse(&train.unlabelled_columns, task.fields())?;
+    let source = LocalSource { path: path.into(), columns, header: Header::Present };
+    let inputs = source.load_inputs(&format!("{}-unlabelled", task.name), task.label_names)?;
+    let first: Vec<usize> = (0..inputs.len().min(train.unlabelled)).collect();
+    Ok(inputs.select(inputs.name.clone(), &first))
 }
 
 /// Keeps at most `max` rows of an eval set, drawn as llmft's `max_eval_samples` does.

@@ -74,10 +74,12 @@ impl ColumnMap {
         })
     }
 
-    fn required(&self) -> Vec<&str> {
+    fn required(&self, labelled: bool) -> Vec<&str> {
         let mut columns = vec![self.text1.as_str()];
         columns.extend(self.text2.as_deref());
-        columns.push(&self.label);
+        if labelled {
+            columns.push(&self.label);
+        }
         columns.extend(self.id.as_deref());
         columns.extend(self.attributes.iter().map(String::as_str));
         columns
@@ -150,11 +152,21 @@ pub fn examples_from_frame(
     columns: &ColumnMap,
     labels: &LabelMap,
 ) -> Result<Vec<Example>> {
+    rows(frame, path, columns, Some(labels))
+}
+
+/// Turns a table into unlabelled inputs (e.g. for context distillation): as
+/// [`examples_from_frame`] without a label column; each example's label is 0 and is never read.
+pub fn inputs_from_frame(frame: &DataFrame, path: &Path, columns: &ColumnMap) -> Result<Vec<Example>> {
+    rows(frame, path, columns, None)
+}
+
+fn rows(frame: &DataFrame, path: &Path, columns: &ColumnMap, labels: Option<&LabelMap>) -> Result<Vec<Example>> {
     if frame.height() == 0 {
         return Err(Error::Data { path: path.into(), row: None, column: None, message: "the file has no rows".into() });
     }
     let mut cells = BTreeMap::new();
-    for name in columns.required() {
+    for name in columns.required(labels.is_some()) {
         cells.insert(name, column_text(frame, path, name)?);
     }
     let cell = |name: &str, row: usize| -> Result<String> {
@@ -170,13 +182,18 @@ pub fn examples_from_frame(
     };
     (0..frame.height())
         .map(|row| {
-            let label_cell = cell(&columns.label, row)?;
-            let label = labels.id_of(&label_cell).ok_or_else(|| Error::Data {
-                path: path.into(),
-                row: Some(row + 1),
-                column: Some(columns.label.clone()),
-                message: format!("unknown label `{label_cell}`; expected {}", labels.describe()),
-            })?;
+            let label = match labels {
+                None => 0,
+                Some(labels) => {
+                    let label_cell = cell(&columns.label, row)?;
+                    labels.id_of(&label_cell).ok_or_else(|| Error::Data {
+                        path: path.into(),
+                        row: Some(row + 1),
+                        column: Some(columns.label.clone()),
+                        message: format!("unknown label `{label_cell}`; expected {}", labels.describe()),
+                    })?
+                }
+            };
             let id = match &columns.id {
                 None => row as i64,
                 Some(id) => cell(id, row)?.trim().parse::<i64>().map_err(|_| Error::Data {

@@ -46,6 +46,12 @@ impl LocalSource {
         let examples = columns::examples_from_frame(&frame, &self.path, &self.columns, &LabelMap::new(label_names))?;
         Ok(Dataset::new(name, label_names, examples))
     }
+
+    /// Reads the file's texts as unlabelled inputs (no label column needed).
+    pub fn load_inputs(&self, name: &str, label_names: &[&str]) -> Result<Dataset> {
+        let frame = files::read_table(&self.path, FileFormat::from_path(&self.path)?, &self.header)?;
+        Ok(Dataset::new(name, label_names, columns::inputs_from_frame(&frame, &self.path, &self.columns)?))
+    }
 }
 
 /// Reads a hub parquet file (resolved through `hub`) into a table.
