@@ -5,8 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString, RVec};
 use ftlab_sdk::abi::{ErrorKind, HostObject, Message, OwnedTensor, PluginError};
-use ftlab_sdk::host::LoadedModel;
-use ftlab_sdk::{ForwardRequest, HostRequest, Init, Logits, ModelInfo, TaskInfo, Tensors};
+use ftlab_sdk::{ForwardRequest, HostRequest, Init, LoadedModel, Logits, ModelInfo, TaskInfo, Tensors};
 use tch::nn::{self, VarStore};
 use tch::Tensor;
 
@@ -173,6 +172,31 @@ impl RunHost<'_> {
         path.f_var(last, shape, init).map_err(|e| format!("parameter `{name}`: {e}"))
     }
 
+    /// Loads `spec` like the run's model (device, dtype), frozen; refuses a tokenizer that
+    /// encodes differently, since methods encode with the run's tokenizer.
+    fn load_model(&mut self, spec: &str) -> Result<LoadedModel, String> {
+        let kind = self.model.net.embed_tokens.ws.kind();
+        let dtype = Dtype::of_kind(kind).ok_or_else(|| format!("the run's model has no float dtype ({kind:?})"))?;
+        let options = LoadOptions { device: self.model.device(), dtype, weights_format: None };
+        let mut model = Model::load(spec, options).map_err(|e| format!("loading model `{spec}`: {e}"))?;
+        model.vs.freeze();
+        let probe = format!("{} {}", self.state.task.label_words.join(" "), TOKENIZER_PROBE);
+        let (ours, theirs) = (self.model.tokenizer.encode(&probe), model.tokenizer.encode(&probe));
+        if ours.map_err(|e| e.to_string())? != theirs.map_err(|e| e.to_string())? {
+            return Err(format!(
+                "model `{spec}` tokenizes differently from the run's model `{}`: a method's token ids would \
+                 mean different words to it",
+                self.model.origin.id
+            ));
+        }
+        let id = self.state.next_model;
+        self.state.next_model += 1;
+        let loaded = LoadedModel { id, info: info(&model) };
+        tracing::info!(model = spec, id, "loaded a model for {}", self.method);
+        self.state.models.insert(id, model);
+        Ok(loaded)
+    }
+
     fn answer(&mut self, request: &str) -> Result<String, String> {
         let request: HostRequest = serde_json::from_str(request).map_err(|e| format!("host request: {e}"))?;
         let tokenizer = &self.model.tokenizer;
@@ -206,33 +230,6 @@ impl RunHost<'_> {
             }
         };
         Ok(reply.to_string())
-    }
-}
-
-impl RunHost<'_> {
-    /// Loads `spec` like the run's model (device, dtype), frozen; refuses a tokenizer that
-    /// encodes differently, since methods encode with the run's tokenizer.
-    fn load_model(&mut self, spec: &str) -> Result<LoadedModel, String> {
-        let kind = self.model.net.embed_tokens.ws.kind();
-        let dtype = Dtype::of_kind(kind).ok_or_else(|| format!("the run's model has no float dtype ({kind:?})"))?;
-        let options = LoadOptions { device: self.model.device(), dtype, weights_format: None };
-        let mut model = Model::load(spec, options).map_err(|e| format!("loading model `{spec}`: {e}"))?;
-        model.vs.freeze();
-        let probe = format!("{} {}", self.state.task.label_words.join(" "), TOKENIZER_PROBE);
-        let (ours, theirs) = (self.model.tokenizer.encode(&probe), model.tokenizer.encode(&probe));
-        if ours.map_err(|e| e.to_string())? != theirs.map_err(|e| e.to_string())? {
-            return Err(format!(
-                "model `{spec}` tokenizes differently from the run's model `{}`: a method's token ids would \
-                 mean different words to it",
-                self.model.origin.id
-            ));
-        }
-        let id = self.state.next_model;
-        self.state.next_model += 1;
-        let loaded = LoadedModel { id, info: info(&model) };
-        tracing::info!(model = spec, id, "loaded a model for {}", self.method);
-        self.state.models.insert(id, model);
-        Ok(loaded)
     }
 }
 
