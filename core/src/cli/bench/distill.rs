@@ -19,10 +19,10 @@ pub struct DistillBench {
     #[command(flatten)]
     shape: ShapeArgs,
     /// Labelled examples both objectives train on (context_distill with `inputs = "labelled"`).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     shots: usize,
-    /// Epochs timed per objective, after one untimed warm-up epoch.
-    #[arg(long, default_value_t = 2)]
+    /// Epochs timed per objective (the median is reported), after one untimed warm-up epoch.
+    #[arg(long, default_value_t = 3)]
     epochs: usize,
     /// Demonstrations in the context the teacher reads.
     #[arg(long, default_value_t = 16)]
@@ -38,35 +38,45 @@ pub fn distill(args: DistillBench) -> anyhow::Result<std::process::ExitCode> {
     config.train.unlabelled = args.inputs;
     let registry = ftlab_registry::Registry::discover();
 
-    // 1. Seconds per training epoch, each objective on a fresh copy of the same model.
+    // 1. Seconds per training epoch, each objective on its own copy of the same model; epochs
+    // alternate between the two so drift in the machine's speed affects both alike.
     let objectives = [
         MethodSpec::named("pbft"),
         MethodSpec { name: "context_distill".into(), config: json!({ "inputs": "labelled", "k": args.k }) },
     ];
-    let mut epoch_seconds = Vec::new();
-    for spec in &objectives {
-        let model = random_model(&shape, tch::Device::Cpu)?;
-        let data = RunData::load(&config, &model.tokenizer)?;
-        let mut run = MethodRun::new(&model, &registry, spec, &[], data.task_info(), 0)?;
+    let models = [random_model(&shape, tch::Device::Cpu)?, random_model(&shape, tch::Device::Cpu)?];
+    let data = RunData::load(&config, &models[0].tokenizer)?;
+    let mut runs = Vec::new();
+    for (spec, model) in objectives.iter().zip(&models) {
+        let mut run = MethodRun::new(model, &registry, spec, &[], data.task_info(), 0)?;
         run.prepare(data.prepare_data(&model.tokenizer, model.device()))?;
-        let mut optimizer = AdamW::new(run.trainable(), &config.train);
-        let total = usize::MAX;
-        train::train_epoch(&config, &mut run, &data, &model.tokenizer, &mut optimizer, 0, total)?;
-        let start = Instant::now();
-        for epoch in 1..=args.epochs {
-            train::train_epoch(&config, &mut run, &data, &model.tokenizer, &mut optimizer, epoch, total)?;
-        }
-        epoch_seconds.push(start.elapsed().as_secs_f64() / args.epochs as f64);
+        let optimizer = AdamW::new(run.trainable(), &config.train);
+        runs.push((run, optimizer));
     }
+    let mut seconds: [Vec<f64>; 2] = Default::default();
+    for epoch in 0..=args.epochs.max(1) {
+        for (i, (run, optimizer)) in runs.iter_mut().enumerate() {
+            let start = Instant::now();
+            train::train_epoch(&config, run, &data, &models[i].tokenizer, optimizer, epoch, usize::MAX)?;
+            if epoch > 0 {
+                // Epoch 0 warms up allocations and kernels.
+                seconds[i].push(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    drop(runs);
+    let epoch_seconds = seconds.map(|mut s| {
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    });
 
     // 2. Seconds of the teacher's precomputation over the unlabelled inputs, one shared context.
-    let model = random_model(&shape, tch::Device::Cpu)?;
-    let data = RunData::load(&config, &model.tokenizer)?;
+    let model = &models[0];
     let mut prepare_seconds = Vec::new();
     for cache_context in [true, false] {
         let options = json!({ "resample": false, "k": args.k, "cache_context": cache_context });
         let spec = MethodSpec { name: "context_distill".into(), config: options };
-        let mut run = MethodRun::new(&model, &registry, &spec, &[], data.task_info(), 0)?;
+        let mut run = MethodRun::new(model, &registry, &spec, &[], data.task_info(), 0)?;
         let start = Instant::now();
         run.prepare(data.prepare_data(&model.tokenizer, model.device()))?;
         prepare_seconds.push(start.elapsed().as_secs_f64());
