@@ -4,7 +4,9 @@ mod bench;
 mod data;
 mod model;
 mod plugins;
+mod results;
 mod run;
+mod sweep;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,11 @@ enum Command {
     /// List tasks, inspect their data, and show the exact few-shot rows and prompts of a run.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Tables, plots and exports over the records of many runs.
+    #[command(subcommand)]
+    Results(results::ResultsCommand),
+    /// Run an experiment grid's cells, skipping finished ones (resumable, parallel).
+    Sweep(sweep::SweepArgs),
 }
 
 /// Runs the parsed command.
@@ -47,6 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(command) => data::run(command),
         Command::Plugins(command) => plugins::run(command),
         Command::Run(args) => run::run(*args),
+        Command::Results(command) => results::run(command),
+        Command::Sweep(args) => sweep::run(args),
     }
 }
 
