@@ -53,7 +53,7 @@ pub struct TableArgs {
     /// Columns whose values make the rows.
     #[arg(long, value_delimiter = ',', default_value = "method,adapter")]
     rows: Vec<String>,
-    /// Columns whose values make the columns (none: one column per metric).
+    /// Columns whose values make the columns (`--cols ''`: none, one column per metric).
     #[arg(long, value_delimiter = ',', default_value = "shots")]
     cols: Vec<String>,
     /// Numeric columns to aggregate, e.g. acc_in,acc_ood,best_acc_in,time_train.
@@ -133,7 +133,8 @@ fn table(args: TableArgs) -> anyhow::Result<ExitCode> {
             AggArg::Max => Agg::Max,
         })
         .collect();
-    let spec = TableSpec { rows: args.rows, cols: args.cols, metrics: args.metric, aggs };
+    let names = |list: Vec<String>| list.into_iter().filter(|n| !n.trim().is_empty()).collect();
+    let spec = TableSpec { rows: names(args.rows), cols: names(args.cols), metrics: names(args.metric), aggs };
     let built = table::build(&runs, &spec)?;
     let format = match args.format {
         FormatArg::Markdown => TableFormat::Markdown,

@@ -9,14 +9,7 @@ use ftlab_core::run::config::parse_set;
 use ftlab_core::run::train::progress_bar;
 use ftlab_core::sweep::{self, CellReport, CellState, Outcome, SweepOptions};
 
-/// Run every cell of an experiment grid (a run config plus a `[grid]` table of axes, see
-/// `experiments/grids/`), each as its own `ftlab run` process.
-///
-/// Resumable: cells whose record says `completed` are skipped; failed, interrupted and new cells
-/// run (from the start). Several sweeps may share one output folder, on one machine or on a
-/// shared filesystem: each claims a cell (a lock in its run folder) before running it. Failed
-/// cells are listed at the end, and the exit code is 1 if any failed. Each cell's output is in
-/// `OUT/NAME/sweep.log`, and `OUT/NAME/cell.toml` reruns it with `ftlab run --config`.
+/// Arguments of `ftlab sweep` (its help text is on the command in `cli/mod.rs`).
 #[derive(Debug, Args)]
 pub struct SweepArgs {
     /// The grid file (TOML).
