@@ -294,3 +294,43 @@ pub fn export(frame: &DataFrame, path: &Path, format: Format) -> Result<()> {
     written.map_err(|e| Error::Results(format!("{}: {e}", path.display())))?;
     write_atomically(path, &bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::testing::row;
+
+    #[test]
+    fn rows_flatten_into_every_column() {
+        let rows = vec![row("pbft", "lora", 16, 0, Some((0.7, 0.5))), row("pbft", "full", 16, 1, None)];
+        assert_eq!(rows[0].get("adapter").unwrap(), Value::Text(Some("lora".into())));
+        assert_eq!(rows[1].get("adapter").unwrap(), Value::Text(Some("full".into())));
+        assert_eq!(rows[0].get("acc_ood").unwrap().number(), Some(0.5));
+        assert_eq!(rows[1].get("acc_in").unwrap().number(), None, "a failed run has no accuracy");
+        assert_eq!(rows[1].get("time_train").unwrap().number(), None, "nor a training time");
+        let err = rows[0].get("accuracy").unwrap_err().to_string();
+        assert!(err.contains("accuracy") && err.contains("acc_in"), "{err}");
+
+        let frame = to_frame(&rows).unwrap();
+        assert_eq!(frame.shape(), (2, COLUMNS.len()));
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("runs.csv");
+        export(&frame, &csv, Format::Csv).unwrap();
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert!(text.starts_with("name,dir,status,error,model"), "{text}");
+        assert!(text.contains("deliberate failure"));
+    }
+
+    #[test]
+    fn records_are_found_at_any_depth_and_bad_ones_name_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("a/b/run");
+        std::fs::create_dir_all(run.join("checkpoint")).unwrap();
+        std::fs::write(run.join("record.json"), "{}").unwrap();
+        std::fs::write(run.join("checkpoint/record.json"), "{}").unwrap();
+        let found = find_records(&[dir.path().to_path_buf(), run.clone()]).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        let err = load(&[dir.path().to_path_buf()]).unwrap_err().to_string();
+        assert!(err.contains("a/b/run/record.json"), "{err}");
+    }
+}

@@ -386,6 +386,47 @@ mod tests {
         assert_eq!(Cell::default().mean(), None);
     }
 
+    fn spec(metrics: &[&str]) -> TableSpec {
+        TableSpec {
+            rows: vec!["method".into(), "adapter".into()],
+            cols: vec!["shots".into()],
+            metrics: metrics.iter().map(|m| m.to_string()).collect(),
+            aggs: vec![Agg::Mean, Agg::Std],
+        }
+    }
+
+    #[test]
+    fn cells_group_runs_flag_failures_and_bold_the_best() {
+        use crate::results::testing::row;
+        let runs = vec![
+            row("pbft", "lora", 16, 0, Some((0.6, 0.5))),
+            row("pbft", "lora", 16, 1, Some((0.8, 0.5))),
+            row("pbft", "lora", 16, 2, None),
+            row("pbft", "full", 16, 0, Some((0.5, 0.5))),
+            row("pbft", "full", 32, 0, Some((0.9, 0.5))),
+        ];
+        let table = build(&runs, &spec(&["acc_in"])).unwrap();
+        assert_eq!(table.rows, [["pbft", "full"], ["pbft", "lora"]]);
+        assert_eq!((table.column_label(0), table.column_label(1)), ("shots=16".into(), "shots=32".into()));
+        assert_eq!(table.cells[1][0], Cell { values: vec![0.6, 0.8], failed: 1 });
+        let markdown = table.render(TableFormat::Markdown);
+        assert!(markdown.contains("| pbft | lora | **0.700 ± 0.141** (n=2, 1 failed) | – (n=0) |"), "{markdown}");
+        assert!(markdown.contains("| pbft | full | 0.500 (n=1) | **0.900** (n=1) |"), "{markdown}");
+        assert!(markdown.contains("deliberate failure"), "failed runs are listed: {markdown}");
+        let latex = table.render(TableFormat::Latex);
+        assert!(latex.contains("\\textbf{0.700 $\\pm$ 0.141}") && latex.contains("\\bottomrule"), "{latex}");
+        let csv = table.render(TableFormat::Csv);
+        assert!(csv.starts_with("method,adapter,shots=16 mean,shots=16 std,shots=16 n,shots=16 failed,"), "{csv}");
+        let lora = csv.lines().find(|l| l.starts_with("pbft,lora,")).unwrap();
+        assert!(lora.starts_with("pbft,lora,0.7,0.1414") && lora.ends_with(",2,1,,,0,0"), "{csv}");
+        // Costs: lower is better (training time is shots × (1 + data seed) in these rows).
+        let time = build(&runs, &spec(&["time_train"])).unwrap().render(TableFormat::Markdown);
+        assert!(time.contains("| pbft | full | **16.0** (n=1) | **32.0** (n=1) |"), "{time}");
+        assert!(time.contains("| pbft | lora | 24.0 ± 11.3 (n=2, 1 failed) |"), "{time}");
+        let err = build(&runs, &spec(&["method"])).unwrap_err().to_string();
+        assert!(err.contains("`method` is text"), "{err}");
+    }
+
     #[test]
     fn numbers_are_formatted_by_magnitude() {
         assert_eq!(format_number(0.81234), "0.812");
