@@ -213,10 +213,10 @@ impl RunConfig {
         Self::finish(figment, overrides)
     }
 
-    /// Like [`RunConfig::load`], with the experiment file's settings already parsed into `base`
-    /// (an experiment grid's settings without its `[grid]` table).
-    pub fn from_table(base: &toml::Table, overrides: &[(String, toml::Value)]) -> Result<Self> {
-        let figment = Figment::from(Serialized::defaults(RunConfig::default())).merge(Serialized::defaults(base));
+    /// Like [`RunConfig::load`], with the experiment file's settings given as TOML text (an
+    /// experiment grid's settings without its `[grid]` table).
+    pub fn from_toml(text: &str, overrides: &[(String, toml::Value)]) -> Result<Self> {
+        let figment = Figment::from(Serialized::defaults(RunConfig::default())).merge(Toml::string(text));
         Self::finish(figment, overrides)
     }
 

@@ -20,7 +20,7 @@
 //! "train.lr" = 1e-4
 //! ```
 //!
-//! Each cell is layered exactly as `ftlab run` layers a run (`RunConfig::from_table`): defaults
+//! Each cell is layered exactly as `ftlab run` layers a run (`RunConfig::from_toml`): defaults
 //! ← the file's settings ← `FTLAB_*` environment ← the cell's axis values ← its `when` settings
 //! ← the sweep's own `--set`/`--out` overrides. Two cells with the same run folder name are an
 //! error, since the second would overwrite (or be skipped as) the first.
@@ -109,6 +109,7 @@ pub fn load(path: &Path, overrides: &[(String, toml::Value)]) -> Result<Grid> {
         }
     };
     let (axes, when) = split_axes(path, grid)?;
+    let base = toml::to_string(&base).map_err(|e| Error::RunConfig(format!("{}: {e}", path.display())))?;
     let mut cells = Vec::new();
     let mut names: HashMap<String, Vec<String>> = HashMap::new();
     for choice in product(&axes) {
@@ -124,8 +125,10 @@ pub fn load(path: &Path, overrides: &[(String, toml::Value)]) -> Result<Grid> {
             }
         }
         layers.extend_from_slice(overrides);
-        let config = RunConfig::from_table(&base, &layers)
-            .map_err(|e| Error::RunConfig(format!("{}: cell {}: {e}", path.display(), labels.join(", "))))?;
+        let config = RunConfig::from_toml(&base, &layers).map_err(|e| {
+            let why = if let Error::RunConfig(message) = e { message } else { e.to_string() };
+            Error::RunConfig(format!("{}: cell {}: {why}", path.display(), labels.join(", ")))
+        })?;
         let cell = GridCell { axes: labels, config };
         if let Some(other) = names.insert(cell.name(), cell.axes.clone()) {
             return Err(Error::RunConfig(format!(

@@ -166,6 +166,7 @@ fn run_claimed(cell: &GridCell, exe: &Path, threads: usize) -> Result<CellReport
     if std::env::var_os("OMP_NUM_THREADS").is_none() {
         command.env("OMP_NUM_THREADS", threads.to_string());
     }
+    end_with_sweep(&mut command);
     let status = command.status().map_err(Error::io(exe))?;
     let record_path = dir.record();
     let record: Option<RunRecord> = match std::fs::read_to_string(&record_path) {
@@ -182,6 +183,25 @@ fn run_claimed(cell: &GridCell, exe: &Path, threads: usize) -> Result<CellReport
             report(Outcome::Failed, Some(error))
         }
     })
+}
+
+/// Ends a cell's process when its sweep dies (Linux), so a killed sweep, whose claims the OS
+/// releases at once, leaves no cell running unclaimed for another sweep to start again.
+fn end_with_sweep(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec the closure only calls prctl, which is async-signal-safe
+        // and changes nothing but the child's own death signal.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 /// The last lines of a child's log, for a record it could not write itself.
