@@ -169,6 +169,10 @@ pub enum Error {
     /// A data option is malformed (a `--columns` mapping, a file format, a task setting).
     #[error("{0}")]
     DataOption(String),
+    /// Run records cannot be tabulated, plotted or exported as asked (an unknown column, no
+    /// runs to show, a file that cannot be written).
+    #[error("results: {0}")]
+    Results(String),
 }
 
 /// Result type of the ftlab runtime.

@@ -5,7 +5,9 @@
 //! - [`data`]: tasks, llmft's few-shot sampling, prompts and batches;
 //! - [`methods`]: the objective and adapters, loaded as plugins through the registry;
 //! - [`run`]: the training loop, checkpoints and the run record;
-//! - [`eval`]: the evaluation harness and metrics.
+//! - [`eval`]: the evaluation harness and metrics;
+//! - [`results`]: run records as one table, paper tables and plots;
+//! - [`sweep`]: experiment grids run as resumable sweeps.
 //!
 //! The `ftlab` binary is a thin CLI over this crate; [`bench`] holds what its benchmarks measure.
 
@@ -16,7 +18,9 @@ pub mod error;
 pub mod eval;
 pub mod methods;
 pub mod model;
+pub mod results;
 pub mod run;
+pub mod sweep;
 pub mod tokenizer;
 
 pub use device::{Autocast, DeviceSpec, Dtype};

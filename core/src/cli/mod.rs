@@ -4,7 +4,9 @@ mod bench;
 mod data;
 mod model;
 mod plugins;
+mod results;
 mod run;
+mod sweep;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,20 @@ enum Command {
     /// List tasks, inspect their data, and show the exact few-shot rows and prompts of a run.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Tables, plots and exports over the records of many runs.
+    #[command(subcommand)]
+    Results(results::ResultsCommand),
+    /// Run an experiment grid's cells, skipping finished ones (resumable, parallel).
+    ///
+    /// A grid file is a run config plus a `[grid]` table of axes (`method`, `adapter` with `full`
+    /// for none, `model`, `shots`, `data_seed`, any dotted key) and optional
+    /// `[grid.when."axis=value"]` settings; see experiments/grids/. Each cell runs as its own
+    /// `ftlab run` process, its output in OUT/NAME/sweep.log and its settings in OUT/NAME/cell.toml.
+    /// Cells whose record says `completed` are skipped; failed, interrupted and new cells run from
+    /// the start. Several sweeps may share one output folder (on one machine or a shared
+    /// filesystem): each claims a cell with a lock in its run folder first. Failed cells are
+    /// listed at the end, and the exit code is 1 if any failed.
+    Sweep(sweep::SweepArgs),
 }
 
 /// Runs the parsed command.
@@ -47,6 +63,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(command) => data::run(command),
         Command::Plugins(command) => plugins::run(command),
         Command::Run(args) => run::run(*args),
+        Command::Results(command) => results::run(command),
+        Command::Sweep(args) => sweep::run(args),
     }
 }
 

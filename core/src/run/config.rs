@@ -223,6 +223,18 @@ impl RunConfig {
             }
             figment = figment.merge(Toml::file(path));
         }
+        Self::finish(figment, overrides)
+    }
+
+    /// Like [`RunConfig::load`], with the experiment file's settings given as TOML text (an
+    /// experiment grid's settings without its `[grid]` table).
+    pub fn from_toml(text: &str, overrides: &[(String, toml::Value)]) -> Result<Self> {
+        let figment = Figment::from(Serialized::defaults(RunConfig::default())).merge(Toml::string(text));
+        Self::finish(figment, overrides)
+    }
+
+    /// The layers after the file: environment, then overrides; then extraction and validation.
+    fn finish(mut figment: Figment, overrides: &[(String, toml::Value)]) -> Result<Self> {
         figment = figment.merge(Env::prefixed("FTLAB_").ignore(&NOT_SETTINGS).split("__"));
         for (key, value) in overrides {
             figment = figment.merge(Serialized::global(key.as_str(), value));

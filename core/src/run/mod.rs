@@ -129,6 +129,33 @@ pub struct RunRecord {
     pub finished_at: u64,
 }
 
+impl RunRecord {
+    /// The record of `config` with `status` before anything ran (started and finished now).
+    pub fn new(config: &RunConfig, status: &str) -> Self {
+        Self {
+            name: config.run_name(),
+            status: status.into(),
+            error: None,
+            config: config.clone(),
+            model: None,
+            methods: Vec::new(),
+            git_revision: GIT_REVISION.into(),
+            ftlab_version: env!("CARGO_PKG_VERSION").into(),
+            data: None,
+            trainable_parameters: 0,
+            zero_shot: None,
+            icl_reference: None,
+            last: None,
+            best: None,
+            timings: Timings::default(),
+            train_resources: None,
+            peak_rss_bytes: None,
+            started_at: now(),
+            finished_at: now(),
+        }
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -149,27 +176,7 @@ pub fn run(config: &RunConfig, options: &RunOptions, registry: &Registry) -> Res
         let _ = std::fs::remove_dir_all(dir.checkpoint());
     }
     dir.write_json(&dir.config(), config)?;
-    let mut record = RunRecord {
-        name: config.run_name(),
-        status: "running".into(),
-        error: None,
-        config: config.clone(),
-        model: None,
-        methods: Vec::new(),
-        git_revision: GIT_REVISION.into(),
-        ftlab_version: env!("CARGO_PKG_VERSION").into(),
-        data: None,
-        trainable_parameters: 0,
-        zero_shot: None,
-        icl_reference: None,
-        last: None,
-        best: None,
-        timings: Timings::default(),
-        train_resources: None,
-        peak_rss_bytes: None,
-        started_at: now(),
-        finished_at: 0,
-    };
+    let mut record = RunRecord::new(config, "running");
     let outcome = execute(config, options, registry, &dir, &mut record);
     record.finished_at = now();
     record.peak_rss_bytes = crate::eval::resources::peak_rss_bytes();

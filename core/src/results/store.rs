@@ -1,0 +1,336 @@
+//! The results store: run folders → one row per run → a polars `DataFrame` (and parquet/CSV).
+//!
+//! A "store" is nothing but folders of run folders: each run owns its `record.json`, written
+//! atomically when it ends, so many runs (and sweeps on many machines) can write into one
+//! results folder at once without coordination, and a reader never sees half a record. Reading
+//! walks the given folders for `record.json` files; a record that does not parse is an error
+//! naming the file, never skipped, so a table cannot silently lose a run.
+//!
+//! [`COLUMNS`] is the one list of the flattened columns: the `DataFrame`, the CSV/parquet
+//! export, and the names `results table --rows/--cols/--metric` accept all come from it.
+
+use std::path::{Path, PathBuf};
+
+use polars::prelude::{Column, DataFrame, NamedFrom, ParquetWriter, SerWriter, Series};
+
+use crate::error::{Error, Result};
+use crate::run::record::write_atomically;
+use crate::run::{Headline, RunRecord};
+
+/// One run, flattened to the values tables and plots group and aggregate.
+#[derive(Debug, Clone)]
+pub struct ResultRow {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// The record itself.
+    pub record: RunRecord,
+}
+
+impl ResultRow {
+    /// Whether the run finished (`completed`); anything else is counted as failed in tables.
+    pub fn completed(&self) -> bool {
+        self.record.status == "completed"
+    }
+
+    /// The adapters' names joined by `+`, or `full` for full fine-tuning (no adapter).
+    pub fn adapter(&self) -> String {
+        let names: Vec<&str> = self.record.config.adapters.iter().map(|a| a.name.as_str()).collect();
+        if names.is_empty() {
+            "full".into()
+        } else {
+            names.join("+")
+        }
+    }
+
+    /// The value of column `name` (one of [`COLUMNS`]).
+    pub fn get(&self, name: &str) -> Result<Value> {
+        Ok((column(name)?.get)(self))
+    }
+}
+
+/// A cell of the flattened table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// Text (names, status, error); `None` when absent.
+    Text(Option<String>),
+    /// A count or setting; `None` when absent.
+    Int(Option<i64>),
+    /// A measurement; `None` when absent (a failed run, a task without out-of-domain sets).
+    Float(Option<f64>),
+}
+
+impl Value {
+    /// The value as a number, for aggregation (`None` for text and absent values).
+    pub fn number(&self) -> Option<f64> {
+        match self {
+            Value::Int(v) => v.map(|v| v as f64),
+            Value::Float(v) => *v,
+            Value::Text(_) => None,
+        }
+    }
+
+    /// The value as a table label (`-` when absent).
+    pub fn label(&self) -> String {
+        match self {
+            Value::Text(v) => v.clone().unwrap_or_else(|| "-".into()),
+            Value::Int(v) => v.map_or("-".into(), |v| v.to_string()),
+            Value::Float(v) => v.map_or("-".into(), |v| v.to_string()),
+        }
+    }
+}
+
+/// One flattened column: its name, what it holds, and how a row yields it.
+pub struct ColumnDef {
+    /// The column's name in the `DataFrame` and on the command line.
+    pub name: &'static str,
+    /// What it holds (for `--help` and errors).
+    pub about: &'static str,
+    get: fn(&ResultRow) -> Value,
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(Some(s.to_string()))
+}
+
+fn acc(headline: Option<&Headline>, ood: bool) -> Value {
+    Value::Float(headline.and_then(|h| if ood { h.acc_ood } else { Some(h.acc_in) }))
+}
+
+/// Timings are only measurements for runs that finished.
+fn seconds(row: &ResultRow, pick: fn(&crate::run::Timings) -> f64) -> Value {
+    Value::Float(row.completed().then(|| pick(&row.record.timings)))
+}
+
+/// Every column of the flattened table, in `DataFrame` order.
+pub const COLUMNS: &[ColumnDef] = &[
+    ColumnDef { name: "name", about: "run folder name", get: |r| text(&r.record.name) },
+    ColumnDef { name: "dir", about: "run folder path", get: |r| text(&r.dir.display().to_string()) },
+    ColumnDef { name: "status", about: "completed or failed", get: |r| text(&r.record.status) },
+    ColumnDef { name: "error", about: "why a run failed", get: |r| Value::Text(r.record.error.clone()) },
+    ColumnDef { name: "model", about: "model id", get: |r| text(&r.record.config.model) },
+    ColumnDef { name: "task", about: "task name", get: |r| text(&r.record.config.task) },
+    ColumnDef { name: "method", about: "objective method", get: |r| text(&r.record.config.method.name) },
+    ColumnDef { name: "adapter", about: "adapters joined by +, or full", get: |r| text(&r.adapter()) },
+    ColumnDef {
+        name: "shots",
+        about: "few-shot training-set size k",
+        get: |r| Value::Int(Some(r.record.config.shots as i64)),
+    },
+    ColumnDef {
+        name: "data_seed",
+        about: "seed of the few-shot draw",
+        get: |r| Value::Int(Some(i64::from(r.record.config.data_seed))),
+    },
+    ColumnDef {
+        name: "seed",
+        about: "seed of init and batch order",
+        get: |r| Value::Int(Some(r.record.config.seed as i64)),
+    },
+    ColumnDef { name: "lr", about: "peak learning rate", get: |r| Value::Float(Some(r.record.config.train.lr)) },
+    ColumnDef {
+        name: "epochs",
+        about: "training epochs",
+        get: |r| Value::Int(Some(r.record.config.train.epochs as i64)),
+    },
+    ColumnDef {
+        name: "acc_in",
+        about: "in-domain accuracy after training",
+        get: |r| acc(r.record.last.as_ref(), false),
+    },
+    ColumnDef {
+        name: "acc_ood",
+        about: "mean out-of-domain accuracy after training",
+        get: |r| acc(r.record.last.as_ref(), true),
+    },
+    ColumnDef {
+        name: "best_epoch",
+        about: "epoch of the best in-domain accuracy",
+        get: |r| Value::Int(r.record.best.as_ref().map(|b| b.0 as i64)),
+    },
+    ColumnDef {
+        name: "best_acc_in",
+        about: "best in-domain accuracy over epochs",
+        get: |r| acc(r.record.best.as_ref().map(|b| &b.1), false),
+    },
+    ColumnDef {
+        name: "best_acc_ood",
+        about: "out-of-domain accuracy at the best epoch",
+        get: |r| acc(r.record.best.as_ref().map(|b| &b.1), true),
+    },
+    ColumnDef {
+        name: "zero_shot_acc_in",
+        about: "in-domain accuracy before training",
+        get: |r| acc(r.record.zero_shot.as_ref(), false),
+    },
+    ColumnDef {
+        name: "zero_shot_acc_ood",
+        about: "out-of-domain accuracy before training",
+        get: |r| acc(r.record.zero_shot.as_ref(), true),
+    },
+    ColumnDef {
+        name: "icl_acc_in",
+        about: "in-domain accuracy of the ICL reference",
+        get: |r| acc(r.record.icl_reference.as_ref(), false),
+    },
+    ColumnDef {
+        name: "icl_acc_ood",
+        about: "out-of-domain accuracy of the ICL reference",
+        get: |r| acc(r.record.icl_reference.as_ref(), true),
+    },
+    ColumnDef { name: "time_load", about: "seconds loading", get: |r| seconds(r, |t| t.load) },
+    ColumnDef { name: "time_prepare", about: "seconds in methods' prepare", get: |r| seconds(r, |t| t.prepare) },
+    ColumnDef { name: "time_train", about: "seconds training", get: |r| seconds(r, |t| t.train) },
+    ColumnDef { name: "time_eval", about: "seconds evaluating", get: |r| seconds(r, |t| t.eval) },
+    ColumnDef { name: "time_total", about: "seconds in all", get: |r| seconds(r, |t| t.total) },
+    ColumnDef {
+        name: "peak_rss_bytes",
+        about: "peak resident memory of the run's process",
+        get: |r| Value::Int(r.record.peak_rss_bytes.map(|b| b as i64)),
+    },
+    ColumnDef {
+        name: "trainable_parameters",
+        about: "trainable scalars",
+        get: |r| Value::Int(r.completed().then_some(r.record.trainable_parameters)),
+    },
+];
+
+/// The column called `name`, or an error listing the valid names.
+pub fn column(name: &str) -> Result<&'static ColumnDef> {
+    COLUMNS.iter().find(|c| c.name == name).ok_or_else(|| {
+        let known: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
+        Error::Results(format!("unknown column `{name}`; columns: {}", known.join(", ")))
+    })
+}
+
+/// The `record.json` files under `dirs` (each a run folder or a folder holding run folders, at
+/// any depth), sorted and without duplicates.
+pub fn find_records(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such results folder"),
+            });
+        }
+        walk(dir, &mut found)?;
+    }
+    let mut canonical: Vec<PathBuf> = found.iter().map(|p| p.canonicalize().unwrap_or_else(|_| p.clone())).collect();
+    canonical.sort();
+    canonical.dedup();
+    Ok(canonical)
+}
+
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
+    let record = dir.join("record.json");
+    if record.is_file() {
+        found.push(record);
+    }
+    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let path = entry.map_err(Error::io(dir))?.path();
+        // A run's checkpoint and adapter folders hold no records; skip their large files.
+        let inside_run =
+            path.file_name().is_some_and(|n| n == "checkpoint" || n.to_string_lossy().starts_with("adapter"));
+        if path.is_dir() && !inside_run {
+            walk(&path, found)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads every run under `dirs` as one row each, in path order.
+pub fn load(dirs: &[PathBuf]) -> Result<Vec<ResultRow>> {
+    find_records(dirs)?
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+            let record: RunRecord = serde_json::from_str(&text).map_err(Error::json(&path))?;
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            Ok(ResultRow { dir, record })
+        })
+        .collect()
+}
+
+/// The rows as a polars `DataFrame` with every column of [`COLUMNS`].
+pub fn to_frame(rows: &[ResultRow]) -> Result<DataFrame> {
+    let columns: Vec<Column> = COLUMNS
+        .iter()
+        .map(|def| {
+            let values: Vec<Value> = rows.iter().map(|r| (def.get)(r)).collect();
+            let name = def.name.into();
+            let series = match values.first() {
+                Some(Value::Int(_)) => {
+                    Series::new(name, values.iter().map(Value::number).map(|v| v.map(|v| v as i64)).collect::<Vec<_>>())
+                }
+                Some(Value::Float(_)) => Series::new(name, values.iter().map(Value::number).collect::<Vec<_>>()),
+                _ => Series::new(
+                    name,
+                    values.iter().map(|v| if let Value::Text(t) = v { t.clone() } else { None }).collect::<Vec<_>>(),
+                ),
+            };
+            Column::from(series)
+        })
+        .collect();
+    DataFrame::new(rows.len(), columns).map_err(|e| Error::Results(format!("building the table: {e}")))
+}
+
+/// The export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Apache Parquet (typed columns, for pandas/polars).
+    Parquet,
+    /// Comma-separated values with a header.
+    Csv,
+}
+
+/// Writes `frame` to `path` as `format`, atomically (a reader never sees half a file).
+pub fn export(frame: &DataFrame, path: &Path, format: Format) -> Result<()> {
+    let mut frame = frame.clone();
+    let mut bytes: Vec<u8> = Vec::new();
+    let written = match format {
+        Format::Parquet => ParquetWriter::new(&mut bytes).finish(&mut frame).map(|_| ()),
+        Format::Csv => polars::prelude::CsvWriter::new(&mut bytes).finish(&mut frame),
+    };
+    written.map_err(|e| Error::Results(format!("{}: {e}", path.display())))?;
+    write_atomically(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::testing::row;
+
+    #[test]
+    fn rows_flatten_into_every_column() {
+        let rows = vec![row("pbft", "lora", 16, 0, Some((0.7, 0.5))), row("pbft", "full", 16, 1, None)];
+        assert_eq!(rows[0].get("adapter").unwrap(), Value::Text(Some("lora".into())));
+        assert_eq!(rows[1].get("adapter").unwrap(), Value::Text(Some("full".into())));
+        assert_eq!(rows[0].get("acc_ood").unwrap().number(), Some(0.5));
+        assert_eq!(rows[1].get("acc_in").unwrap().number(), None, "a failed run has no accuracy");
+        assert_eq!(rows[1].get("time_train").unwrap().number(), None, "nor a training time");
+        let err = rows[0].get("accuracy").unwrap_err().to_string();
+        assert!(err.contains("accuracy") && err.contains("acc_in"), "{err}");
+
+        let frame = to_frame(&rows).unwrap();
+        assert_eq!(frame.shape(), (2, COLUMNS.len()));
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("runs.csv");
+        export(&frame, &csv, Format::Csv).unwrap();
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert!(text.starts_with("name,dir,status,error,model"), "{text}");
+        assert!(text.contains("deliberate failure"));
+    }
+
+    #[test]
+    fn records_are_found_at_any_depth_and_bad_ones_name_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("a/b/run");
+        std::fs::create_dir_all(run.join("checkpoint")).unwrap();
+        std::fs::write(run.join("record.json"), "{}").unwrap();
+        std::fs::write(run.join("checkpoint/record.json"), "{}").unwrap();
+        let found = find_records(&[dir.path().to_path_buf(), run.clone()]).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        let err = load(&[dir.path().to_path_buf()]).unwrap_err().to_string();
+        assert!(err.contains("a/b/run/record.json"), "{err}");
+    }
+}

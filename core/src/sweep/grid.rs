@@ -1,0 +1,257 @@
+//! Experiment grids: one TOML file with a base run configuration and a `[grid]` table of axes,
+//! expanded into the Cartesian product of the axes' values — one [`RunConfig`] per cell.
+//!
+//! ```toml
+//! # Any run settings (as in `ftlab run --config`): the base of every cell.
+//! model = "tiny-opt"
+//! [train]
+//! epochs = 4
+//!
+//! [grid]
+//! method = ["pbft", "vanilla_ft"]   # the objective (`method.name`)
+//! adapter = ["full", "lora"]        # `full` = no adapter; `lora+bitfit` = both, in order
+//! shots = [16, 32]
+//! data_seed = [0, 1, 2]
+//! # Any other setting by its dotted key, e.g. "train.lr" = [1e-4, 1e-3]; the values must then
+//! # show in the run name (model, task, method, adapters, shots, data_seed, seed).
+//!
+//! # Settings for the cells where an axis takes a value (the paper's lr for adapters).
+//! [grid.when."adapter=lora"]
+//! "train.lr" = 1e-4
+//! ```
+//!
+//! Each cell is layered exactly as `ftlab run` layers a run (`RunConfig::from_toml`): defaults
+//! ← the file's settings ← `FTLAB_*` environment ← the cell's axis values ← its `when` settings
+//! ← the sweep's own `--set`/`--out` overrides. Two cells with the same run folder name are an
+//! error, since the second would overwrite (or be skipped as) the first.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::run::RunConfig;
+
+/// The table of conditional settings inside `[grid]`.
+const WHEN: &str = "when";
+
+/// One cell of a grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridCell {
+    /// The axis values of this cell, as `axis=value`, in axis order.
+    pub axes: Vec<String>,
+    /// The resolved run configuration.
+    pub config: RunConfig,
+}
+
+impl GridCell {
+    /// The run folder's name.
+    pub fn name(&self) -> String {
+        self.config.run_name()
+    }
+
+    /// The run folder.
+    pub fn dir(&self) -> PathBuf {
+        self.config.out.join(self.name())
+    }
+}
+
+/// A grid file, expanded.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    /// The file.
+    pub path: PathBuf,
+    /// Every cell, in Cartesian-product order (axes sorted by name, the last varying fastest).
+    pub cells: Vec<GridCell>,
+}
+
+/// `value` as written after `axis=` in a `when` key: strings bare, anything else as TOML.
+fn label(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The override(s) that set axis `axis` to `value`.
+fn axis_override(path: &Path, axis: &str, value: &toml::Value) -> Result<(String, toml::Value)> {
+    let bad = |what: &str| Error::RunConfig(format!("{}: grid axis `{axis}`: {what}", path.display()));
+    match axis {
+        "method" => {
+            let name = value.as_str().ok_or_else(|| bad("values must be method names"))?;
+            Ok(("method.name".into(), name.into()))
+        }
+        "adapter" => {
+            let names = value.as_str().ok_or_else(|| bad("values must be adapter names, `full` or `a+b`"))?;
+            let tables = names
+                .split('+')
+                .filter(|n| *n != "full")
+                .map(|n| toml::Value::Table(toml::Table::from_iter([("name".to_string(), n.trim().into())])))
+                .collect();
+            Ok(("adapters".into(), toml::Value::Array(tables)))
+        }
+        _ => Ok((axis.to_string(), value.clone())),
+    }
+}
+
+/// Reads and expands the grid at `path`; `overrides` (e.g. `--set`, `--out`) apply to every cell last.
+pub fn load(path: &Path, overrides: &[(String, toml::Value)]) -> Result<Grid> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let mut base: toml::Table =
+        text.parse().map_err(|e| Error::RunConfig(format!("{}: invalid TOML: {e}", path.display())))?;
+    let grid = match base.remove("grid") {
+        Some(toml::Value::Table(grid)) => grid,
+        Some(_) => return Err(Error::RunConfig(format!("{}: `grid` must be a table of axes", path.display()))),
+        None => {
+            return Err(Error::RunConfig(format!(
+                "{}: no [grid] table (a plain run file runs with `ftlab run --config`)",
+                path.display()
+            )))
+        }
+    };
+    let (axes, when) = split_axes(path, grid)?;
+    let base = toml::to_string(&base).map_err(|e| Error::RunConfig(format!("{}: {e}", path.display())))?;
+    let mut cells = Vec::new();
+    let mut names: HashMap<String, Vec<String>> = HashMap::new();
+    for choice in product(&axes) {
+        let mut layers = Vec::new();
+        let mut labels = Vec::new();
+        for (axis, value) in axes.iter().map(|(a, _)| a).zip(&choice) {
+            layers.push(axis_override(path, axis, value)?);
+            labels.push(format!("{axis}={}", label(value)));
+        }
+        for condition in &labels {
+            if let Some(settings) = when.get(condition) {
+                layers.extend(settings.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        layers.extend_from_slice(overrides);
+        let config = RunConfig::from_toml(&base, &layers).map_err(|e| {
+            let why = if let Error::RunConfig(message) = e { message } else { e.to_string() };
+            Error::RunConfig(format!("{}: cell {}: {why}", path.display(), labels.join(", ")))
+        })?;
+        let cell = GridCell { axes: labels, config };
+        if let Some(other) = names.insert(cell.name(), cell.axes.clone()) {
+            return Err(Error::RunConfig(format!(
+                "{}: cells [{}] and [{}] would both run as `{}`; vary only settings that show in the run name \
+                 (model, task, method, adapter, shots, data_seed, seed), or sweep the rest into separate --out folders",
+                path.display(),
+                other.join(", "),
+                cell.axes.join(", "),
+                cell.name()
+            )));
+        }
+        cells.push(cell);
+    }
+    Ok(Grid { path: path.into(), cells })
+}
+
+type Axes = Vec<(String, Vec<toml::Value>)>;
+type When = HashMap<String, toml::Table>;
+
+/// Separates the axes (non-empty arrays) from the `when` table, checking that every `when`
+/// condition names an axis and one of its values.
+fn split_axes(path: &Path, grid: toml::Table) -> Result<(Axes, When)> {
+    let bad = |what: String| Err(Error::RunConfig(format!("{}: [grid]: {what}", path.display())));
+    let mut axes = Vec::new();
+    let mut when = HashMap::new();
+    for (key, value) in grid {
+        match value {
+            toml::Value::Table(table) if key == WHEN => {
+                for (condition, settings) in table {
+                    let toml::Value::Table(settings) = settings else {
+                        return bad(format!("`when.\"{condition}\"` must be a table of settings"));
+                    };
+                    when.insert(condition, settings);
+                }
+            }
+            toml::Value::Array(values) if !values.is_empty() => axes.push((key, values)),
+            _ => return bad(format!("axis `{key}` must be a non-empty array of values")),
+        }
+    }
+    if axes.is_empty() {
+        return bad("no axes".into());
+    }
+    for condition in when.keys() {
+        let known = condition.split_once('=').is_some_and(|(axis, value)| {
+            axes.iter().any(|(a, values)| a == axis && values.iter().any(|v| label(v) == value))
+        });
+        if !known {
+            return bad(format!("`when.\"{condition}\"`: no axis takes that value (write \"axis=value\")"));
+        }
+    }
+    Ok((axes, when))
+}
+
+/// The Cartesian product of the axes' values, the last axis varying fastest.
+fn product(axes: &Axes) -> Vec<Vec<toml::Value>> {
+    axes.iter().fold(vec![Vec::new()], |acc, (_, values)| {
+        acc.iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |v| {
+                    let mut next = prefix.clone();
+                    next.push(v.clone());
+                    next
+                })
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid(text: &str) -> Result<Grid> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grid.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&path, &[])
+    }
+
+    #[test]
+    fn axes_expand_to_the_product_with_when_settings() {
+        let g = grid(
+            "shots = 8\n[train]\nlr = 1e-3\n[grid]\nadapter = [\"full\", \"lora\"]\ndata_seed = [0, 1, 2]\n\
+             [grid.when.\"adapter=lora\"]\n\"train.lr\" = 1e-4\n",
+        )
+        .unwrap();
+        assert_eq!(g.cells.len(), 6);
+        let lora: Vec<_> = g.cells.iter().filter(|c| !c.config.adapters.is_empty()).collect();
+        assert_eq!(lora.len(), 3);
+        assert!(lora.iter().all(|c| c.config.train.lr == 1e-4 && c.config.adapters[0].name == "lora"));
+        assert_eq!(g.cells[0].config.train.lr, 1e-3);
+        assert_eq!(g.cells[0].axes, ["adapter=full", "data_seed=0"]);
+        assert_eq!(g.cells[1].name(), "pbft_synthetic-nli_tiny-opt_k8_d1_s0");
+    }
+
+    #[test]
+    fn cells_that_share_a_run_name_are_an_error() {
+        let err = grid("[grid]\n\"train.lr\" = [1e-4, 1e-3]\n").unwrap_err().to_string();
+        assert!(err.contains("would both run as") && err.contains("train.lr=0.0001"), "{err}");
+    }
+
+    #[test]
+    fn bad_grids_name_the_problem() {
+        assert!(grid("shots = 8\n").unwrap_err().to_string().contains("no [grid]"));
+        assert!(grid("[grid]\nshots = []\n").unwrap_err().to_string().contains("non-empty array"));
+        let err = grid("[grid]\nshots = [8]\n[grid.when.\"shots=9\"]\nseed = 1\n").unwrap_err().to_string();
+        assert!(err.contains("shots=9"), "{err}");
+        let err = grid("[grid]\nshots = [8, 0]\n").unwrap_err().to_string();
+        assert!(err.contains("shots=0") && err.contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn every_shipped_grid_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/grids");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let g = load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(!g.cells.is_empty());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 2);
+    }
+}
