@@ -329,6 +329,37 @@ fn unlabelled_inputs_can_come_from_a_users_file() {
     assert!(stderr.contains("inputs.tsv") && stderr.contains("hypo"), "{stderr}");
 }
 
+/// Distillation through adapters: with LoRA or BitFit only the adapter's weights (or the biases)
+/// train, and the KL to the teacher still falls.
+#[test]
+fn distils_through_lora_and_bitfit() {
+    for (adapter, most) in [("lora", 20_000), ("bitfit", 10_000)] {
+        let out = tempfile::tempdir().unwrap();
+        let result = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+            .args(["run", "--plugin", "context_distill", "--adapter", adapter, "--shots", "16", "--json"])
+            .args(["--set", "train.epochs=4", "--set", "train.lr=1e-2", "--set", "train.unlabelled=64"])
+            .args(["--set", "eval.max_examples=20", "--set", "eval.icl_reference=false", "--out"])
+            .arg(out.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(result.status.success(), "{adapter}: {}", String::from_utf8_lossy(&result.stderr));
+        let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+        let trainable = record["trainable_parameters"].as_i64().unwrap();
+        assert!(trainable > 0 && trainable < most, "{adapter}: {trainable} trainable parameters");
+        let metrics = std::fs::read_to_string(out.path().join(record["name"].as_str().unwrap()).join("metrics.jsonl"));
+        let kl: Vec<f64> = (metrics.unwrap().lines().skip(1))
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|m| {
+                let metrics = m["method_metrics"].as_array().unwrap().clone();
+                let kl = metrics.iter().find(|p| p[0] == "context_distill/kl").unwrap();
+                kl[1].as_f64().unwrap()
+            })
+            .collect();
+        assert!(kl[3] < 0.8 * kl[0], "{adapter}: the KL should fall: {kl:?}");
+    }
+}
+
 /// The command users run: zero-shot, ICL reference and distilled student in one record.
 #[test]
 fn ftlab_run_distils_and_reports_the_three_accuracies() {

@@ -34,25 +34,15 @@ pub(crate) mod testing {
             config.adapters = vec![MethodConfig::named(adapter)];
         }
         let headline = acc.map(|(acc_in, ood)| Headline { acc_in, acc_ood: Some(ood), report: serde_json::json!([]) });
+        let status = if acc.is_some() { "completed" } else { "failed" };
         let record = RunRecord {
-            name: config.run_name(),
-            status: if acc.is_some() { "completed" } else { "failed" }.into(),
             error: acc.is_none().then(|| "deliberate failure".to_string()),
-            config,
-            model: None,
-            methods: Vec::new(),
-            git_revision: String::new(),
-            ftlab_version: String::new(),
-            data: None,
             trainable_parameters: 10,
-            zero_shot: None,
-            icl_reference: None,
             last: headline.clone(),
             best: headline.map(|h| (1, h)),
             timings: Timings { train: (shots * (1 + seed as usize)) as f64, ..Default::default() },
             peak_rss_bytes: Some(1 << 20),
-            started_at: 0,
-            finished_at: 0,
+            ..RunRecord::new(&config, status)
         };
         ResultRow { dir: PathBuf::from(format!("runs/{}", record.name)), record }
     }
