@@ -213,5 +213,5 @@ fn log_tail(path: &Path) -> String {
 
 /// The record of a cell whose run died before writing one (crash, kill, bad settings).
 fn failed_record(cell: &GridCell, error: &str) -> RunRecord {
-    RunRecord { name: cell.name(), error: Some(error.into()), ..RunRecord::new(&cell.config, "failed") }
+    RunRecord { error: Some(error.into()), ..RunRecord::new(&cell.config, "failed") }
 }
