@@ -55,29 +55,35 @@ impl AdamW {
         Self { slots, betas: config.betas, eps: config.eps, weight_decay: config.weight_decay, step: 0, loss_scale }
     }
 
+    /// The gradients that exist (a parameter no loss reached has none).
+    fn grads(&self) -> Vec<Tensor> {
+        self.slots.iter().map(|s| s.param.grad()).filter(Tensor::defined).collect()
+    }
+
+    /// Multiplies every gradient by `factor`.
+    fn scale_grads(&self, factor: f64) {
+        for mut g in self.grads() {
+            let _ = g.g_mul_scalar_(factor);
+        }
+    }
+
     /// Clears every gradient.
     pub fn zero_grad(&mut self) {
-        for s in &mut self.slots {
-            let mut grad = s.param.grad();
-            if grad.defined() {
-                let _ = grad.zero_();
-            }
+        for mut g in self.grads() {
+            let _ = g.zero_();
         }
     }
 
     /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).filter(Tensor::defined).collect();
+        let grads = self.grads();
         if grads.is_empty() {
             return 0.0;
         }
         let squares: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float)).collect();
         let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().double_value(&[]);
         if max_norm > 0.0 && norm > max_norm {
-            let scale = max_norm / (norm + 1e-6);
-            for mut g in grads {
-                let _ = g.g_mul_scalar_(scale);
-            }
+            self.scale_grads(max_norm / (norm + 1e-6));
         }
         norm
     }
@@ -87,13 +93,7 @@ impl AdamW {
         if !self.loss_scale.enabled {
             return;
         }
-        let factor = 1.0 / self.loss_scale.scale;
-        for s in &self.slots {
-            let mut g = s.param.grad();
-            if g.defined() {
-                let _ = g.g_mul_scalar_(factor);
-            }
-        }
+        self.scale_grads(1.0 / self.loss_scale.scale);
     }
 
     /// One update at learning rate `lr`, with PyTorch's fused AdamW kernel (one pass over each
