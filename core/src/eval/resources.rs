@@ -9,6 +9,7 @@
 //! (`torch.cuda.max_memory_allocated`, read through `ftlab-torch-ext`), reset at the phase
 //! start as `torch.cuda.reset_peak_memory_stats` does; the host RSS is reported too.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,10 @@ impl PhaseResources {
     }
 }
 
+/// The process's RSS peak as it stood before the last phase reset it: resetting forgets the
+/// old peak, so each reset first folds it in here for [`process_peak_rss_bytes`].
+static PEAK_BEFORE_RESETS: AtomicU64 = AtomicU64::new(0);
+
 /// Measures a phase from [`PhaseMeter::start`] to [`PhaseMeter::finish`].
 #[derive(Debug)]
 pub struct PhaseMeter {
@@ -67,6 +72,9 @@ impl PhaseMeter {
             if let Err(e) = ftlab_torch_ext::reset_cuda_peak(index) {
                 tracing::warn!("cannot reset the CUDA memory peak: {e}");
             }
+        }
+        if let Some(peak) = peak_rss_bytes() {
+            PEAK_BEFORE_RESETS.fetch_max(peak, Ordering::Relaxed);
         }
         let rss_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
         Self { started: Instant::now(), device, tokens: 0, rss_reset }
@@ -102,7 +110,16 @@ pub fn cuda_peak_bytes(device: Device) -> Option<u64> {
     ftlab_torch_ext::cuda_allocated_bytes(index).map(|(_, peak)| peak).map_err(|e| tracing::warn!("{e}")).ok()
 }
 
-/// `VmHWM` of this process in bytes, from `/proc/self/status`.
+/// The process's peak resident memory since it started, across the phases' resets.
+pub fn process_peak_rss_bytes() -> Option<u64> {
+    let before = PEAK_BEFORE_RESETS.load(Ordering::Relaxed);
+    match peak_rss_bytes() {
+        Some(now) => Some(now.max(before)),
+        None => (before > 0).then_some(before),
+    }
+}
+
+/// `VmHWM` of this process in bytes (since the last phase reset it), from `/proc/self/status`.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     parse_vm_hwm(&status)
@@ -122,6 +139,21 @@ mod tests {
     fn parses_the_peak_from_proc_status() {
         assert_eq!(parse_vm_hwm("Name:\tx\nVmHWM:\t  123456 kB\nVmRSS:\t1 kB\n"), Some(123_456 * 1024));
         assert_eq!(parse_vm_hwm("Name:\tx\n"), None);
+    }
+
+    /// A phase's reset does not lose the earlier peak from the process's.
+    #[test]
+    fn the_process_peak_survives_phase_resets() {
+        let meter = PhaseMeter::start(Device::Cpu);
+        let block = vec![1u8; 128 << 20];
+        std::hint::black_box(&block);
+        drop(block);
+        let first = meter.finish();
+        let _second = PhaseMeter::start(Device::Cpu).finish();
+        if cfg!(target_os = "linux") {
+            assert!(first.peak_rss_bytes.unwrap() >= 128 << 20, "{first:?}");
+            assert!(process_peak_rss_bytes().unwrap() >= 128 << 20);
+        }
     }
 
     /// A GPU-only check (`cargo test -- --ignored` on a CUDA machine): the phase's CUDA peak

@@ -179,7 +179,7 @@ pub fn run(config: &RunConfig, options: &RunOptions, registry: &Registry) -> Res
     let mut record = RunRecord::new(config, "running");
     let outcome = execute(config, options, registry, &dir, &mut record);
     record.finished_at = now();
-    record.peak_rss_bytes = crate::eval::resources::peak_rss_bytes();
+    record.peak_rss_bytes = crate::eval::resources::process_peak_rss_bytes();
     match outcome {
         Ok(true) => record.status = "completed".into(),
         Ok(false) => {
