@@ -159,6 +159,9 @@ fn distils(config: serde_json::Value, sharpen: f64) {
     }
     let after = measure(&mut run, &held_out);
     eprintln!("{config}: train loss {losses:?}; held-out (KL, agreement) {before:?} → {after:?}");
+    common::numerics(&format!("context_distill.{config}.loss_fraction"), losses[9] / losses[0], "<0.5");
+    common::numerics(&format!("context_distill.{config}.kl_fraction"), after.0 / before.0, "<0.2");
+    common::numerics(&format!("context_distill.{config}.agreement"), after.1, ">=0.9");
     assert!(losses[9] < 0.5 * losses[0], "{config}: the training loss should fall: {losses:?}");
     assert!(after.0 < 0.2 * before.0, "{config}: held-out KL should fall: {before:?} → {after:?}");
     assert!(after.1 > before.1 && after.1 >= 0.9, "{config}: held-out agreement should rise: {before:?} → {after:?}");
@@ -356,6 +359,7 @@ fn distils_through_lora_and_bitfit() {
                 kl[1].as_f64().unwrap()
             })
             .collect();
+        common::numerics(&format!("context_distill.{adapter}.kl_fraction"), kl[3] / kl[0], "<0.8");
         assert!(kl[3] < 0.8 * kl[0], "{adapter}: the KL should fall: {kl:?}");
     }
 }

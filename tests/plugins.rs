@@ -110,6 +110,7 @@ fn scaffolded_plugins_load_and_train_on_the_embedded_model() {
             }
         });
     }
+    common::numerics("plugins.scaffold.loss_fraction", losses[19] / losses[0], "<0.5");
     assert!(losses[19] < 0.5 * losses[0], "loss should fall: {losses:?}");
 
     // The frozen base is bit-identical.

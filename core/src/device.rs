@@ -100,6 +100,34 @@ fn load_torch_cuda() -> bool {
     tch::Cuda::is_available()
 }
 
+/// What decides the last bits of a run's numbers besides its settings: the device, the CPU
+/// kernel set libtorch dispatched to, and the thread count. The same run on an AVX2 and an
+/// AVX-512 machine, or on one thread and two, rounds differently, so two records whose
+/// results differ in the last digits can be told apart by this.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Platform {
+    /// The device the run computed on (`cpu`, `cuda:0`).
+    pub device: String,
+    /// libtorch's CPU kernel set (`DEFAULT`, `AVX2`, `AVX512`; see
+    /// `torch.backends.cpu.get_cpu_capability()`), capped by `ATEN_CPU_CAPABILITY`.
+    pub cpu_capability: String,
+    /// libtorch's intra-op threads (`torch.get_num_threads()`; `OMP_NUM_THREADS` sets it).
+    pub threads: usize,
+}
+
+impl Platform {
+    /// The platform a computation on `device` runs on in this process, now.
+    pub fn of(device: Device) -> Result<Self> {
+        let device = match device {
+            Device::Cuda(n) => format!("cuda:{n}"),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        let cpu_capability =
+            ftlab_torch_ext::cpu_capability().map_err(|e| Error::Device(format!("libtorch's CPU capability: {e}")))?;
+        Ok(Self { device, cpu_capability, threads: tch::get_num_threads().max(1) as usize })
+    }
+}
+
 /// Mixed precision (`torch.autocast`): eligible ops — matmuls and linear layers — compute in
 /// bf16 or fp16 while weights, optimizer state and reductions (softmax, layer norm, losses) stay
 /// in the model's dtype. On CUDA it is the usual way to train fast in half precision; bf16 also

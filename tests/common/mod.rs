@@ -8,11 +8,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use ftlab_registry::Registry;
 
-/// One test at a time, on one libtorch thread: tests share libtorch's global RNG (model init,
-/// dropout), and the tiny model's ops are far too small to split across threads (two threads on
-/// a busy 2-core machine run ~8× slower).
+/// One test at a time, on one libtorch thread unless `OMP_NUM_THREADS` says otherwise
+/// (`scripts/test-numerics` runs the tests on 1 and 2): tests share libtorch's global RNG (model
+/// init, dropout), and the tiny model's ops are far too small to split across threads (two
+/// threads on a busy 2-core machine run ~8× slower).
 pub fn serial() -> MutexGuard<'static, ()> {
-    tch::set_num_threads(1);
+    let threads = std::env::var("OMP_NUM_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(1);
+    tch::set_num_threads(threads);
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -37,4 +39,11 @@ pub fn registry(plugins: &[&str]) -> Registry {
         );
     }
     Registry::from_dirs(&[dir])
+}
+
+/// Prints `numerics: NAME VALUE BOUND` on stderr: `scripts/test-numerics` collects these lines to
+/// show how close each asserted value comes to its bound under every CPU kernel set and thread
+/// count (the test itself asserts).
+pub fn numerics(name: &str, value: f64, bound: &str) {
+    eprintln!("numerics: {name} {value:.6} {bound}");
 }

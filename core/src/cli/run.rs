@@ -159,4 +159,7 @@ fn print_summary(record: &RunRecord) {
         };
         println!("training: {:.0} tokens/s, {peak}", train.tokens_per_s);
     }
+    if let Some(p) = &record.platform {
+        println!("on {} ({} CPU kernels, {} threads)", p.device, p.cpu_capability, p.threads);
+    }
 }

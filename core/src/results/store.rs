@@ -188,6 +188,16 @@ pub const COLUMNS: &[ColumnDef] = &[
         get: |r| Value::Int(r.record.peak_rss_bytes.map(|b| b as i64)),
     },
     ColumnDef {
+        name: "cpu_capability",
+        about: "libtorch's CPU kernel set (DEFAULT, AVX2, AVX512)",
+        get: |r| Value::Text(r.record.platform.as_ref().map(|p| p.cpu_capability.clone())),
+    },
+    ColumnDef {
+        name: "threads",
+        about: "libtorch's intra-op threads",
+        get: |r| Value::Int(r.record.platform.as_ref().map(|p| p.threads as i64)),
+    },
+    ColumnDef {
         name: "trainable_parameters",
         about: "trainable scalars",
         get: |r| Value::Int(r.completed().then_some(r.record.trainable_parameters)),

@@ -25,7 +25,7 @@ use self::optim::AdamW;
 use self::record::{RunDir, GIT_REVISION};
 use self::train::{EpochMetrics, Progress};
 use crate::data::dataset::EvalSet;
-use crate::device::{DeviceSpec, Dtype};
+use crate::device::{DeviceSpec, Dtype, Platform};
 use crate::error::{Error, Result};
 use crate::eval::harness::{self, EvalOptions, EvalReport};
 use crate::eval::{PhaseMeter, PhaseResources};
@@ -97,6 +97,9 @@ pub struct RunRecord {
     pub config: RunConfig,
     /// Model id, hub revision and weight files.
     pub model: Option<ModelOrigin>,
+    /// The device, CPU kernel set and thread count the run computed with.
+    #[serde(default)]
+    pub platform: Option<Platform>,
     /// The methods' versions and library hashes.
     pub methods: Vec<MethodProvenance>,
     /// The ftlab git revision that ran.
@@ -138,6 +141,7 @@ impl RunRecord {
             error: None,
             config: config.clone(),
             model: None,
+            platform: None,
             methods: Vec::new(),
             git_revision: GIT_REVISION.into(),
             ftlab_version: env!("CARGO_PKG_VERSION").into(),
@@ -210,6 +214,7 @@ fn execute(
     let dtype: Dtype = config.dtype.parse()?;
     let model = Model::load(&config.model, LoadOptions { device, dtype, weights_format: None })?;
     record.model = Some(model.origin.clone());
+    record.platform = Some(Platform::of(device)?);
     let data = RunData::load(config, &model.tokenizer)?;
     record.data = Some(data.summary.clone());
     let adapters: Vec<_> = config.adapters.iter().map(|a| a.spec()).collect();

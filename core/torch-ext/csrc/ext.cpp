@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/_fused_adamw.h>
+#include <ATen/Version.h>
 #include <c10/core/CachingDeviceAllocator.h>
 
 #include <cstdint>
@@ -98,5 +99,17 @@ int ftlab_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *
 // Starts a new peak for `device` (torch.cuda.reset_peak_memory_stats).
 int ftlab_cuda_reset_peak(int device, char *err, size_t err_len) {
   FTLAB_PROTECT({ c10::getDeviceAllocator(c10::DeviceType::CUDA)->resetPeakStats(static_cast<c10::DeviceIndex>(device)); })
+}
+
+// The CPU kernel set libtorch dispatches to ("DEFAULT", "AVX2", "AVX512"): chosen from the CPU
+// and ATEN_CPU_CAPABILITY, it decides the last bits of every CPU result.
+int ftlab_cpu_capability(char *out, size_t out_len, char *err, size_t err_len) {
+  FTLAB_PROTECT({
+    auto capability = at::get_cpu_capability();
+    if (out_len > 0) {
+      std::strncpy(out, capability.c_str(), out_len - 1);
+      out[out_len - 1] = '\0';
+    }
+  })
 }
 }

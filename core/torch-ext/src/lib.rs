@@ -6,7 +6,9 @@
 //! - PyTorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`): tch has no foreach or
 //!   fused optimizer ops, and a per-tensor update costs a dozen passes over every weight;
 //! - the CUDA caching allocator's peak allocated bytes (`torch.cuda.max_memory_allocated`),
-//!   the memory a GPU run really needs, which the process's RSS does not show.
+//!   the memory a GPU run really needs, which the process's RSS does not show;
+//! - the CPU kernel set libtorch dispatches to (`torch.backends.cpu.get_cpu_capability()`),
+//!   which decides the last bits of CPU results and so belongs in every run record.
 //!
 //! Each C++ call catches exceptions and reports them as an error string.
 
@@ -48,6 +50,7 @@ extern "C" {
         len: usize,
     ) -> c_int;
     fn ftlab_cuda_reset_peak(device: c_int, err: *mut c_char, len: usize) -> c_int;
+    fn ftlab_cpu_capability(out: *mut c_char, out_len: usize, err: *mut c_char, len: usize) -> c_int;
 }
 
 /// A libtorch error message.
@@ -198,6 +201,15 @@ pub fn reset_cuda_peak(index: usize) -> Result<(), TorchError> {
     checked(|err, len| unsafe { ftlab_cuda_reset_peak(index as c_int, err, len) })
 }
 
+/// The CPU kernel set libtorch's dispatcher uses: `DEFAULT`, `AVX2` or `AVX512` on x86 (chosen
+/// from the CPU, capped by `ATEN_CPU_CAPABILITY`), as `torch.backends.cpu.get_cpu_capability()`.
+pub fn cpu_capability() -> Result<String, TorchError> {
+    let mut out = [0 as c_char; 64];
+    checked(|err, len| unsafe { ftlab_cpu_capability(out.as_mut_ptr(), out.len(), err, len) })?;
+    // SAFETY: on success the C++ side NUL-terminated `out` within its length.
+    Ok(unsafe { CStr::from_ptr(out.as_ptr()) }.to_string_lossy().into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +247,19 @@ mod tests {
         fused_adamw(&[&param], &[&grad], &[&m], &[&v], &step, hyper).unwrap();
         assert!(param.allclose(&expected, 1e-6, 1e-7, false), "{param} vs {expected}");
         assert!(m.allclose(&m_new, 1e-6, 1e-7, false) && v.allclose(&v_new, 1e-6, 1e-9, false));
+    }
+
+    /// The capability follows ATEN_CPU_CAPABILITY (read once per process: the test runs the
+    /// value it finds, and checks it is one libtorch names).
+    #[test]
+    fn the_cpu_capability_is_a_kernel_set_libtorch_names() {
+        let capability = cpu_capability().unwrap();
+        assert!(["DEFAULT", "AVX2", "AVX512", "NO AVX", "ZVECTOR", "VSX", "SVE256"].contains(&capability.as_str()), "{capability}");
+        if let Ok(forced) = std::env::var("ATEN_CPU_CAPABILITY") {
+            if cfg!(target_arch = "x86_64") && forced.eq_ignore_ascii_case("default") {
+                assert!(["DEFAULT", "NO AVX"].contains(&capability.as_str()), "{capability}");
+            }
+        }
     }
 
     #[test]
