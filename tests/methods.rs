@@ -153,6 +153,7 @@ fn learns(objective: &str, adapter: Option<&str>, lr: f64, epochs: usize) {
     let losses = train(&mut run, &toy, epochs, lr);
     let after = accuracy(&mut run, &toy);
     let name = format!("{objective} + {}", adapter.unwrap_or("full"));
+    eprintln!("{name}: loss {:.3} → {:.3}, accuracy {before:.2} → {after:.2}", losses[0], losses[losses.len() - 1]);
     let fraction = losses[losses.len() - 1] / losses[0];
     common::numerics(&format!("methods.{objective}+{}.loss_fraction", adapter.unwrap_or("full")), fraction, "<0.9");
     common::numerics(&format!("methods.{objective}+{}.train_accuracy", adapter.unwrap_or("full")), after, ">=0.7");
