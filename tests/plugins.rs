@@ -159,6 +159,17 @@ fn plugin_faults_become_errors_naming_method_and_call() {
         "{err}"
     );
 
+    // A panic while declaring sites or training inputs refuses the method, naming the call:
+    // no silent "no hooks" or "labelled inputs" in its place.
+    for (adapters, objective, call) in [
+        (vec![spec("fault_panic_in_sites")], "myce", "sites"),
+        (vec![], "fault_panic_in_training_inputs", "training_inputs"),
+    ] {
+        let err = MethodRun::new(&model, &registry, &spec(objective), &adapters, task(&model), 0).err().unwrap();
+        let err = err.to_string();
+        assert!(err.contains(&format!("`{call}`")) && err.contains(&format!("deliberate panic in {call}")), "{err}");
+    }
+
     // Unknown hyperparameters are refused with the valid ones listed.
     let bad = MethodSpec { name: "myscale".into(), config: serde_json::json!({"layer": 2}) };
     let err = MethodRun::new(&model, &registry, &spec("myce"), &[bad], task(&model), 0).err().unwrap().to_string();

@@ -118,6 +118,14 @@ pub enum Error {
     /// the method and the call.
     #[error(transparent)]
     Method(#[from] ftlab_sdk::abi::PluginError),
+    /// A method declared a hook site this ftlab does not have.
+    #[error("method `{method}` declared hook site code {code}, which this ftlab does not have")]
+    UnknownSite {
+        /// The method's name.
+        method: String,
+        /// The site code it sent.
+        code: u8,
+    },
     /// A method library or method could not be found or loaded.
     #[error(transparent)]
     Registry(#[from] ftlab_registry::RegistryError),

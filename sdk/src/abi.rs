@@ -206,8 +206,9 @@ pub struct MethodInfo {
 #[sabi_trait]
 pub trait MethodObject {
     /// Codes of the hook sites this method acts on ([`crate::Site::code`]); the host calls
-    /// no other hook, so unused sites cost nothing.
-    fn sites(&self) -> RVec<u8>;
+    /// no other hook, so unused sites cost nothing. An error (or a panic) refuses the method:
+    /// running it with no hooks would hide the author's bug.
+    fn sites(&self) -> RResult<RVec<u8>, PluginError>;
 
     /// Whether the base parameter `name` trains (`RSome`), or no opinion (`RNone`).
     fn trains(&self, name: RStr<'_>) -> RResult<abi_stable::std_types::ROption<bool>, PluginError>;
@@ -248,9 +249,9 @@ pub trait MethodObject {
     fn set_train(&mut self, train: bool) -> RResult<(), PluginError>;
 
     /// Which inputs the objective trains on: the labelled few-shot set, or unlabelled task
-    /// inputs (context distillation).
+    /// inputs (context distillation). An error refuses the method rather than guessing.
     #[sabi(last_prefix_field)]
-    fn training_inputs(&self) -> Inputs;
+    fn training_inputs(&self) -> RResult<Inputs, PluginError>;
 }
 
 /// The owned method object the host keeps.

@@ -122,9 +122,8 @@ pub(crate) fn guard<T>(
 struct Object<M>(M);
 
 impl<M: Method> MethodObject for Object<M> {
-    fn sites(&self) -> RVec<u8> {
-        // A panic here would abort the process: fall back to "no sites" on panic.
-        catch_unwind(AssertUnwindSafe(|| self.0.sites().into_iter().map(Site::code).collect())).unwrap_or_default()
+    fn sites(&self) -> RResult<RVec<u8>, PluginError> {
+        guard(M::NAME, || "sites".into(), || Ok(self.0.sites().into_iter().map(Site::code).collect()))
     }
 
     fn trains(&self, name: RStr<'_>) -> RResult<ROption<bool>, PluginError> {
@@ -153,11 +152,15 @@ impl<M: Method> MethodObject for Object<M> {
         input: TensorRef<'_>,
         output: OwnedTensor,
     ) -> RResult<OwnedTensor, PluginError> {
-        let site = Site::from_code(site).unwrap_or(Site::QProj);
+        let code = site;
+        let site = Site::from_code(code);
         guard(
             M::NAME,
-            || format!("linear hook at {}", site.path(layer)),
-            || Ok(OwnedTensor::new(self.0.linear(layer, site, &input.to_tensor(), output.into_tensor())?)),
+            || site.map_or(format!("linear hook at unknown site code {code}"), |s| format!("linear hook at {}", s.path(layer))),
+            || {
+                let site = site.ok_or_else(|| Error::msg(format!("the host called an unknown hook site (code {code})")))?;
+                Ok(OwnedTensor::new(self.0.linear(layer, site, &input.to_tensor(), output.into_tensor())?))
+            },
         )
     }
 
@@ -197,9 +200,8 @@ impl<M: Method> MethodObject for Object<M> {
         )
     }
 
-    fn training_inputs(&self) -> Inputs {
-        // A panic here would abort the process: fall back to the labelled set.
-        catch_unwind(AssertUnwindSafe(|| self.0.training_inputs())).unwrap_or_default()
+    fn training_inputs(&self) -> RResult<Inputs, PluginError> {
+        guard(M::NAME, || "training_inputs".into(), || Ok(self.0.training_inputs()))
     }
 
     fn set_train(&mut self, train: bool) -> RResult<(), PluginError> {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use ftlab_core::run::config::parse_set;
-use ftlab_core::run::{self, Headline, RunConfig, RunOptions, RunRecord};
+use ftlab_core::run::{self, Headline, RunConfig, RunOptions, RunRecord, RunStatus};
 use ftlab_registry::Registry;
 
 /// Train (or prompt) with a method and evaluate in- and out-of-domain.
@@ -115,7 +115,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// One row per eval set: the majority baseline, the model before training (zero-shot), the ICL
 /// reference when scored, and the model after training — accuracy over the verbalizer.
 fn print_summary(record: &RunRecord) {
-    if record.status == "paused" {
+    if record.status == RunStatus::Paused {
         println!("paused after the epoch budget; continue with --resume");
         return;
     }

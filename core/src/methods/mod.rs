@@ -12,7 +12,7 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::RResult;
 use ftlab_registry::Registry;
 use ftlab_sdk::abi::{HostObject_TO, HostRef, MethodBox, PluginError};
-use ftlab_sdk::{Role, TaskInfo, Tensors};
+use ftlab_sdk::{Inputs, Role, TaskInfo, Tensors};
 use serde::Serialize;
 use tch::Tensor;
 
@@ -38,19 +38,32 @@ impl MethodSpec {
     }
 }
 
-/// A created method instance.
+/// A created method instance, with what it declared once at creation.
 pub struct Loaded {
     /// Registered name.
     pub name: String,
     /// The instance behind the ABI.
     pub object: MethodBox,
-    sites: u8,
+    /// What the objective trains on (meaningless for adapters).
+    pub inputs: Inputs,
+    /// Bit `code` set for each declared site.
+    sites: u32,
 }
 
+// Every site's bit fits the mask: a site added past 32 fails the build, not a run.
+const _: () = assert!(Site::ALL.len() <= u32::BITS as usize);
+
 impl Loaded {
-    fn new(name: &str, object: MethodBox) -> Self {
-        let sites = object.sites().iter().fold(0u8, |mask, code| mask | (1u8 << (code & 7)));
-        Self { name: name.into(), object, sites }
+    /// Asks the method for its sites and training inputs; an error or an unknown site code
+    /// refuses the method (running it without its hooks would hide the author's bug).
+    fn new(name: &str, object: MethodBox) -> Result<Self> {
+        let mut sites = 0u32;
+        for code in object.sites().into_result()? {
+            let site = Site::from_code(code).ok_or(Error::UnknownSite { method: name.into(), code })?;
+            sites |= 1 << site.code();
+        }
+        let inputs = object.training_inputs().into_result()?;
+        Ok(Self { name: name.into(), object, inputs, sites })
     }
 
     /// Whether this method declared `site`.
@@ -85,7 +98,7 @@ impl<'m> MethodRun<'m> {
         let mut state = HostState::new(task, seed);
         let loaded = load_adapters(model, registry, adapters, &mut state)?;
         let object = create(registry, model, &loaded, &mut state, objective, Role::Objective)?;
-        let run = Self { model, objective: Loaded::new(&objective.name, object), adapters: loaded, state };
+        let run = Self { model, objective: Loaded::new(&objective.name, object)?, adapters: loaded, state };
         run.apply_trainability()?;
         Ok(run)
     }
@@ -188,7 +201,7 @@ pub fn load_adapters(
     let mut loaded = Vec::with_capacity(specs.len());
     for spec in specs {
         let object = create(registry, model, &loaded, state, spec, Role::Adapter)?;
-        loaded.push(Loaded::new(&spec.name, object));
+        loaded.push(Loaded::new(&spec.name, object)?);
     }
     Ok(loaded)
 }

@@ -23,7 +23,7 @@ pub(crate) mod testing {
 
     use super::ResultRow;
     use crate::run::config::MethodConfig;
-    use crate::run::{Headline, RunConfig, RunRecord, Timings};
+    use crate::run::{Headline, RunConfig, RunRecord, RunStatus, Timings};
 
     /// A run of `method` (+ `adapter`, unless `full`) at `shots` with data seed `seed`; `acc` =
     /// (in, ood) when completed, `None` for a failed run. It trained `shots × (1 + seed)` seconds.
@@ -34,7 +34,7 @@ pub(crate) mod testing {
             config.adapters = vec![MethodConfig::named(adapter)];
         }
         let headline = acc.map(|(acc_in, ood)| Headline { acc_in, acc_ood: Some(ood), report: serde_json::json!([]) });
-        let status = if acc.is_some() { "completed" } else { "failed" };
+        let status = if acc.is_some() { RunStatus::Completed } else { RunStatus::Failed };
         let record = RunRecord {
             error: acc.is_none().then(|| "deliberate failure".to_string()),
             trainable_parameters: 10,

@@ -15,7 +15,7 @@ use polars::prelude::{Column, DataFrame, NamedFrom, ParquetWriter, SerWriter, Se
 
 use crate::error::{Error, Result};
 use crate::run::record::write_atomically;
-use crate::run::{Headline, RunRecord};
+use crate::run::{Headline, RunRecord, RunStatus};
 
 /// One run, flattened to the values tables and plots group and aggregate.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub struct ResultRow {
 impl ResultRow {
     /// Whether the run finished (`completed`); anything else is counted as failed in tables.
     pub fn completed(&self) -> bool {
-        self.record.status == "completed"
+        self.record.status == RunStatus::Completed
     }
 
     /// The adapters' names joined by `+`, or `full` for full fine-tuning (no adapter).
@@ -105,7 +105,7 @@ fn seconds(row: &ResultRow, pick: fn(&crate::run::Timings) -> f64) -> Value {
 pub const COLUMNS: &[ColumnDef] = &[
     ColumnDef { name: "name", about: "run folder name", get: |r| text(&r.record.name) },
     ColumnDef { name: "dir", about: "run folder path", get: |r| text(&r.dir.display().to_string()) },
-    ColumnDef { name: "status", about: "completed or failed", get: |r| text(&r.record.status) },
+    ColumnDef { name: "status", about: "completed or failed", get: |r| text(&r.record.status.to_string()) },
     ColumnDef { name: "error", about: "why a run failed", get: |r| Value::Text(r.record.error.clone()) },
     ColumnDef { name: "model", about: "model id", get: |r| text(&r.record.config.model) },
     ColumnDef { name: "task", about: "task name", get: |r| text(&r.record.config.task) },

@@ -177,7 +177,7 @@ pub fn build(runs: &[ResultRow], spec: &TableSpec) -> Result<Table> {
     let failed = runs
         .iter()
         .filter(|r| !r.completed())
-        .map(|r| (r.record.name.clone(), r.record.status.clone(), r.record.error.clone().unwrap_or_default()))
+        .map(|r| (r.record.name.clone(), r.record.status.to_string(), r.record.error.clone().unwrap_or_default()))
         .collect();
     let labels = |k: &Vec<Value>| k.iter().map(Value::label).collect::<Vec<_>>();
     Ok(Table {

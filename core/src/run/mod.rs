@@ -84,13 +84,38 @@ pub struct Timings {
     pub total: f64,
 }
 
+/// How a run stands; `record.json` holds it as lowercase text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// In progress (never written to a final record).
+    Running,
+    /// Stopped after `epochs_budget` epochs; `--resume` continues it (no record is written).
+    Paused,
+    /// Every epoch ran and was evaluated.
+    Completed,
+    /// It stopped with an error, kept in the record's `error`.
+    Failed,
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        })
+    }
+}
+
 /// The final record of a run (`record.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The run folder's name.
     pub name: String,
-    /// `completed` or `failed`.
-    pub status: String,
+    /// `completed` or `failed` in a written record.
+    pub status: RunStatus,
     /// Why it failed.
     pub error: Option<String>,
     /// The resolved configuration.
@@ -134,10 +159,10 @@ pub struct RunRecord {
 
 impl RunRecord {
     /// The record of `config` with `status` before anything ran (started and finished now).
-    pub fn new(config: &RunConfig, status: &str) -> Self {
+    pub fn new(config: &RunConfig, status: RunStatus) -> Self {
         Self {
             name: config.run_name(),
-            status: status.into(),
+            status,
             error: None,
             config: config.clone(),
             model: None,
@@ -180,18 +205,18 @@ pub fn run(config: &RunConfig, options: &RunOptions, registry: &Registry) -> Res
         let _ = std::fs::remove_dir_all(dir.checkpoint());
     }
     dir.write_json(&dir.config(), config)?;
-    let mut record = RunRecord::new(config, "running");
+    let mut record = RunRecord::new(config, RunStatus::Running);
     let outcome = execute(config, options, registry, &dir, &mut record);
     record.finished_at = now();
     record.peak_rss_bytes = crate::eval::resources::process_peak_rss_bytes();
     match outcome {
-        Ok(true) => record.status = "completed".into(),
+        Ok(true) => record.status = RunStatus::Completed,
         Ok(false) => {
-            record.status = "paused".into();
+            record.status = RunStatus::Paused;
             return Ok(record);
         }
         Err(e) => {
-            record.status = "failed".into();
+            record.status = RunStatus::Failed;
             record.error = Some(e.to_string());
             dir.write_json(&dir.record(), &record)?;
             return Err(e);
@@ -220,7 +245,7 @@ fn execute(
     let adapters: Vec<_> = config.adapters.iter().map(|a| a.spec()).collect();
     let mut run = MethodRun::new(&model, registry, &config.method.spec(), &adapters, data.task_info(), config.seed)?;
     // The ICL reference: by default for objectives that distil a context into the model.
-    let distils = run.objective.object.training_inputs() == ftlab_sdk::Inputs::Unlabelled;
+    let distils = run.objective.inputs == ftlab_sdk::Inputs::Unlabelled;
     if config.eval.icl_reference.unwrap_or(distils) && !options.resume {
         record.icl_reference = Some(icl_reference(config, registry, &model, &data)?);
         // The reference froze the base model for itself; restore this run's choice.
@@ -237,7 +262,7 @@ fn execute(
     record.trainable_parameters = optimizer.num_parameters();
     let trains = record.trainable_parameters > 0;
     // Steps and epochs count the rows the objective trains on (labelled or unlabelled).
-    let rows = data.training_set(run.objective.object.training_inputs()).0.len();
+    let rows = data.training_set(run.objective.inputs).0.len();
     let total = if trains { train::total_steps(config, rows) } else { 0 };
     let per_epoch = rows.div_ceil(config.train.batch_size);
     let epochs = if trains { config.train.max_steps.map_or(config.train.epochs, |s| s.div_ceil(per_epoch)) } else { 0 };

@@ -65,7 +65,7 @@ pub fn train_epoch(
     tch::manual_seed(epoch_seed as i64);
     let micro = config.train.batch_size / config.train.grad_accum;
     let device = run.model.device();
-    let inputs = run.objective.object.training_inputs();
+    let inputs = run.objective.inputs;
     let (encoded, examples) = data.training_set(inputs);
     let order = BatchOrder::BucketedShuffled { seed: epoch_seed };
     let batches = batch::batches(tokenizer, encoded, &data.prompt.word_ids, micro, order, device);

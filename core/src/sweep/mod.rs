@@ -28,7 +28,7 @@ pub use grid::{Grid, GridCell};
 use self::lock::CellLock;
 use crate::error::{Error, Result};
 use crate::run::record::{write_atomically, RunDir};
-use crate::run::RunRecord;
+use crate::run::{RunRecord, RunStatus};
 
 /// What a cell's run folder holds before a sweep runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,8 +46,8 @@ pub enum CellState {
 pub fn state(cell: &GridCell) -> Result<CellState> {
     let path = RunDir { path: cell.dir() }.record();
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(CellState::Pending) };
-    let record: serde_json::Value = serde_json::from_str(&text).map_err(Error::json(&path))?;
-    Ok(if record["status"] == "completed" { CellState::Completed } else { CellState::Failed })
+    let record: RunRecord = serde_json::from_str(&text).map_err(Error::json(&path))?;
+    Ok(if record.status == RunStatus::Completed { CellState::Completed } else { CellState::Failed })
 }
 
 /// How a cell ended in this sweep.
@@ -174,7 +174,7 @@ fn run_claimed(cell: &GridCell, exe: &Path, threads: usize) -> Result<CellReport
         Err(_) => None,
     };
     Ok(match record {
-        Some(r) if r.status == "completed" => report(Outcome::Completed, None),
+        Some(r) if r.status == RunStatus::Completed => report(Outcome::Completed, None),
         Some(r) => report(Outcome::Failed, r.error.or_else(|| Some(format!("status {}", r.status)))),
         None => {
             let error = format!("`ftlab run` ended ({status}) without a record; its output: {}", log_path.display());
@@ -213,5 +213,5 @@ fn log_tail(path: &Path) -> String {
 
 /// The record of a cell whose run died before writing one (crash, kill, bad settings).
 fn failed_record(cell: &GridCell, error: &str) -> RunRecord {
-    RunRecord { error: Some(error.into()), ..RunRecord::new(&cell.config, "failed") }
+    RunRecord { error: Some(error.into()), ..RunRecord::new(&cell.config, RunStatus::Failed) }
 }

@@ -74,6 +74,38 @@ impl Method for PanicInLoss {
     }
 }
 
+/// Panics while declaring its hook sites.
+pub struct PanicInSites;
+
+impl Method for PanicInSites {
+    const NAME: &'static str = "fault_panic_in_sites";
+    const ROLE: Role = Role::Adapter;
+    const DESCRIPTION: &'static str = "Panics in `sites`.";
+    type Config = Config;
+    fn new(_: Config, _: &mut Host) -> Result<Self> {
+        Ok(Self)
+    }
+    fn sites(&self) -> Vec<Site> {
+        panic!("deliberate panic in sites")
+    }
+}
+
+/// Panics while saying what it trains on.
+pub struct PanicInTrainingInputs;
+
+impl Method for PanicInTrainingInputs {
+    const NAME: &'static str = "fault_panic_in_training_inputs";
+    const ROLE: Role = Role::Objective;
+    const DESCRIPTION: &'static str = "Panics in `training_inputs`.";
+    type Config = Config;
+    fn new(_: Config, _: &mut Host) -> Result<Self> {
+        Ok(Self)
+    }
+    fn training_inputs(&self) -> Inputs {
+        panic!("deliberate panic in training_inputs")
+    }
+}
+
 /// A well-behaved adapter whose name another fixture library also declares.
 pub struct Twin;
 
@@ -87,4 +119,12 @@ impl Method for Twin {
     }
 }
 
-ftlab_sdk::export_library!(PanicAtNew, PanicInHook, TorchErrorInHook, PanicInLoss, Twin);
+ftlab_sdk::export_library!(
+    PanicAtNew,
+    PanicInHook,
+    TorchErrorInHook,
+    PanicInLoss,
+    PanicInSites,
+    PanicInTrainingInputs,
+    Twin
+);
