@@ -113,6 +113,27 @@ fn the_record_names_the_cpu_kernels_and_threads() {
     }
 }
 
+/// The ICL reference is scored by whichever objective `eval.icl_method` names: `pbft` ignores
+/// the context and so scores exactly as the zero-shot model, and an unknown name is refused.
+#[test]
+fn the_icl_reference_uses_the_configured_objective() {
+    let reference = |method: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let name = format!("eval.icl_method.name={method}");
+        let args = ["run", "--plugin", "pbft", "--shots", "8", "--set", "train.epochs=1", "--set", "eval.max_examples=40"];
+        let out = out.path().to_str().unwrap();
+        ftlab(&[&args[..], &["--set", "eval.icl_reference=true", "--set", &name, "--json", "--out", out]].concat())
+    };
+    let result = reference("pbft");
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(record["config"]["eval"]["icl_method"]["name"], "pbft");
+    assert_eq!(record["icl_reference"]["report"][0]["scores"], record["zero_shot"]["report"][0]["scores"]);
+    let result = reference("no_such_icl");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.code() == Some(1) && stderr.contains("no_such_icl"), "{stderr}");
+}
+
 /// Stopping after each epoch and resuming gives exactly the uninterrupted run.
 #[test]
 fn an_interrupted_run_resumed_equals_an_uninterrupted_one() {

@@ -13,7 +13,7 @@ use abi_stable::std_types::RResult;
 use ftlab_registry::Registry;
 use ftlab_sdk::abi::{HostObject_TO, HostRef, MethodBox, PluginError};
 use ftlab_sdk::{Inputs, Role, TaskInfo, Tensors};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 pub use host::{HostState, RunHost};
@@ -22,19 +22,26 @@ use crate::error::{Error, Result};
 use crate::model::hooks::Site;
 use crate::model::Model;
 
-/// A method selected for a run: its name and hyperparameters.
-#[derive(Debug, Clone, Serialize)]
+/// A method selected for a run: its name and hyperparameters, as a run config's `[method]` or
+/// `[[adapters]]` table holds them and as the plugin receives them (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MethodSpec {
     /// Registered name.
     pub name: String,
-    /// Hyperparameters (a JSON object; `{}` for the defaults).
+    /// Hyperparameters (a JSON object; `{}` for the defaults); the method rejects unknown keys.
+    #[serde(default = "empty_table")]
     pub config: serde_json::Value,
+}
+
+fn empty_table() -> serde_json::Value {
+    serde_json::json!({})
 }
 
 impl MethodSpec {
     /// A method with its default hyperparameters.
     pub fn named(name: &str) -> Self {
-        Self { name: name.into(), config: serde_json::json!({}) }
+        Self { name: name.into(), config: empty_table() }
     }
 }
 

@@ -22,16 +22,16 @@ pub(crate) mod testing {
     use std::path::PathBuf;
 
     use super::ResultRow;
-    use crate::run::config::MethodConfig;
+    use crate::methods::MethodSpec;
     use crate::run::{Headline, RunConfig, RunRecord, RunStatus, Timings};
 
     /// A run of `method` (+ `adapter`, unless `full`) at `shots` with data seed `seed`; `acc` =
     /// (in, ood) when completed, `None` for a failed run. It trained `shots × (1 + seed)` seconds.
     pub fn row(method: &str, adapter: &str, shots: usize, seed: u32, acc: Option<(f64, f64)>) -> ResultRow {
         let mut config =
-            RunConfig { shots, data_seed: seed, method: MethodConfig::named(method), ..Default::default() };
+            RunConfig { shots, data_seed: seed, method: MethodSpec::named(method), ..Default::default() };
         if adapter != "full" {
-            config.adapters = vec![MethodConfig::named(adapter)];
+            config.adapters = vec![MethodSpec::named(adapter)];
         }
         let headline = acc.map(|(acc_in, ood)| Headline { acc_in, acc_ood: Some(ood), report: serde_json::json!([]) });
         let status = if acc.is_some() { RunStatus::Completed } else { RunStatus::Failed };

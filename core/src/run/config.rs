@@ -35,42 +35,15 @@ pub struct RunConfig {
     /// Folder that holds run folders.
     pub out: PathBuf,
     /// The objective (exactly one).
-    pub method: MethodConfig,
+    pub method: MethodSpec,
     /// Adapters, applied in order (none: full fine-tuning).
-    pub adapters: Vec<MethodConfig>,
+    pub adapters: Vec<MethodSpec>,
     /// Prompt pattern and verbalizer.
     pub prompt: PromptSpec,
     /// Optimisation.
     pub train: TrainConfig,
     /// Evaluation.
     pub eval: EvalConfig,
-}
-
-/// A method and its hyperparameters (a table passed to the plugin as JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MethodConfig {
-    /// Registered method name.
-    pub name: String,
-    /// Hyperparameters; the method rejects unknown keys.
-    #[serde(default = "empty_table")]
-    pub config: serde_json::Value,
-}
-
-fn empty_table() -> serde_json::Value {
-    serde_json::json!({})
-}
-
-impl MethodConfig {
-    /// The method with default hyperparameters.
-    pub fn named(name: &str) -> Self {
-        Self { name: name.into(), config: empty_table() }
-    }
-
-    /// As the methods layer takes it.
-    pub fn spec(&self) -> MethodSpec {
-        MethodSpec { name: self.name.clone(), config: self.config.clone() }
-    }
 }
 
 /// Learning-rate schedule.
@@ -172,17 +145,28 @@ pub struct EvalConfig {
     /// Score at most this many rows per set (llmft's `max_eval_samples`, subsampled with its
     /// fixed seed); `None` for all.
     pub max_examples: Option<usize>,
-    /// Also score in-context learning (the `icl` method, `icl_shots` balanced demonstrations)
-    /// before training, as the reference a distilled model is compared with. Default: on for
-    /// objectives that train on unlabelled inputs (context distillation).
+    /// Also score in-context learning (the `icl_method` objective with `icl_shots` balanced
+    /// demonstrations as its `context`) before training, as the reference a distilled model is
+    /// compared with. Default: on for objectives that train on unlabelled inputs (context
+    /// distillation).
     pub icl_reference: Option<bool>,
     /// Demonstrations in the ICL reference's context.
     pub icl_shots: usize,
+    /// The objective that scores the ICL reference (`name` and `config`, like `[method]`);
+    /// default the `icl` plugin with its defaults.
+    pub icl_method: MethodSpec,
 }
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { batch_size: 32, ood: None, max_examples: None, icl_reference: None, icl_shots: 8 }
+        Self {
+            batch_size: 32,
+            ood: None,
+            max_examples: None,
+            icl_reference: None,
+            icl_shots: 8,
+            icl_method: MethodSpec::named("icl"),
+        }
     }
 }
 
@@ -197,7 +181,7 @@ impl Default for RunConfig {
             device: "auto".into(),
             dtype: "fp32".into(),
             out: PathBuf::from("runs"),
-            method: MethodConfig::named("pbft"),
+            method: MethodSpec::named("pbft"),
             adapters: Vec::new(),
             prompt: PromptSpec::default(),
             train: TrainConfig::default(),

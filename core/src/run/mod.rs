@@ -242,8 +242,7 @@ fn execute(
     record.platform = Some(Platform::of(device)?);
     let data = RunData::load(config, &model.tokenizer)?;
     record.data = Some(data.summary.clone());
-    let adapters: Vec<_> = config.adapters.iter().map(|a| a.spec()).collect();
-    let mut run = MethodRun::new(&model, registry, &config.method.spec(), &adapters, data.task_info(), config.seed)?;
+    let mut run = MethodRun::new(&model, registry, &config.method, &config.adapters, data.task_info(), config.seed)?;
     // The ICL reference: by default for objectives that distil a context into the model.
     let distils = run.objective.inputs == ftlab_sdk::Inputs::Unlabelled;
     if config.eval.icl_reference.unwrap_or(distils) && !options.resume {
@@ -345,15 +344,15 @@ fn export_adapters(config: &RunConfig, registry: &Registry, run: &MethodRun, dir
     let loras: Vec<_> = config.adapters.iter().filter(|a| a.name == "lora").collect();
     for (i, adapter) in loras.iter().enumerate() {
         let folder = if loras.len() == 1 { dir.path.join("adapter") } else { dir.path.join(format!("adapter-{i}")) };
-        crate::methods::peft::LoraAdapter::from_run(run, registry, &adapter.spec())?.save(&folder)?;
+        crate::methods::peft::LoraAdapter::from_run(run, registry, adapter)?.save(&folder)?;
     }
     Ok(())
 }
 
-/// In-context learning on the untrained model with `eval.icl_shots` demonstrations.
+/// In-context learning on the untrained model: `eval.icl_method` with `eval.icl_shots`
+/// demonstrations as the prepare data's `context`.
 fn icl_reference(config: &RunConfig, registry: &Registry, model: &Model, data: &RunData) -> Result<Headline> {
-    let mut icl =
-        MethodRun::new(model, registry, &crate::methods::MethodSpec::named("icl"), &[], data.task_info(), config.seed)?;
+    let mut icl = MethodRun::new(model, registry, &config.eval.icl_method, &[], data.task_info(), config.seed)?;
     let mut prepare = data.prepare_data(&model.tokenizer, model.device());
     prepare.json["context"] = data.context_of(config.eval.icl_shots, config.data_seed)?.into();
     config.train.autocast.run(model.device(), || icl.prepare(prepare))?;
