@@ -12,7 +12,7 @@ use ftlab_core::data::sampling::balanced_demonstrations;
 use ftlab_core::data::synthetic::{self, SyntheticConfig};
 use ftlab_core::data::Dataset;
 use ftlab_core::methods::hooks::AdapterHooks;
-use ftlab_core::methods::peft::LoraAdapter;
+use ftlab_core::methods::export::{adapter_spec, merge_adapter_dir, AdapterFiles};
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model};
 use ftlab_core::run::data::method_tensors;
@@ -297,13 +297,16 @@ fn lora_freezes_the_base_and_merges_exactly() {
     eprintln!("merged vs hooked LoRA logits: max difference {diff:e}");
     assert!(diff < 1e-5, "merged vs hooked logits differ by {diff}");
 
-    // The same through PEFT's format: export, reload, merge into a fresh copy of the model.
+    // The same through PEFT's files: the run exports them, a fresh copy of the model merges
+    // them (the plugin found by `peft_type`, its update from `merged_deltas`).
     let dir = tempfile::tempdir().unwrap();
-    LoraAdapter::from_run(&run, &registry(), &lora).unwrap().save(dir.path()).unwrap();
-    let adapter = LoraAdapter::load(dir.path()).unwrap();
-    assert_eq!((adapter.config.r, adapter.config.alpha, adapter.tensors.len()), (4, 16.0, 32));
+    let folders = run.export_adapters(dir.path()).unwrap();
+    assert_eq!(folders, [dir.path().join("adapter")]);
+    let files = AdapterFiles::load(&folders[0]).unwrap();
+    let config = (files.config["r"].as_i64(), files.config["lora_alpha"].as_f64(), files.tensors.len());
+    assert_eq!(config, (Some(4), Some(16.0), 32));
     let fresh = Model::embedded(LoadOptions::default()).unwrap();
-    adapter.merge_into(&fresh).unwrap();
+    merge_adapter_dir(&fresh, &registry(), &folders[0]).unwrap();
     let rows = &toy.batches[0];
     let input = ForwardInput {
         input_ids: Some(&rows.batch.input_ids),
@@ -322,13 +325,16 @@ fn peft_adapter_runs_in_the_lora_plugin_as_in_peft() {
     let _serial = serial();
     let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let model = Model::load(fixtures.join("opt-pre-ln").to_str().unwrap(), LoadOptions::default()).unwrap();
-    let adapter = LoraAdapter::load(&fixtures.join("peft/from-peft")).unwrap();
+    let dir = fixtures.join("peft/from-peft");
+    let files = AdapterFiles::load(&dir).unwrap();
+    let lora = adapter_spec(&registry(), &files, &dir).unwrap();
+    assert_eq!(lora.name, "lora");
+    assert_eq!((lora.config["r"].as_i64(), lora.config["alpha"].as_f64()), (Some(4), Some(8.0)));
     let task =
         TaskInfo { name: "any".into(), label_words: vec![" a".into(), " b".into()], label_token_ids: vec![10, 11] };
-    let lora = adapter.method_spec();
-    let run =
+    let mut run =
         MethodRun::new(&model, &registry(), &MethodSpec::named("pbft"), std::slice::from_ref(&lora), task, 0).unwrap();
-    adapter.copy_into(&run, "lora").unwrap();
+    run.adapters[0].import(files).unwrap();
 
     let reference = Tensor::read_safetensors(fixtures.join("peft/from-peft.logits.safetensors")).unwrap();
     let get = |key: &str| reference.iter().find(|(n, _)| n == key).unwrap().1.shallow_clone();
@@ -347,11 +353,14 @@ fn peft_adapter_runs_in_the_lora_plugin_as_in_peft() {
     let err = max_diff(&ours, &expected) / expected.abs().max().double_value(&[]);
     assert!(err < 1e-4, "hooked LoRA vs PEFT logits: relative error {err}");
 
-    let exported = LoraAdapter::from_run(&run, &registry(), &lora).unwrap();
-    assert_eq!(exported.config, adapter.config);
-    assert_eq!(exported.tensors.len(), adapter.tensors.len());
-    for (name, tensor) in &adapter.tensors {
-        assert!(exported.tensors[name].equal(tensor), "{name}");
+    let (exported, files) = (run.adapters[0].export().unwrap().unwrap(), AdapterFiles::load(&dir).unwrap());
+    for key in ["peft_type", "r", "lora_alpha", "lora_dropout", "target_modules"] {
+        assert_eq!(exported.config[key], files.config[key], "{key}");
+    }
+    assert_eq!(exported.tensors.len(), files.tensors.len());
+    for (name, tensor) in &files.tensors {
+        let ours = &exported.tensors.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no {name}")).1;
+        assert!(ours.equal(tensor), "{name}");
     }
 }
 

@@ -118,6 +118,14 @@ pub enum Error {
     /// the method and the call.
     #[error(transparent)]
     Method(#[from] ftlab_sdk::abi::PluginError),
+    /// An adapter folder cannot be used: no method reads its format, or its method refused it.
+    #[error("{path}: {message}")]
+    AdapterFiles {
+        /// The folder's `adapter_config.json`.
+        path: PathBuf,
+        /// What is wrong, from the method that reads it.
+        message: String,
+    },
     /// A method declared a hook site this ftlab does not have.
     #[error("method `{method}` declared hook site code {code}, which this ftlab does not have")]
     UnknownSite {

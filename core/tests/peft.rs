@@ -9,9 +9,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ftlab_core::methods::peft::{LoraAdapter, LoraConfig, CONFIG_FILE, WEIGHTS_FILE};
+use ftlab_core::methods::export::{merge_adapter_dir, AdapterFiles, CONFIG_FILE, WEIGHTS_FILE};
+use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{ForwardInput, LoadOptions, Model, Site};
+use ftlab_sdk::TaskInfo;
 use tch::{Kind, Tensor};
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
 
 /// Parity bound with PEFT: max |ours - PEFT| / max |PEFT| at real tokens. PEFT's logits were
 /// computed on another machine's kernels, so ours differ in summation order only: ~1e-7 on
@@ -45,20 +50,14 @@ fn logits(model: &Model, ids: &Tensor, mask: &Tensor) -> Tensor {
     tch::no_grad(|| model.net.forward(input)).unwrap().logits.unwrap()
 }
 
-/// Loads `peft/<name>`, merges it into the base model, and compares with PEFT's logits.
-fn check_merged_against_peft(name: &str) {
-    check_merged_against_peft_at(&fixture("peft").join(name), name);
-}
-
-/// Loads the adapter in `dir`, merges it into the base model, and compares with PEFT's logits
-/// `peft/<name>.logits.safetensors`.
-fn check_merged_against_peft_at(dir: &Path, name: &str) {
-    let adapter = LoraAdapter::load(dir).unwrap();
+/// Merges the adapter in `dir` into the base model through its plugin (found by `peft_type`),
+/// and compares with PEFT's logits `peft/<name>.logits.safetensors`.
+fn check_merged_against_peft(dir: &Path, name: &str) {
     let model = base_model();
     let [ids, mask, expected] = reference(name);
     let base = logits(&model, &ids, &mask);
     assert!(relative_error(&base, &expected, &mask) > 0.05, "{name}: the adapter should change the logits");
-    adapter.merge_into(&model).unwrap();
+    merge_adapter_dir(&model, &common::registry(&["lora"]), dir).unwrap();
     let err = relative_error(&logits(&model, &ids, &mask), &expected, &mask);
     eprintln!("numerics: peft.relative_error {err:e} <{TOLERANCE:e}");
     assert!(err < TOLERANCE, "{name}: merged logits vs PEFT's: relative error {err}");
@@ -66,15 +65,12 @@ fn check_merged_against_peft_at(dir: &Path, name: &str) {
 
 #[test]
 fn peft_made_adapter_loads_and_merged_matches_peft() {
-    let adapter = LoraAdapter::load(&fixture("peft/from-peft")).unwrap();
-    assert_eq!((adapter.config.r, adapter.config.alpha, adapter.config.dropout), (4, 8.0, 0.0));
-    let mut targets = adapter.config.targets.clone();
-    targets.sort();
-    assert_eq!(targets, [Site::QProj, Site::VProj]);
-    assert_eq!(adapter.tensors.len(), 2 * 2 * 2);
-    assert_eq!(adapter.tensors["model.decoder.layers.1.self_attn.v_proj.lora_A.weight"].size(), [4, 32]);
-    assert_eq!(adapter.tensors["model.decoder.layers.1.self_attn.v_proj.lora_B.weight"].size(), [32, 4]);
-    check_merged_against_peft("from-peft");
+    let files = AdapterFiles::load(&fixture("peft/from-peft")).unwrap();
+    assert_eq!(files.tensors.len(), 2 * 2 * 2);
+    let shape = |name: &str| files.tensors.iter().find(|(n, _)| n == name).unwrap().1.size();
+    assert_eq!(shape("base_model.model.model.decoder.layers.1.self_attn.v_proj.lora_A.weight"), [4, 32]);
+    assert_eq!(shape("base_model.model.model.decoder.layers.1.self_attn.v_proj.lora_B.weight"), [32, 4]);
+    check_merged_against_peft(&fixture("peft/from-peft"), "from-peft");
 }
 
 #[test]
@@ -97,70 +93,71 @@ fn cli_model_forward_applies_a_peft_adapter() {
     assert!(err < TOLERANCE, "CLI logits vs PEFT's: relative error {err}");
 }
 
-/// The adapter `peft/known` holds (the Python script sets the same values in PEFT): r = 2, alpha = 3 (scale 1.5) on k_proj, out_proj and
-/// fc1 of opt-pre-ln (width 32, ffn 64, 2 layers), with exactly representable values.
-fn known_adapter() -> LoraAdapter {
-    let config = LoraConfig { r: 2, alpha: 3.0, dropout: 0.05, targets: vec![Site::KProj, Site::OutProj, Site::Fc1] };
-    let mut tensors = std::collections::BTreeMap::new();
+/// A `lora` run on opt-pre-ln holding the adapter of `peft/known` (the Python script sets the
+/// same values in PEFT): r = 2, alpha = 3 (scale 1.5) on k_proj, out_proj and fc1 (width 32,
+/// ffn 64, 2 layers), with exactly representable values.
+fn known_adapter(model: &Model) -> MethodRun<'_> {
+    let targets = ["k_proj", "out_proj", "fc1"];
+    let lora = MethodSpec {
+        name: "lora".into(),
+        config: serde_json::json!({"r": 2, "alpha": 3.0, "dropout": 0.05, "targets": targets}),
+    };
+    let task = TaskInfo { name: "any".into(), label_words: vec![" a".into(), " b".into()], label_token_ids: vec![10, 11] };
+    let registry = common::registry(&["lora", "pbft"]);
+    let run = MethodRun::new(model, &registry, &MethodSpec::named("pbft"), &[lora], task, 0).unwrap();
+    let params = run.state.stores["lora"].variables();
     let mut salt = 0usize;
     for layer in 0..2 {
         for site in [Site::KProj, Site::OutProj, Site::Fc1] {
-            let out = if site == Site::Fc1 { 64 } else { 32 };
-            for (factor, shape) in [("A", [2i64, 32]), ("B", [out, 2])] {
+            for factor in ["A", "B"] {
                 salt += 1;
-                let n = (shape[0] * shape[1]) as usize;
+                let mut param = params[&format!("{}.lora_{factor}.weight", site.path(layer))].shallow_clone();
+                let n = param.numel();
                 let values: Vec<f32> = (0..n).map(|i| ((i * 7 + salt * 13) % 17) as f32 / 40.0 - 0.2).collect();
-                tensors.insert(
-                    format!("{}.lora_{factor}.weight", site.path(layer)),
-                    Tensor::from_slice(&values).view(shape),
-                );
+                tch::no_grad(|| param.copy_(&Tensor::from_slice(&values).view(param.size().as_slice())));
             }
         }
     }
-    LoraAdapter { config, base_model: "core/tests/fixtures/opt-pre-ln".into(), tensors }
+    run
 }
 
-/// ftlab's export of `known_adapter` is what PEFT's `save_pretrained` wrote for the same
-/// weights (`peft/known`, made by the Python script): the same tensor names and values, and every
-/// config key ftlab writes holds PEFT's value — so `PeftModel.from_pretrained` reads it as PEFT's
-/// own. Loaded back, the export gives PEFT's logits.
+/// The `lora` plugin's export of `known_adapter` is what PEFT's `save_pretrained` wrote for the
+/// same weights (`peft/known`, made by the Python script): the same tensor names and values, and
+/// every config key ftlab writes holds PEFT's value — so `PeftModel.from_pretrained` reads it as
+/// PEFT's own. Merged back, the export gives PEFT's logits.
 #[test]
 fn exported_adapter_is_what_peft_saves() {
     let reference = fixture("peft/known");
     let out = tempfile::tempdir().unwrap();
-    known_adapter().save(out.path()).unwrap();
-    let json = |dir: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap()).unwrap()
-    };
-    let (ours, peft) = (json(out.path()), json(&reference));
+    let model = base_model();
+    let folders = known_adapter(&model).export_adapters(out.path()).unwrap();
+    let (ours, peft) = (AdapterFiles::load(&folders[0]).unwrap(), AdapterFiles::load(&reference).unwrap());
     let sorted = |v: &serde_json::Value| {
         let mut names: Vec<String> = v.as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
         names.sort();
         names
     };
-    for (key, value) in ours.as_object().unwrap() {
-        if key == "target_modules" {
-            assert_eq!(sorted(value), sorted(&peft[key]), "target_modules");
-        } else {
-            assert_eq!(value, &peft[key], "adapter_config.json key `{key}`: ours vs PEFT's");
+    for (key, value) in ours.config.as_object().unwrap() {
+        match key.as_str() {
+            "target_modules" => assert_eq!(sorted(value), sorted(&peft.config[key]), "target_modules"),
+            // PEFT records the path it was given; ours names the run's model.
+            "base_model_name_or_path" => assert!(value.as_str().unwrap().ends_with("opt-pre-ln"), "{value}"),
+            _ => assert_eq!(value, &peft.config[key], "adapter_config.json key `{key}`: ours vs PEFT's"),
         }
     }
     for key in ["peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "task_type"] {
-        assert!(ours.get(key).is_some(), "ftlab's export should state `{key}`");
+        assert!(ours.config.get(key).is_some(), "the export should state `{key}`");
     }
-    let weights = |dir: &Path| {
-        let mut tensors = Tensor::read_safetensors(dir.join(WEIGHTS_FILE)).unwrap();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        tensors
-    };
-    let (ours, theirs) = (weights(out.path()), weights(&reference));
+    let (mut ours, mut theirs) = (ours.tensors, peft.tensors);
+    ours.sort_by(|a, b| a.0.cmp(&b.0));
+    theirs.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(ours.len(), 2 * 3 * 2);
     assert_eq!(ours.len(), theirs.len());
     for ((name, ours), (their_name, theirs)) in ours.iter().zip(&theirs) {
         assert_eq!(name, their_name);
         assert!(ours.equal(theirs), "{name} differs from PEFT's");
     }
-    check_merged_against_peft_at(out.path(), "known");
+    check_merged_against_peft(&folders[0], "known");
 }
 
 /// Writes `peft/from-peft` into a temporary folder with `edit` applied to its config.
@@ -175,34 +172,38 @@ fn edited_copy(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
     dir
 }
 
+/// `peft/from-peft` merged into `model`, with its config edited by `edit`: the error, if any.
+fn merge_edited(model: &Model, edit: impl FnOnce(&mut serde_json::Value)) -> Option<String> {
+    let dir = edited_copy(edit);
+    merge_adapter_dir(model, &common::registry(&["lora"]), dir.path()).err().map(|e| e.to_string())
+}
+
 #[test]
 fn import_refuses_what_ftlab_does_not_implement() {
+    let model = base_model();
     let cases: [(&str, serde_json::Value, &str); 6] = [
         ("use_dora", serde_json::json!(true), "use_dora"),
         ("use_rslora", serde_json::json!(true), "use_rslora"),
         ("rank_pattern", serde_json::json!({"q_proj": 8}), "rank_pattern"),
         ("target_modules", serde_json::json!(".*proj"), "pattern"),
         ("target_modules", serde_json::json!(["q_proj", "lm_head"]), "lm_head"),
-        ("peft_type", serde_json::json!("IA3"), "LORA"),
+        ("peft_type", serde_json::json!("IA3"), "LORA (lora)"),
     ];
     for (key, value, expected) in cases {
-        let dir = edited_copy(|c| c[key] = value.clone());
-        let err = LoraAdapter::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains(key) && err.contains(expected), "{key} = {value}: {err}");
+        let err = merge_edited(&model, |c| c[key] = value.clone()).expect("refused");
+        assert!(err.contains(key) && err.contains(expected) && err.contains(CONFIG_FILE), "{key} = {value}: {err}");
     }
     // Weights of a module the config does not target.
-    let dir = edited_copy(|c| c["target_modules"] = serde_json::json!(["q_proj"]));
-    let err = LoraAdapter::load(dir.path()).unwrap_err().to_string();
+    let err = merge_edited(&model, |c| c["target_modules"] = serde_json::json!(["q_proj"])).unwrap();
     assert!(err.contains("unexpected tensor") && err.contains("v_proj.lora_A.weight"), "{err}");
     // A rank that does not match the weights.
-    let dir = edited_copy(|c| c["r"] = serde_json::json!(8));
-    let err = LoraAdapter::load(dir.path()).unwrap_err().to_string();
+    let err = merge_edited(&model, |c| c["r"] = serde_json::json!(8)).unwrap();
     assert!(err.contains("shape") && err.contains("[4, 32]"), "{err}");
     // An adapter for another model shape cannot merge, and the model is left unchanged.
-    let adapter = LoraAdapter::load(&fixture("peft/from-peft")).unwrap();
     let model = Model::embedded(LoadOptions::default()).unwrap();
     let before = model.vs.variables()["model.decoder.layers.0.self_attn.q_proj.weight"].copy();
-    let err = adapter.merge_into(&model).unwrap_err().to_string();
-    assert!(err.contains("q_proj.weight") && err.contains("[64, 64]"), "{err}");
+    let err = merge_adapter_dir(&model, &common::registry(&["lora"]), &fixture("peft/from-peft")).unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("q_proj.lora_A.weight") && err.contains("[4, 32]") && err.contains("[4, 64]"), "{err}");
     assert!(model.vs.variables()["model.decoder.layers.0.self_attn.q_proj.weight"].equal(&before));
 }

@@ -74,6 +74,14 @@ pub enum RegistryError {
     /// A call into the library failed (it panicked, or returned an error).
     #[error("{0}")]
     Plugin(#[from] PluginError),
+    /// No usable library reads adapters of this format.
+    #[error("no adapter method reads `peft_type` `{export_type}`; the installed methods read: {available}")]
+    NoExportType {
+        /// The adapter's `peft_type`.
+        export_type: String,
+        /// The installed formats and the methods that read them.
+        available: String,
+    },
     /// No usable library declares this method.
     #[error("no method `{name}` ({role:?}); available: {available}")]
     Unknown {
@@ -101,6 +109,8 @@ pub struct MethodDescriptor {
     pub config_schema: serde_json::Value,
     /// Default hyperparameters.
     pub config_defaults: serde_json::Value,
+    /// The format tag of the adapter files it exports and imports (PEFT's `peft_type`), if any.
+    pub export_type: Option<String>,
     /// The library file.
     pub library: PathBuf,
 }
@@ -202,16 +212,40 @@ impl Registry {
         })
     }
 
+    /// The adapter whose exports carry the format tag `export_type` (PEFT's `peft_type`).
+    pub fn find_export_type(&self, export_type: &str) -> Result<&MethodDescriptor, RegistryError> {
+        let tagged = || self.methods().filter(|m| m.export_type.is_some());
+        tagged().find(|m| m.export_type.as_deref() == Some(export_type)).ok_or_else(|| RegistryError::NoExportType {
+            export_type: export_type.into(),
+            available: tagged()
+                .map(|m| format!("{} ({})", m.export_type.as_deref().unwrap_or_default(), m.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
     /// Creates method `name` (of `role`) from JSON hyperparameters, lending it the host.
     pub fn create(&self, name: &str, role: Role, config: &str, host: HostRef<'_>) -> Result<MethodBox, RegistryError> {
-        let descriptor = self.find(name, role)?;
-        let module = self
-            .libraries
-            .iter()
-            .find(|l| l.path == descriptor.library)
-            .and_then(|l| l.module)
-            .expect("a usable library keeps its module");
+        let module = self.module(self.find(name, role)?);
         Ok(module.create()(RStr::from_str(name), RStr::from_str(config), host).into_result()?)
+    }
+
+    /// The hyperparameters (JSON) of adapter `name` that reproduce an exported adapter with
+    /// `adapter_config` (the text of its `adapter_config.json`).
+    pub fn config_from_export(&self, name: &str, adapter_config: &str) -> Result<serde_json::Value, RegistryError> {
+        let module = self.module(self.find(name, Role::Adapter)?);
+        let config = module.config_from_export()(RStr::from_str(name), RStr::from_str(adapter_config)).into_result()?;
+        serde_json::from_str(&config).map_err(|e| RegistryError::Plugin(PluginError {
+            kind: ftlab_sdk::abi::ErrorKind::Failed,
+            method: name.into(),
+            call: "config_from_export".into(),
+            message: format!("returned invalid JSON: {e}").into(),
+        }))
+    }
+
+    fn module(&self, descriptor: &MethodDescriptor) -> MethodLibraryRef {
+        (self.libraries.iter().find(|l| l.path == descriptor.library).and_then(|l| l.module))
+            .expect("a usable library keeps its module")
     }
 }
 
@@ -259,6 +293,7 @@ fn descriptor(m: MethodInfo, path: &Path) -> MethodDescriptor {
         description: m.description.into_string(),
         config_schema: json(&m.config_schema),
         config_defaults: json(&m.config_defaults),
+        export_type: Some(m.export_type.into_string()).filter(|t| !t.is_empty()),
         library: path.into(),
     }
 }

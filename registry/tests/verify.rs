@@ -37,7 +37,15 @@ fn a_good_library_lists_its_methods() {
     let names: Vec<&str> = library.status.as_ref().unwrap().iter().map(|m| m.name.as_str()).collect();
     assert_eq!(
         names,
-        ["fault_panic_at_new", "fault_panic_in_hook", "fault_panic_in_loss", "fault_torch_error", "fault_twin"]
+        [
+            "fault_panic_at_new",
+            "fault_panic_in_hook",
+            "fault_panic_in_loss",
+            "fault_panic_in_sites",
+            "fault_panic_in_training_inputs",
+            "fault_torch_error",
+            "fault_twin"
+        ]
     );
     let loss = registry.find("fault_panic_in_loss", Role::Objective).unwrap();
     assert_eq!(loss.description, "Panics in `loss`.");
@@ -84,5 +92,5 @@ fn files_that_are_not_plugins_are_listed_as_refused() {
     assert!(matches!(libraries[0].status, Err(RegistryError::Open { .. })), "{:?}", libraries[0]);
     assert!(matches!(libraries[1].status, Err(RegistryError::NotAPlugin { .. })), "{:?}", libraries[1]);
     assert!(libraries[1].status.as_ref().unwrap_err().to_string().contains("libgomp_copy.so"));
-    assert_eq!(libraries[2].status.as_ref().map(Vec::len).ok(), Some(5), "a good library after bad ones still loads");
+    assert_eq!(libraries[2].status.as_ref().map(Vec::len).ok(), Some(7), "a good library after bad ones still loads");
 }

@@ -199,6 +199,9 @@ pub struct MethodInfo {
     pub config_schema: RString,
     /// The default hyperparameters as JSON.
     pub config_defaults: RString,
+    /// The format tag of the adapter files it exports and imports (PEFT's `peft_type`, e.g.
+    /// `LORA`, where PEFT has the method); empty when it exports nothing.
+    pub export_type: RString,
 }
 
 /// A method instance, as the host sees it. Every call is guarded by the SDK: a panic becomes
@@ -248,6 +251,20 @@ pub trait MethodObject {
     /// between training and evaluation.
     fn set_train(&mut self, train: bool) -> RResult<(), PluginError>;
 
+    /// The trained state as adapter files: JSON `{"config": <adapter_config.json>}` (`{}` when
+    /// the method exports nothing) and the weights file's tensors, named as the file names them.
+    /// Ownership: the reply's tensors move to the host.
+    fn export(&self) -> RResult<Message, PluginError>;
+
+    /// Copies an export's tensors (named as in its weights file) into this instance's
+    /// parameters. Ownership: the message's tensors move in.
+    fn import(&mut self, weights: Message) -> RResult<(), PluginError>;
+
+    /// The update of each base weight (tensors named by checkpoint key) that reproduces this
+    /// adapter's hooks when added to it: merging. `Unsupported` for methods that are no weight
+    /// update. Ownership: the reply's tensors move to the host.
+    fn merged_deltas(&self) -> RResult<Message, PluginError>;
+
     /// Which inputs the objective trains on: the labelled few-shot set, or unlabelled task
     /// inputs (context distillation). An error refuses the method rather than guessing.
     #[sabi(last_prefix_field)]
@@ -289,6 +306,9 @@ pub struct MethodLibrary {
     pub abi_info: extern "C" fn() -> AbiInfo,
     /// The methods the library holds.
     pub methods: extern "C" fn() -> RResult<RVec<MethodInfo>, PluginError>,
+    /// The JSON hyperparameters of method `name` that reproduce an exported adapter, given its
+    /// `adapter_config.json` text; an error names what the method cannot represent.
+    pub config_from_export: extern "C" fn(name: RStr<'_>, adapter_config: RStr<'_>) -> RResult<RString, PluginError>,
     /// Creates method `name` from JSON hyperparameters; the host is lent for parameter creation.
     #[sabi(last_prefix_field)]
     pub create: extern "C" fn(name: RStr<'_>, config: RStr<'_>, host: HostRef<'_>) -> RResult<MethodBox, PluginError>,

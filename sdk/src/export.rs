@@ -7,7 +7,7 @@ use std::sync::{Once, OnceLock};
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RErr, ROk, ROption, RResult, RStr, RVec, Tuple2};
+use abi_stable::std_types::{RErr, ROk, ROption, RResult, RStr, RString, RVec, Tuple2};
 use serde_json::Value;
 
 use crate::abi::{
@@ -23,6 +23,7 @@ use crate::{Error, Result};
 pub struct MethodEntry {
     info: fn(&str) -> MethodInfo,
     create: for<'c, 'h> fn(RStr<'c>, HostRef<'h>) -> RResult<MethodBox, PluginError>,
+    config_from_export: for<'c> fn(RStr<'c>) -> RResult<RString, PluginError>,
     name: fn() -> &'static str,
 }
 
@@ -31,7 +32,7 @@ inventory::collect!(MethodEntry);
 impl MethodEntry {
     /// The entry of method `M`; [`crate::register!`] submits it.
     pub const fn of<M: Method>() -> Self {
-        Self { info: info_of::<M>, create: create_of::<M>, name: || M::NAME }
+        Self { info: info_of::<M>, create: create_of::<M>, config_from_export: config_from_export_of::<M>, name: || M::NAME }
     }
 }
 
@@ -44,7 +45,19 @@ fn info_of<M: Method>(version: &str) -> MethodInfo {
         description: M::DESCRIPTION.into(),
         config_schema: serde_json::to_string(&schema).unwrap_or_default().into(),
         config_defaults: serde_json::to_string(&M::Config::default()).unwrap_or_default().into(),
+        export_type: M::EXPORT_TYPE.unwrap_or_default().into(),
     }
+}
+
+fn config_from_export_of<M: Method>(adapter_config: RStr<'_>) -> RResult<RString, PluginError> {
+    guard(
+        M::NAME,
+        || "config_from_export".into(),
+        || {
+            let adapter_config: Value = serde_json::from_str(adapter_config.as_str())?;
+            Ok(serde_json::to_string(&M::config_from_export(&adapter_config)?)?.into())
+        },
+    )
 }
 
 fn create_of<M: Method>(config: RStr<'_>, host: HostRef<'_>) -> RResult<MethodBox, PluginError> {
@@ -200,6 +213,37 @@ impl<M: Method> MethodObject for Object<M> {
         )
     }
 
+    fn export(&self) -> RResult<Message, PluginError> {
+        guard(
+            M::NAME,
+            || "export".into(),
+            || {
+                let mut files = Tensors::new();
+                if let Some(export) = self.0.export()? {
+                    files.json = serde_json::json!({ "config": export.config });
+                    files.tensors.extend(export.tensors);
+                }
+                Ok(files.into_message())
+            },
+        )
+    }
+
+    fn import(&mut self, weights: Message) -> RResult<(), PluginError> {
+        guard(M::NAME, || "import".into(), || self.0.import(&Tensors::from_message(weights)?))
+    }
+
+    fn merged_deltas(&self) -> RResult<Message, PluginError> {
+        guard(
+            M::NAME,
+            || "merged_deltas".into(),
+            || {
+                let mut deltas = Tensors::new();
+                deltas.tensors.extend(self.0.merged_deltas()?);
+                Ok(deltas.into_message())
+            },
+        )
+    }
+
     fn training_inputs(&self) -> RResult<Inputs, PluginError> {
         guard(M::NAME, || "training_inputs".into(), || Ok(self.0.training_inputs()))
     }
@@ -222,7 +266,7 @@ static LIBRARY_VERSION: OnceLock<&'static str> = OnceLock::new();
 /// calls this).
 pub fn library(version: &'static str) -> MethodLibraryRef {
     let _ = LIBRARY_VERSION.set(version);
-    MethodLibrary { abi_info, methods, create }.leak_into_prefix()
+    MethodLibrary { abi_info, methods, config_from_export, create }.leak_into_prefix()
 }
 
 extern "C" fn abi_info() -> AbiInfo {
@@ -239,12 +283,27 @@ extern "C" fn methods() -> RResult<RVec<MethodInfo>, PluginError> {
 }
 
 extern "C" fn create(name: RStr<'_>, config: RStr<'_>, host: HostRef<'_>) -> RResult<MethodBox, PluginError> {
+    match entry(name, "new") {
+        ROk(entry) => (entry.create)(config, host),
+        RErr(e) => RErr(e),
+    }
+}
+
+extern "C" fn config_from_export(name: RStr<'_>, adapter_config: RStr<'_>) -> RResult<RString, PluginError> {
+    match entry(name, "config_from_export") {
+        ROk(entry) => (entry.config_from_export)(adapter_config),
+        RErr(e) => RErr(e),
+    }
+}
+
+/// The library's entry of method `name`, or an error for `call`.
+fn entry(name: RStr<'_>, call: &str) -> RResult<&'static MethodEntry, PluginError> {
     match inventory::iter::<MethodEntry>().find(|e| (e.name)() == name.as_str()) {
-        Some(entry) => (entry.create)(config, host),
+        Some(entry) => ROk(entry),
         None => RErr(PluginError {
             kind: ErrorKind::Failed,
             method: name.into(),
-            call: "new".into(),
+            call: call.into(),
             message: "this library has no such method".into(),
         }),
     }

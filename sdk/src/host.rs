@@ -176,6 +176,10 @@ pub struct TaskInfo {
 /// The model's shape as a method sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelInfo {
+    /// The model as the run names it (a hub id, a folder, or `tiny-opt`): PEFT's
+    /// `base_model_name_or_path` in exports.
+    #[serde(default)]
+    pub name: String,
     /// Residual width.
     pub hidden_size: i64,
     /// Token-embedding width (the LM head's input).

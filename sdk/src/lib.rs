@@ -18,12 +18,13 @@ pub mod export;
 pub mod host;
 mod message;
 mod method;
+pub mod peft;
 
 pub use abi::{Inputs, Role};
 pub use error::{Error, Result};
 pub use host::{ForwardOutput, ForwardRequest, Host, HostRequest, Init, LoadedModel, Logits, ModelInfo, TaskInfo};
 pub use message::Tensors;
-pub use method::{last_token_logits, verbalizer_logits, Batch, Loss, Method, Site};
+pub use method::{last_token_logits, verbalizer_logits, Batch, Export, Loss, Method, Site};
 
 #[doc(hidden)]
 pub use inventory;
@@ -47,7 +48,7 @@ pub mod template {
 /// Everything a method file needs.
 pub mod prelude {
     pub use crate::host::{ForwardRequest, Host, Init, Logits};
-    pub use crate::method::{last_token_logits, verbalizer_logits, Batch, Loss, Method, Site};
+    pub use crate::method::{last_token_logits, verbalizer_logits, Batch, Export, Loss, Method, Site};
     pub use crate::{Error, Inputs, Result, Role, Tensors};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

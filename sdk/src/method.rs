@@ -144,6 +144,17 @@ impl Loss {
     }
 }
 
+/// An adapter's trained state as files: what `adapter_config.json` holds and the tensors of
+/// `adapter_model.safetensors`, named as that file names them (PEFT's names where PEFT has the
+/// method).
+#[derive(Debug)]
+pub struct Export {
+    /// The content of `adapter_config.json` (PEFT's fields, including `peft_type`).
+    pub config: serde_json::Value,
+    /// The weights file's tensors by name.
+    pub tensors: Vec<(String, Tensor)>,
+}
+
 /// A fine-tuning method. Implement the hooks your method needs; every one defaults to
 /// "no change". Register it with [`crate::export_library!`].
 ///
@@ -178,8 +189,40 @@ pub trait Method: Sized + 'static {
     /// describe them. Unknown keys in a user's config are rejected by the SDK.
     type Config: Serialize + DeserializeOwned + Default + JsonSchema;
 
+    /// The format tag of this adapter's exports: PEFT's `peft_type` (`"LORA"`) where PEFT has
+    /// the method, else a name of the method's own. `None` (default): nothing to export.
+    /// `ftlab model forward --adapter DIR` finds the method by the tag in `DIR`'s config.
+    const EXPORT_TYPE: Option<&'static str> = None;
+
     /// Builds the method; create parameters with [`Host::parameter`].
     fn new(config: Self::Config, host: &mut Host<'_>) -> Result<Self>;
+
+    /// The hyperparameters that reproduce an exported adapter, from its `adapter_config.json`
+    /// (with [`Self::EXPORT_TYPE`] as its `peft_type`). Refuse, naming the key, whatever the
+    /// method cannot represent: never drop a setting silently.
+    fn config_from_export(adapter_config: &serde_json::Value) -> Result<Self::Config> {
+        let _ = adapter_config;
+        Err(Error::unsupported("config_from_export"))
+    }
+
+    /// The trained state to save beside the run (adapters with an [`Self::EXPORT_TYPE`]).
+    fn export(&self) -> Result<Option<Export>> {
+        Ok(None)
+    }
+
+    /// Copies an export's tensors (named as in its weights file) into this instance's
+    /// parameters, which [`Self::config_from_export`]'s hyperparameters shaped.
+    fn import(&mut self, weights: &Tensors) -> Result<()> {
+        let _ = weights;
+        Err(Error::unsupported("import"))
+    }
+
+    /// The update to add to each base weight (by checkpoint key, e.g.
+    /// `model.decoder.layers.0.self_attn.q_proj.weight`) so that the plain model computes what
+    /// the hooked one does: merging, as PEFT's `merge_and_unload`.
+    fn merged_deltas(&self) -> Result<Vec<(String, Tensor)>> {
+        Err(Error::unsupported("merged_deltas"))
+    }
 
     /// The hook sites this method acts on (adapters); the host calls only these.
     fn sites(&self) -> Vec<Site> {

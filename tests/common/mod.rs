@@ -25,20 +25,39 @@ pub fn build_dir() -> PathBuf {
 }
 
 /// The workspace's plugins, refusing any of `plugins` whose library is missing or older than
-/// its source (`cargo test` rebuilds only their test harnesses: run `cargo build --workspace`).
+/// any file of its source folder (`cargo test` rebuilds only their test harnesses: run
+/// `cargo build --workspace`).
 pub fn registry(plugins: &[&str]) -> Registry {
     let dir = build_dir();
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     for name in plugins {
         let lib = dir.join(format!("{DLL_PREFIX}ftlab_method_{name}{DLL_SUFFIX}"));
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{name}/src/lib.rs"));
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{name}"));
+        let newest = newest_file(&source).and_then(|f| modified(&f));
         assert!(
-            modified(&lib).is_some_and(|built| Some(built) >= modified(&source)),
+            modified(&lib).is_some_and(|built| Some(built) >= newest),
             "{} is missing or older than its source: run `cargo build --workspace` first",
             lib.display()
         );
     }
     Registry::from_dirs(&[dir])
+}
+
+/// The most recently modified file below `dir` (its `Cargo.toml` and `src/`).
+fn newest_file(dir: &Path) -> Option<PathBuf> {
+    let mut files = vec![dir.join("Cargo.toml")];
+    let mut folders = vec![dir.join("src")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.into_iter().max_by_key(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
 }
 
 /// Prints `numerics: NAME VALUE BOUND` on stderr: `scripts/test-numerics` collects these lines to

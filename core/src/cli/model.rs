@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use ftlab_core::methods::peft::LoraAdapter;
 use ftlab_core::model::{self, ForwardInput, LoadOptions, Model, OptConfig, WeightsFormat};
 use ftlab_core::tokenizer::Padding;
 use ftlab_core::{DeviceSpec, Dtype};
+use ftlab_registry::Registry;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
@@ -160,8 +160,8 @@ fn human_bytes(bytes: i64) -> String {
 fn load_merged(spec: &str, adapter: Option<&Path>, load: &LoadArgs) -> anyhow::Result<Model> {
     let model = Model::load(spec, load.options()?).with_context(|| format!("loading model `{spec}`"))?;
     if let Some(dir) = adapter {
-        let adapter = LoraAdapter::load(dir).with_context(|| format!("loading adapter {}", dir.display()))?;
-        adapter.merge_into(&model).with_context(|| format!("merging adapter {} into `{spec}`", dir.display()))?;
+        ftlab_core::methods::export::merge_adapter_dir(&model, &Registry::discover(), dir)
+            .with_context(|| format!("merging adapter {} into `{spec}`", dir.display()))?;
     }
     Ok(model)
 }

@@ -241,6 +241,7 @@ const TOKENIZER_PROBE: &str = "Question: Does the premise entail it? Answer:\n T
 fn info(model: &Model) -> ModelInfo {
     let c = &model.net.config;
     ModelInfo {
+        name: model.origin.id.clone(),
         hidden_size: c.hidden_size,
         word_embed_proj_dim: c.word_embed_proj_dim,
         vocab_size: c.vocab_size,

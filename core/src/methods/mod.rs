@@ -4,9 +4,9 @@
 //! This is the only place the core meets the plugin ABI. Built-in methods come through here
 //! exactly like third-party ones (shared/DESIGN.md §2).
 
+pub mod export;
 pub mod hooks;
 pub mod host;
-pub mod peft;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::RResult;

@@ -333,20 +333,9 @@ fn execute(
         record.last = Some(headline);
     }
     record.best = best;
-    export_adapters(config, registry, &run, dir)?;
+    run.export_adapters(&dir.path)?;
     record.timings.total = start.elapsed().as_secs_f64() + record.timings.total;
     Ok(true)
-}
-
-/// Saves every `lora` adapter of the run in HF PEFT's format under `adapter/` (or
-/// `adapter-<i>/` when there are several), loadable by `PeftModel.from_pretrained`.
-fn export_adapters(config: &RunConfig, registry: &Registry, run: &MethodRun, dir: &RunDir) -> Result<()> {
-    let loras: Vec<_> = config.adapters.iter().filter(|a| a.name == "lora").collect();
-    for (i, adapter) in loras.iter().enumerate() {
-        let folder = if loras.len() == 1 { dir.path.join("adapter") } else { dir.path.join(format!("adapter-{i}")) };
-        crate::methods::peft::LoraAdapter::from_run(run, registry, adapter)?.save(&folder)?;
-    }
-    Ok(())
 }
 
 /// In-context learning on the untrained model: `eval.icl_method` with `eval.icl_shots`

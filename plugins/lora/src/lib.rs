@@ -3,8 +3,11 @@
 //! `y = Wx + b + (alpha / r)·B·A·dropout(x)`, with A `[r, in]` Kaiming-uniform (PEFT's
 //! `kaiming_uniform_(a=sqrt(5))`) and B `[out, r]` zero, so training starts from the pretrained
 //! function. Only A and B train (the host freezes the base). They are named as PEFT names them
-//! minus `base_model.model.` — `model.decoder.layers.{i}.self_attn.q_proj.lora_A.weight` — so
-//! a run's adapter is saved as, and loaded from, a PEFT adapter by name.
+//! minus `base_model.model.` — `model.decoder.layers.{i}.self_attn.q_proj.lora_A.weight` — and
+//! a run's adapter is saved as, and loaded from, a PEFT adapter (`peft_type = "LORA"`, see
+//! [`peft`]); merged, it adds `(alpha / r)·B·A` to each adapted weight.
+
+mod peft;
 
 use std::collections::BTreeMap;
 
@@ -30,31 +33,26 @@ impl Default for Config {
     }
 }
 
-/// The targeted sites, each once, or an error listing the valid names.
-fn parse_targets(names: &[String]) -> Result<Vec<Site>> {
-    let valid = || Site::LINEAR.map(Site::name).join(", ");
-    let mut sites = Vec::new();
-    for name in names {
-        let site = Site::from_name(name).filter(|s| Site::LINEAR.contains(s));
-        let site = site.ok_or_else(|| Error::msg(format!("unknown LoRA target `{name}`; valid: {}", valid())))?;
-        if sites.contains(&site) {
-            return Err(Error::msg(format!("LoRA target `{name}` is listed twice")));
-        }
-        sites.push(site);
-    }
-    if sites.is_empty() {
-        return Err(Error::msg(format!("LoRA needs at least one target among {}", valid())));
-    }
-    Ok(sites)
-}
-
 /// A and B of every adapted linear, by (layer, site).
 pub struct Lora {
     pairs: BTreeMap<(i64, Site), (Tensor, Tensor)>,
+    config: Config,
     targets: Vec<Site>,
-    scale: f64,
-    dropout: f64,
+    /// The base model's name, PEFT's `base_model_name_or_path`.
+    base_model: String,
     train: bool,
+}
+
+impl Lora {
+    /// `alpha / r`, the factor every update is scaled by.
+    fn scale(&self) -> f64 {
+        self.config.alpha / self.config.r as f64
+    }
+
+    /// Each adapted module's parameter path (`model.decoder.layers.{i}.<module>`) with its A and B.
+    fn modules(&self) -> impl Iterator<Item = (String, &Tensor, &Tensor)> {
+        self.pairs.iter().map(|(&(layer, site), (a, b))| (site.path(layer), a, b))
+    }
 }
 
 impl Method for Lora {
@@ -63,6 +61,7 @@ impl Method for Lora {
     const DESCRIPTION: &'static str = "LoRA: a trainable low-rank update (alpha/r)·B·A beside frozen linears, \
         with HF PEFT's semantics and names (https://arxiv.org/abs/2106.09685).";
     type Config = Config;
+    const EXPORT_TYPE: Option<&'static str> = Some("LORA");
 
     fn new(config: Config, host: &mut Host) -> Result<Self> {
         if config.r <= 0 || !config.alpha.is_finite() || !(0.0..1.0).contains(&config.dropout) {
@@ -71,7 +70,8 @@ impl Method for Lora {
                 config.r, config.alpha, config.dropout
             )));
         }
-        let targets = parse_targets(&config.targets)?;
+        let names = config.targets.iter().map(|t| ftlab_sdk::serde_json::Value::from(t.as_str())).collect();
+        let targets = ftlab_sdk::peft::target_sites("targets", Some(&ftlab_sdk::serde_json::Value::Array(names)))?;
         let model = host.model()?;
         let mut pairs = BTreeMap::new();
         for layer in 0..model.num_hidden_layers {
@@ -91,7 +91,24 @@ impl Method for Lora {
                 pairs.insert((layer, site), (a, b));
             }
         }
-        Ok(Self { pairs, targets, scale: config.alpha / config.r as f64, dropout: config.dropout, train: false })
+        Ok(Self { pairs, config, targets, base_model: model.name, train: false })
+    }
+
+    fn config_from_export(adapter_config: &ftlab_sdk::serde_json::Value) -> Result<Config> {
+        peft::config(adapter_config)
+    }
+
+    fn export(&self) -> Result<Option<Export>> {
+        Ok(Some(peft::export(self)))
+    }
+
+    fn import(&mut self, weights: &Tensors) -> Result<()> {
+        peft::import(self, weights)
+    }
+
+    fn merged_deltas(&self) -> Result<Vec<(String, Tensor)>> {
+        let delta = |a: &Tensor, b: &Tensor| b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * self.scale();
+        Ok(self.modules().map(|(path, a, b)| (format!("{path}.weight"), delta(a, b).detach())).collect()) // (out, in)
     }
 
     fn sites(&self) -> Vec<Site> {
@@ -100,8 +117,8 @@ impl Method for Lora {
 
     fn linear(&self, layer: i64, site: Site, input: &Tensor, output: Tensor) -> Result<Tensor> {
         let Some((a, b)) = self.pairs.get(&(layer, site)) else { return Ok(output) };
-        let x = input.dropout(self.dropout, self.train); // (B, T, in)
-        Ok(output + x.matmul(&a.tr()).matmul(&b.tr()) * self.scale)
+        let x = input.dropout(self.config.dropout, self.train); // (B, T, in)
+        Ok(output + x.matmul(&a.tr()).matmul(&b.tr()) * self.scale())
     }
 
     fn set_train(&mut self, train: bool) {

@@ -1,0 +1,104 @@
+//! The `lora` adapter as HF PEFT writes it (peft 0.21): `adapter_config.json` with
+//! `peft_type = "LORA"` and `adapter_model.safetensors` holding
+//! `base_model.model.<module>.lora_{A,B}.weight`. Settings whose semantics this plugin does not
+//! implement (DoRA, rsLoRA, per-module ranks, `fan_in_fan_out`, trained biases, extra saved
+//! modules, layer subsets) are refused by key on import, never dropped.
+
+use ftlab_sdk::peft::{self, bad_key, get, require_default, PREFIX};
+use ftlab_sdk::prelude::*;
+use ftlab_sdk::serde_json::{json, Value};
+
+use crate::{Config, Lora};
+
+/// Keys whose non-default values change what the adapter computes, with the defaults this
+/// plugin implements.
+const FIXED: [(&str, Value); 12] = [
+    ("use_dora", Value::Bool(false)),
+    ("use_rslora", Value::Bool(false)),
+    ("fan_in_fan_out", Value::Bool(false)),
+    ("lora_bias", Value::Bool(false)),
+    ("layers_to_transform", Value::Null),
+    ("layer_replication", Value::Null),
+    ("modules_to_save", Value::Null),
+    ("trainable_token_indices", Value::Null),
+    ("target_parameters", Value::Null),
+    ("exclude_modules", Value::Null),
+    ("rank_pattern", Value::Null),
+    ("alpha_pattern", Value::Null),
+];
+
+/// The hyperparameters of a PEFT LoRA adapter's `adapter_config.json`.
+pub fn config(c: &Value) -> Result<Config> {
+    for (key, default) in &FIXED {
+        require_default(c, key, default)?;
+    }
+    if let Some(bias) = get(c, "bias").filter(|b| b.as_str() != Some("none")) {
+        return Err(bad_key("bias", format!("{bias} is not supported: this LoRA trains no biases (\"none\")")));
+    }
+    let r = get(c, "r").and_then(Value::as_i64).filter(|&r| r > 0);
+    let r = r.ok_or_else(|| bad_key("r", format!("expected a positive integer, got {:?}", get(c, "r"))))?;
+    let alpha = get(c, "lora_alpha").and_then(Value::as_f64);
+    let alpha = alpha.ok_or_else(|| bad_key("lora_alpha", format!("expected a number, got {:?}", get(c, "lora_alpha"))))?;
+    let dropout = get(c, "lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
+    let targets = peft::target_sites("target_modules", get(c, "target_modules"))?.iter().map(|s| s.name().to_string()).collect();
+    Ok(Config { r, alpha, dropout, targets })
+}
+
+/// PEFT's two files for `lora`'s current weights (config keys as PEFT writes them).
+pub fn export(lora: &Lora) -> Export {
+    let c = &lora.config;
+    let config = json!({
+        "alpha_pattern": {},
+        "auto_mapping": null,
+        "base_model_name_or_path": lora.base_model,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "layer_replication": null,
+        "layers_pattern": null,
+        "layers_to_transform": null,
+        "lora_alpha": peft::number(c.alpha),
+        "lora_bias": false,
+        "lora_dropout": c.dropout,
+        "modules_to_save": null,
+        "peft_type": "LORA",
+        "r": c.r,
+        "rank_pattern": {},
+        "revision": null,
+        "target_modules": c.targets,
+        "task_type": "CAUSAL_LM",
+        "use_dora": false,
+        "use_rslora": false,
+    });
+    let mut tensors = Vec::new();
+    for (path, a, b) in lora.modules() {
+        tensors.push((format!("{PREFIX}{path}.lora_A.weight"), a.detach().copy()));
+        tensors.push((format!("{PREFIX}{path}.lora_B.weight"), b.detach().copy()));
+    }
+    Export { config, tensors }
+}
+
+/// Copies an adapter's A and B into `lora`'s parameters: every tensor must be one of them, with
+/// its shape, and none may be missing.
+pub fn import(lora: &mut Lora, weights: &Tensors) -> Result<()> {
+    let mut wanted: std::collections::BTreeMap<String, Tensor> = lora
+        .modules()
+        .flat_map(|(path, a, b)| [(format!("{PREFIX}{path}.lora_A.weight"), a), (format!("{PREFIX}{path}.lora_B.weight"), b)])
+        .map(|(name, t)| (name, t.shallow_clone()))
+        .collect();
+    for (name, tensor) in &weights.tensors {
+        let mut param = wanted.remove(name).ok_or_else(|| {
+            Error::msg(format!("unexpected tensor `{name}`: not the A or B of a module this adapter targets"))
+        })?;
+        if param.size() != tensor.size() {
+            let (found, expected) = (tensor.size(), param.size());
+            return Err(Error::msg(format!("tensor `{name}` has shape {found:?}, the config implies {expected:?}")));
+        }
+        tch::no_grad(|| param.f_copy_(&tensor.to_kind(param.kind()).to_device(param.device())))?;
+    }
+    match wanted.keys().next() {
+        Some(missing) => Err(Error::msg(format!("missing tensor `{missing}`"))),
+        None => Ok(()),
+    }
+}
