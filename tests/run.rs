@@ -199,6 +199,13 @@ fn bad_settings_name_the_key() {
     assert_eq!(result.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(stderr.contains("lrr") && stderr.contains("`lr`"), "{stderr}");
+    // Device, dtype and task are checked when the config is read: nothing is created.
+    for (setting, named) in [("device=tpu", "device"), ("dtype=fp8", "dtype"), ("task=no_such_task", "task")] {
+        let result = ftlab(&["run", "--plugin", "pbft", "--out", out.path().to_str().unwrap(), "--set", setting]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(result.status.code() == Some(1) && stderr.contains(named), "{setting}: {stderr}");
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "{setting}: a run folder was created");
+    }
     let result = ftlab(&["run", "--plugin", "no_such_method", "--out", out.path().to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(

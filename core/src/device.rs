@@ -128,6 +128,28 @@ impl Platform {
     }
 }
 
+/// Serde through the names users write (`cuda:1`, `bf16`), so a run config holds typed values
+/// and a bad name fails when the config is read, naming the key, before any run starts.
+macro_rules! serde_by_name {
+    ($type:ty) => {
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+                let name = String::deserialize(deserializer)?;
+                name.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+serde_by_name!(DeviceSpec);
+serde_by_name!(Dtype);
+
 /// Mixed precision (`torch.autocast`): eligible ops — matmuls and linear layers — compute in
 /// bf16 or fp16 while weights, optimizer state and reductions (softmax, layer norm, losses) stay
 /// in the model's dtype. On CUDA it is the usual way to train fast in half precision; bf16 also

@@ -134,6 +134,39 @@ pub enum Error {
         /// The site code it sent.
         code: u8,
     },
+    /// A method replied with something the host cannot use (a malformed message, a missing
+    /// `loss` or `scores`).
+    #[error("method `{method}`: {message}")]
+    MethodReply {
+        /// The method's name.
+        method: String,
+        /// What was wrong with the reply.
+        message: String,
+    },
+    /// Training diverged: the loss is not a finite number.
+    #[error("the loss became {value} at step {step} (lower train.lr?)")]
+    NonFiniteLoss {
+        /// The loss value (NaN or ±inf).
+        value: f64,
+        /// The optimizer step it happened at (1-based).
+        step: usize,
+    },
+    /// The optimizer could not update the parameters (libtorch's fused AdamW failed).
+    #[error("AdamW step {step}: {message}")]
+    Optimizer {
+        /// The step.
+        step: usize,
+        /// libtorch's message.
+        message: String,
+    },
+    /// A run's checkpoint lacks a tensor it should hold (another run's, or a damaged one).
+    #[error("{path}: checkpoint has no `{key}`")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The missing tensor.
+        key: String,
+    },
     /// A method library or method could not be found or loaded.
     #[error(transparent)]
     Registry(#[from] ftlab_registry::RegistryError),
@@ -142,7 +175,7 @@ pub enum Error {
     Torch(#[from] tch::TchError),
     /// A data file (TSV, CSV, JSONL, parquet) is unreadable or does not fit the task: a missing
     /// column, an unknown label, an empty value, a ragged row, no rows at all.
-    #[error("{}{}: {message}", path.display(), crate::data::source::location(*row, column.as_deref()))]
+    #[error("{}{}: {message}", path.display(), location(*row, column.as_deref()))]
     Data {
         /// The file.
         path: PathBuf,
@@ -189,6 +222,16 @@ pub enum Error {
     /// runs to show, a file that cannot be written).
     #[error("results: {0}")]
     Results(String),
+}
+
+/// The `: row N, column `c`` part of a data error message (empty when neither is known).
+fn location(row: Option<usize>, column: Option<&str>) -> String {
+    match (row, column) {
+        (Some(row), Some(column)) => format!(": row {row}, column `{column}`"),
+        (Some(row), None) => format!(": row {row}"),
+        (None, Some(column)) => format!(": column `{column}`"),
+        (None, None) => String::new(),
+    }
 }
 
 /// Result type of the ftlab runtime.

@@ -16,6 +16,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod hub;
 pub mod methods;
 pub mod model;
 pub mod results;

@@ -136,9 +136,9 @@ fn load_tokenizer(spec: &str) -> anyhow::Result<Tokenizer> {
         ModelSpec::Embedded => model::tiny::tokenizer()?,
         ModelSpec::Dir(dir) => Tokenizer::from_dir(&dir)?,
         ModelSpec::Hub { repo, revision } => {
-            let cache = model::source::hub_cache_dir();
-            let Some(snapshot) = model::source::cached_snapshot(&cache, &repo, &revision) else {
-                bail!("model `{repo}` is not in the HF cache at {}: fetch its vocab.json and merges.txt first (e.g. `huggingface-cli download {repo} vocab.json merges.txt`)", cache.display());
+            let hub = ftlab_core::hub::Hub::from_env();
+            let Some(snapshot) = hub.snapshot(ftlab_core::hub::RepoKind::Model, &repo, &revision) else {
+                bail!("model `{repo}` is not in the HF cache at {}: fetch its vocab.json and merges.txt first (e.g. `huggingface-cli download {repo} vocab.json merges.txt`)", hub.cache.display());
             };
             Tokenizer::from_dir(&snapshot)?
         }

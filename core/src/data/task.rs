@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use super::dataset::{Dataset, EvalSet, Subset};
 use super::prompt::PromptFamily;
-use super::source::{HubAccess, LocalSource};
+use super::source::LocalSource;
+use crate::hub::Hub;
 use super::synthetic::SyntheticConfig;
 use crate::error::{Error, Result};
 
@@ -39,7 +40,7 @@ pub enum HansScope {
 #[derive(Debug, Clone)]
 pub struct DataOptions {
     /// The HF cache and whether downloads are allowed.
-    pub hub: HubAccess,
+    pub hub: Hub,
     /// Which HANS rows to evaluate.
     pub hans: HansScope,
     /// Sizes and seed of the embedded synthetic task.
@@ -52,7 +53,7 @@ impl DataOptions {
     /// The user's HF cache, `HF_HUB_OFFLINE`, the paper's HANS scope, the default synthetic task.
     pub fn from_env() -> Self {
         Self {
-            hub: HubAccess::from_env(),
+            hub: Hub::from_env(),
             hans: HansScope::default(),
             synthetic: SyntheticConfig::default(),
             local: None,

@@ -83,7 +83,8 @@ fn in_file(dir: &Path, error: impl std::fmt::Display) -> Error {
 impl Loaded {
     /// The adapter's files, if the method exports any.
     pub fn export(&self) -> Result<Option<AdapterFiles>> {
-        let mut reply = Tensors::from_message(self.object.export().into_result()?).map_err(|e| Error::Input(e.to_string()))?;
+        let reply = Tensors::from_message(self.object.export().into_result()?);
+        let mut reply = reply.map_err(|e| Error::MethodReply { method: self.name.clone(), message: e.to_string() })?;
         let Some(config) = reply.json.get_mut("config").map(Value::take) else { return Ok(None) };
         Ok(Some(AdapterFiles { config, tensors: std::mem::take(&mut reply.tensors).into_iter().collect() }))
     }
@@ -98,7 +99,8 @@ impl Loaded {
     /// Adds the adapter's merged update to each weight of `model` it names, so the plain model
     /// computes what the hooked one does. Every name and shape is checked before anything changes.
     pub fn merge_into(&self, model: &Model) -> Result<()> {
-        let deltas = Tensors::from_message(self.object.merged_deltas().into_result()?).map_err(|e| Error::Input(e.to_string()))?;
+        let deltas = Tensors::from_message(self.object.merged_deltas().into_result()?);
+        let deltas = deltas.map_err(|e| Error::MethodReply { method: self.name.clone(), message: e.to_string() })?;
         let (vars, origin) = (model.vs.variables(), PathBuf::from(&model.origin.id));
         let mut updates = Vec::with_capacity(deltas.tensors.len());
         for (key, delta) in deltas.tensors {

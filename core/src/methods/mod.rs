@@ -161,7 +161,7 @@ impl<'m> MethodRun<'m> {
     /// The objective's training loss of `batch` and the metrics it and the host logged.
     pub fn loss(&mut self, batch: Tensors) -> Result<(Tensor, Vec<(String, f64)>)> {
         let reply = self.call_objective(|object, host| object.loss(host, batch.into_message()))?;
-        let mut reply = Tensors::from_message(reply).map_err(|e| Error::Input(e.to_string()))?;
+        let mut reply = Tensors::from_message(reply).map_err(|e| self.reply_error(e))?;
         let loss = reply.tensors.remove("loss").ok_or_else(|| self.missing("loss"))?;
         let mut metrics: Vec<(String, f64)> = std::mem::take(&mut self.state.metrics);
         if let serde_json::Value::Object(map) = reply.json {
@@ -173,7 +173,7 @@ impl<'m> MethodRun<'m> {
     /// The objective's class scores `[B, num_labels]` for `batch`.
     pub fn predict(&mut self, batch: Tensors) -> Result<Tensor> {
         let reply = self.call_objective(|object, host| object.predict(host, batch.into_message()))?;
-        let mut reply = Tensors::from_message(reply).map_err(|e| Error::Input(e.to_string()))?;
+        let mut reply = Tensors::from_message(reply).map_err(|e| self.reply_error(e))?;
         reply.tensors.remove("scores").ok_or_else(|| self.missing("scores"))
     }
 
@@ -194,7 +194,11 @@ impl<'m> MethodRun<'m> {
     }
 
     fn missing(&self, what: &str) -> Error {
-        Error::Input(format!("method `{}` returned no `{what}`", self.objective.name))
+        self.reply_error(format!("returned no `{what}`"))
+    }
+
+    fn reply_error(&self, message: impl std::fmt::Display) -> Error {
+        Error::MethodReply { method: self.objective.name.clone(), message: message.to_string() }
     }
 }
 

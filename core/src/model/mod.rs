@@ -136,7 +136,7 @@ impl Model {
         let text = serde_json::to_string_pretty(&self.net.config.to_hf_json()).unwrap_or_default();
         std::fs::write(&config, text).map_err(Error::io(&config))?;
         let weights = dir.join("model.safetensors");
-        self.vs.save(&weights).map_err(|e| Error::Input(format!("writing {}: {e}", weights.display())))?;
+        self.vs.save(&weights)?;
         self.tokenizer.save(&dir.join("tokenizer.json"))
     }
 

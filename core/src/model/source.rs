@@ -1,16 +1,13 @@
 //! Where a model comes from: the embedded tiny model, a local folder, or a hub id resolved
-//! through the Hugging Face cache, so ftlab shares the cache Python users already have.
-//!
-//! The cache layout is huggingface_hub's: `<cache>/models--{org}--{name}/refs/{revision}` holds a
-//! commit hash and `snapshots/{hash}/` the files. The cache folder is `$HF_HUB_CACHE`, else
-//! `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`.
-//! With `HF_HUB_OFFLINE=1` nothing is downloaded.
+//! through the Hugging Face cache ([`crate::hub`]), so ftlab shares the cache Python users
+//! already have.
 
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{WeightFiles, WeightsFormat};
 use super::config::OptConfig;
 use crate::error::{Error, Result};
+use crate::hub::{folder_of, Hub, RepoKind};
 
 /// The name of the embedded model.
 pub const EMBEDDED: &str = "tiny-opt";
@@ -76,19 +73,18 @@ impl ModelFiles {
         Ok(Self { config, weights: WeightFiles::discover(dir, prefer)?, tokenizer_dir: dir.into(), revision: None })
     }
 
-    /// Finds a hub model in the HF cache (see [`hub_cache_dir`]), downloading the missing
-    /// files unless `HF_HUB_OFFLINE` is set.
+    /// Finds a hub model in the user's HF cache, downloading the missing files unless
+    /// `HF_HUB_OFFLINE` is set.
     pub fn from_hub(repo: &str, revision: &str, prefer: Option<WeightsFormat>) -> Result<Self> {
-        Self::from_hub_cache(&hub_cache_dir(), repo, revision, offline(), prefer)
+        Self::from_hub_cache(&Hub::from_env(), repo, revision, prefer)
     }
 
-    /// Finds a hub model in the cache folder `cache`; when it is not there, downloads it into
-    /// the cache unless `offline`, in which case the error lists the files to fetch.
+    /// Finds a hub model in `hub`'s cache; when it is not there, downloads it into the cache
+    /// unless offline, in which case the error lists the files to fetch.
     pub fn from_hub_cache(
-        cache: &Path,
+        hub: &Hub,
         repo: &str,
         revision: &str,
-        offline: bool,
         prefer: Option<WeightsFormat>,
     ) -> Result<Self> {
         let complete = |snapshot: PathBuf| -> Option<Self> {
@@ -96,19 +92,19 @@ impl ModelFiles {
             files.revision = snapshot.file_name().map(|s| s.to_string_lossy().into_owned());
             tokenizer_present(&snapshot).then_some(files)
         };
-        if let Some(files) = cached_snapshot(cache, repo, revision).and_then(complete) {
+        if let Some(files) = hub.snapshot(RepoKind::Model, repo, revision).and_then(complete) {
             return Ok(files);
         }
         let not_cached = |why: String| Error::NotCached {
             repo: repo.into(),
-            cache: cache.into(),
+            cache: hub.cache.clone(),
             why,
             files: "config.json model.safetensors vocab.json merges.txt".into(),
         };
-        if offline {
+        if hub.offline {
             return Err(not_cached("HF_HUB_OFFLINE is set".into()));
         }
-        let snapshot = download(cache, repo, revision, prefer).map_err(not_cached)?;
+        let snapshot = download(hub, repo, revision, prefer).map_err(not_cached)?;
         complete(snapshot).ok_or_else(|| not_cached("the download left an incomplete snapshot".into()))
     }
 }
@@ -120,28 +116,14 @@ pub fn config_of(spec: &str) -> Result<OptConfig> {
         ModelSpec::Embedded => super::tiny::config(),
         ModelSpec::Dir(dir) => OptConfig::from_file(&dir.join("config.json")),
         ModelSpec::Hub { repo, revision } => {
-            let cache = hub_cache_dir();
-            if let Some(config) =
-                cached_snapshot(&cache, &repo, &revision).map(|s| s.join("config.json")).filter(|c| c.is_file())
-            {
+            let hub = Hub::from_env();
+            let cached = hub.snapshot(RepoKind::Model, &repo, &revision).map(|s| s.join("config.json"));
+            if let Some(config) = cached.filter(|c| c.is_file()) {
                 return OptConfig::from_file(&config);
             }
-            let not_cached = |why: String| Error::NotCached {
-                repo: repo.clone(),
-                cache: cache.clone(),
-                why,
-                files: "config.json".into(),
-            };
-            if offline() {
-                return Err(not_cached("HF_HUB_OFFLINE is set".into()));
-            }
-            let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache.clone()))
-                .build()
-                .map_err(|e| not_cached(e.to_string()))?;
-            let repo_handle = api.repo(hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision));
-            let config = repo_handle
-                .get("config.json")
-                .map_err(|e| not_cached(format!("downloading config.json failed: {e}")))?;
+            let config = hub.download(RepoKind::Model, &repo, &revision, "config.json").map_err(|why| {
+                Error::NotCached { repo: repo.clone(), cache: hub.cache.clone(), why, files: "config.json".into() }
+            })?;
             OptConfig::from_file(&config)
         }
     }
@@ -151,51 +133,9 @@ fn tokenizer_present(dir: &Path) -> bool {
     dir.join("tokenizer.json").is_file() || (dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file())
 }
 
-fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE")
-        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-}
-
-/// The hub cache folder, following huggingface_hub's environment variables.
-pub fn hub_cache_dir() -> PathBuf {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-    if let Some(dir) = var("HF_HUB_CACHE") {
-        return dir;
-    }
-    let home = var("HF_HOME").unwrap_or_else(|| {
-        var("XDG_CACHE_HOME")
-            .unwrap_or_else(|| var("HOME").unwrap_or_else(|| PathBuf::from(".")).join(".cache"))
-            .join("huggingface")
-    });
-    home.join("hub")
-}
-
-/// The snapshot folder of `repo` at `revision` in `cache`, if the cache has one.
-pub fn cached_snapshot(cache: &Path, repo: &str, revision: &str) -> Option<PathBuf> {
-    let repo_dir = cache.join(format!("models--{}", repo.replace('/', "--")));
-    let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
-    let commit = if is_commit {
-        revision.to_string()
-    } else {
-        std::fs::read_to_string(repo_dir.join("refs").join(revision)).ok()?.trim().to_string()
-    };
-    let snapshot = repo_dir.join("snapshots").join(commit);
-    snapshot.is_dir().then_some(snapshot)
-}
-
 /// Downloads config, weights and tokenizer into the cache with hf-hub; returns the snapshot.
-fn download(
-    cache: &Path,
-    repo: &str,
-    revision: &str,
-    prefer: Option<WeightsFormat>,
-) -> std::result::Result<PathBuf, String> {
-    use hf_hub::{api::sync::ApiBuilder, Repo, RepoType};
-    let api = ApiBuilder::from_cache(hf_hub::Cache::new(cache.into()))
-        .with_progress(true)
-        .build()
-        .map_err(|e| format!("cannot reach the hub: {e}"))?;
-    let repo = api.repo(Repo::with_revision(repo.into(), RepoType::Model, revision.into()));
+fn download(hub: &Hub, repo: &str, revision: &str, prefer: Option<WeightsFormat>) -> std::result::Result<PathBuf, String> {
+    let repo = hub.repo(RepoKind::Model, repo, revision)?;
     let config = repo.get("config.json").map_err(|e| format!("downloading config.json failed: {e}"))?;
     let order = match prefer {
         Some(WeightsFormat::Pickle) => [WeightsFormat::Pickle, WeightsFormat::Safetensors],
@@ -223,7 +163,7 @@ fn download(
             repo.get(file).map_err(|e| format!("downloading {file} failed: {e}"))?;
         }
     }
-    config.parent().map(Path::to_path_buf).ok_or_else(|| "the cache returned a path with no folder".into())
+    folder_of(&config)
 }
 
 #[cfg(test)]

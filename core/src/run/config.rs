@@ -11,6 +11,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::data::prompt::PromptSpec;
+use crate::device::{DeviceSpec, Dtype};
 use crate::error::{Error, Result};
 use crate::methods::MethodSpec;
 
@@ -29,9 +30,9 @@ pub struct RunConfig {
     /// Seed of initialisation, dropout and batch order.
     pub seed: u64,
     /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    pub device: DeviceSpec,
     /// Compute dtype: `fp32`, `bf16` or `fp16`.
-    pub dtype: String,
+    pub dtype: Dtype,
     /// Folder that holds run folders.
     pub out: PathBuf,
     /// The objective (exactly one).
@@ -178,8 +179,8 @@ impl Default for RunConfig {
             shots: 128,
             data_seed: 0,
             seed: 0,
-            device: "auto".into(),
-            dtype: "fp32".into(),
+            device: DeviceSpec::Auto,
+            dtype: Dtype::F32,
             out: PathBuf::from("runs"),
             method: MethodSpec::named("pbft"),
             adapters: Vec::new(),
@@ -232,6 +233,9 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| Err(Error::RunConfig(format!("`{key}`: {message}")));
         let t = &self.train;
+        if let Err(e) = crate::data::task::find(&self.task) {
+            return bad("task", e.to_string());
+        }
         if self.shots == 0 {
             return bad("shots", "must be at least 1".into());
         }

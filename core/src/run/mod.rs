@@ -25,7 +25,7 @@ use self::optim::AdamW;
 use self::record::{RunDir, GIT_REVISION};
 use self::train::{EpochMetrics, Progress};
 use crate::data::dataset::EvalSet;
-use crate::device::{DeviceSpec, Dtype, Platform};
+use crate::device::Platform;
 use crate::error::{Error, Result};
 use crate::eval::harness::{self, EvalOptions, EvalReport};
 use crate::eval::{PhaseMeter, PhaseResources};
@@ -235,8 +235,7 @@ fn execute(
     record: &mut RunRecord,
 ) -> Result<bool> {
     let start = Instant::now();
-    let device = config.device.parse::<DeviceSpec>()?.resolve()?;
-    let dtype: Dtype = config.dtype.parse()?;
+    let (device, dtype) = (config.device.resolve()?, config.dtype);
     let model = Model::load(&config.model, LoadOptions { device, dtype, weights_format: None })?;
     record.model = Some(model.origin.clone());
     record.platform = Some(Platform::of(device)?);

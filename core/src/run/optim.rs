@@ -122,7 +122,7 @@ impl AdamW {
             let m: Vec<&Tensor> = slots.iter().map(|(s, _)| &s.m).collect();
             let v: Vec<&Tensor> = slots.iter().map(|(s, _)| &s.v).collect();
             ftlab_torch_ext::fused_adamw(&params, &grads, &m, &v, &step, hyper)
-                .map_err(|e| Error::Input(format!("AdamW step {}: {e}", self.step)))?;
+                .map_err(|e| Error::Optimizer { step: self.step, message: e.to_string() })?;
         }
         Ok(())
     }
@@ -138,14 +138,14 @@ impl AdamW {
         state
     }
 
-    /// Restores [`AdamW::state`]; every slot must be present with its shape.
-    pub fn load_state(&mut self, state: &[(String, Tensor)], step: usize) -> Result<()> {
+    /// Restores [`AdamW::state`] read from `path`; every slot must be present with its shape.
+    pub fn load_state(&mut self, state: &[(String, Tensor)], step: usize, path: &std::path::Path) -> Result<()> {
         let find = |key: String| {
             state
                 .iter()
                 .find(|(n, _)| *n == key)
                 .map(|(_, t)| t)
-                .ok_or_else(|| crate::Error::Input(format!("checkpoint has no `{key}`")))
+                .ok_or_else(|| crate::Error::Checkpoint { path: path.into(), key })
         };
         tch::no_grad(|| -> Result<()> {
             for s in &mut self.slots {

@@ -82,10 +82,7 @@ pub fn train_epoch(
             let (loss, metrics) = config.train.autocast.run(device, || run.loss(batch))?;
             let value = loss.double_value(&[]);
             if !value.is_finite() {
-                return Err(Error::Input(format!(
-                    "the loss became {value} at step {} (lower train.lr?)",
-                    optimizer.step + 1
-                )));
+                return Err(Error::NonFiniteLoss { value, step: optimizer.step + 1 });
             }
             (loss * (optimizer.loss_scale.scale / group.len() as f64)).backward();
             loss_sum += value;
@@ -157,7 +154,8 @@ pub fn load_checkpoint(dir: &RunDir, optimizer: &mut AdamW) -> Result<Progress> 
     let progress_path = folder.join("progress.json");
     let text = std::fs::read_to_string(&progress_path).map_err(Error::io(&progress_path))?;
     let progress: Progress = serde_json::from_str(&text).map_err(Error::json(&progress_path))?;
-    let state = Tensor::read_safetensors(folder.join("state.safetensors"))?;
-    optimizer.load_state(&state, progress.steps)?;
+    let state_path = folder.join("state.safetensors");
+    let state = Tensor::read_safetensors(&state_path)?;
+    optimizer.load_state(&state, progress.steps, &state_path)?;
     Ok(progress)
 }

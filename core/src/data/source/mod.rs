@@ -13,20 +13,11 @@ use polars::prelude::DataFrame;
 
 pub use columns::{ColumnMap, LabelMap};
 pub use files::{FileFormat, Header};
-pub use hub::{HubAccess, HubFile};
+pub use hub::HubFile;
 
 use crate::data::dataset::Dataset;
 use crate::error::Result;
-
-/// The ` row N, column `c`` part of a data error message (empty when neither is known).
-pub fn location(row: Option<usize>, column: Option<&str>) -> String {
-    match (row, column) {
-        (Some(row), Some(column)) => format!(": row {row}, column `{column}`"),
-        (Some(row), None) => format!(": row {row}"),
-        (None, Some(column)) => format!(": column `{column}`"),
-        (None, None) => String::new(),
-    }
-}
+use crate::hub::Hub;
 
 /// A user's file standing in for a task's data (`--file F --columns ...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +46,8 @@ impl LocalSource {
 }
 
 /// Reads a hub parquet file (resolved through `hub`) into a table.
-pub fn hub_table(hub: &HubAccess, file: &HubFile) -> Result<(PathBuf, DataFrame)> {
-    let path = hub.resolve(file)?;
+pub fn hub_table(hub: &Hub, file: &HubFile) -> Result<(PathBuf, DataFrame)> {
+    let path = file.resolve(hub)?;
     let frame = files::read_table(&path, FileFormat::Parquet, &Header::Present)?;
     Ok((path, frame))
 }

@@ -31,5 +31,5 @@ pub fn load(
 
 /// Rows of `config`'s `split`, read from the parquet footer.
 pub fn rows(config: &str, split: &str, options: &DataOptions) -> Result<usize> {
-    files::parquet_rows(&options.hub.resolve(&file(config, split))?)
+    files::parquet_rows(&file(config, split).resolve(&options.hub)?)
 }

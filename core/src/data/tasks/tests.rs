@@ -5,7 +5,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::data::source::HubAccess;
+use crate::hub::Hub;
 use crate::data::task::{self, DataOptions, HansScope};
 
 /// A temporary HF cache; `add` writes a dataset file under `refs/<revision>`'s snapshot.
@@ -29,7 +29,7 @@ impl FakeCache {
     }
 
     fn options(&self) -> DataOptions {
-        DataOptions { hub: HubAccess { cache: self.0.path().into(), offline: true }, ..DataOptions::from_env() }
+        DataOptions { hub: Hub { cache: self.0.path().into(), offline: true }, ..DataOptions::from_env() }
     }
 }
 
