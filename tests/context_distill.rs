@@ -12,7 +12,9 @@ use ftlab_core::data::synthetic::{self, SyntheticConfig};
 use ftlab_core::data::Dataset;
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{tiny, LoadOptions, Model, OptConfig};
+use ftlab_core::run::config::TrainConfig;
 use ftlab_core::run::data::method_tensors;
+use ftlab_core::run::optim::AdamW;
 use ftlab_core::tokenizer::Tokenizer;
 use ftlab_registry::Registry;
 use ftlab_sdk::{TaskInfo, Tensors};
@@ -140,19 +142,16 @@ fn distils(config: serde_json::Value, sharpen: f64) {
     let (train, held_out) = (toy.batches(&toy.unlabelled, true), toy.batches(&toy.held_out, true));
     let before = measure(&mut run, &held_out);
 
-    let mut optimizer = tch::COptimizer::adamw(1e-3, 0.9, 0.999, 0.0, 1e-8, false).unwrap();
-    for (_, p) in &run.trainable() {
-        optimizer.add_parameters(p, 0).unwrap();
-    }
+    let mut optimizer = AdamW::new(run.trainable(), &TrainConfig { weight_decay: 0.0, ..Default::default() });
     run.set_train(true).unwrap();
     let mut losses = Vec::new();
     for _ in 0..10 {
         let mut total = 0.0;
         for b in &train {
-            optimizer.zero_grad().unwrap();
+            optimizer.zero_grad();
             let (loss, _) = run.loss(copy(b)).unwrap();
             loss.backward();
-            optimizer.step().unwrap();
+            optimizer.step(1e-3).unwrap();
             total += loss.double_value(&[]);
         }
         losses.push(total / train.len() as f64);

@@ -15,7 +15,9 @@ use ftlab_core::methods::hooks::AdapterHooks;
 use ftlab_core::methods::export::{adapter_spec, merge_adapter_dir, AdapterFiles};
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model};
+use ftlab_core::run::config::TrainConfig;
 use ftlab_core::run::data::method_tensors;
+use ftlab_core::run::optim::AdamW;
 use ftlab_registry::Registry;
 use ftlab_sdk::{TaskInfo, Tensors};
 use serde_json::json;
@@ -95,24 +97,21 @@ fn spec(name: &str, config: serde_json::Value) -> MethodSpec {
     MethodSpec { name: name.into(), config }
 }
 
-/// AdamW (no weight decay) over the run's trainable tensors for `epochs` passes over the
-/// batches; returns each epoch's mean loss.
+/// ftlab's AdamW (no weight decay, constant `lr`) over the run's trainable tensors for
+/// `epochs` passes over the batches; returns each epoch's mean loss.
 fn train(run: &mut MethodRun, toy: &Toy, epochs: usize, lr: f64) -> Vec<f64> {
     let params = run.trainable();
     assert!(!params.is_empty(), "nothing trains");
-    let mut optimizer = tch::COptimizer::adamw(lr, 0.9, 0.999, 0.0, 1e-8, false).unwrap();
-    for (_, p) in &params {
-        optimizer.add_parameters(p, 0).unwrap();
-    }
+    let mut optimizer = AdamW::new(params, &TrainConfig { weight_decay: 0.0, ..Default::default() });
     run.set_train(true).unwrap();
     let mut losses = Vec::new();
     for _ in 0..epochs {
         let mut total = 0.0;
         for rows in &toy.batches {
-            optimizer.zero_grad().unwrap();
+            optimizer.zero_grad();
             let (loss, _) = run.loss(rows.tensors()).unwrap();
             loss.backward();
-            optimizer.step().unwrap();
+            optimizer.step(lr).unwrap();
             total += loss.double_value(&[]);
         }
         losses.push(total / toy.batches.len() as f64);
