@@ -254,11 +254,17 @@ mod tests {
                 let bucketed = bucketed_kl(&(&student / tau), target.top.as_ref().unwrap());
                 assert!(f64::try_from((bucketed - &exact).abs().max()).unwrap() < 1e-5, "m = {m}, τ = {tau}");
             }
+            // A lower bound up to float32 rounding: KLs here reach ~10, and the two sums (a few
+            // dozen float32 ops, ε = 1.2e-7) round differently on each CPU kernel set (2.4e-6
+            // over with AVX-512 at m = 11), so the slack is relative to the KL's size, 10× the
+            // worst rounding measured; a broken bound overshoots by orders of magnitude more.
+            let slack = 4e-6 * (1.0 + f64::try_from(exact.abs().max()).unwrap());
             for m in [1, 4, 11] {
                 let target = Targets::from_teacher_logits(&teacher, tau, Some(m), &verbalizer);
                 let bucketed = bucketed_kl(&(&student / tau), target.top.as_ref().unwrap());
                 let excess = f64::try_from((bucketed - &exact).max()).unwrap();
-                assert!(excess < 1e-6, "bucketed KL exceeds the exact one by {excess} (m = {m})");
+                eprintln!("numerics: context_distill.bucketed_kl_excess_over_slack {:.6} <1", excess / slack);
+                assert!(excess < slack, "bucketed KL exceeds the exact one by {excess} (m = {m}, slack {slack})");
             }
         }
     }
