@@ -6,18 +6,15 @@
 
 use std::path::PathBuf;
 
-use ftlab_core::data::batch::{self, BatchOrder, EncodedExample};
-use ftlab_core::data::prompt::{Prompt, PromptFamily, PromptSpec};
-use ftlab_core::data::sampling::balanced_demonstrations;
-use ftlab_core::data::synthetic::{self, SyntheticConfig};
-use ftlab_core::data::Dataset;
-use ftlab_core::methods::hooks::AdapterHooks;
+use ftlab_core::data::batch::{self, BatchOrder};
 use ftlab_core::methods::export::{adapter_spec, merge_adapter_dir, AdapterFiles};
+use ftlab_core::methods::hooks::AdapterHooks;
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model};
-use ftlab_core::run::config::TrainConfig;
-use ftlab_core::run::data::method_tensors;
+use ftlab_core::run::config::{Schedule, TrainConfig};
+use ftlab_core::run::data::{method_tensors, RunData};
 use ftlab_core::run::optim::AdamW;
+use ftlab_core::run::{train, RunConfig};
 use ftlab_registry::Registry;
 use ftlab_sdk::{TaskInfo, Tensors};
 use serde_json::json;
@@ -44,42 +41,47 @@ impl Rows {
     }
 }
 
-/// The embedded model with `n` balanced examples of the synthetic task, in batches of 8.
+/// The embedded model with a run's data: `n` examples of the synthetic task drawn as a run
+/// draws them, in batches of 8, and the settings the methods train with (constant learning
+/// rate, no weight decay, no clipping).
 struct Toy {
     model: Model,
-    prompt: Prompt,
-    data: Dataset,
+    config: RunConfig,
+    run_data: RunData,
     batches: Vec<Rows>,
 }
 
 impl Toy {
     fn new(n: usize) -> Self {
         let model = Model::embedded(LoadOptions::default()).unwrap();
-        let prompt = Prompt::new(PromptFamily::Nli, 2, &PromptSpec::default(), &model.tokenizer).unwrap();
-        let data = synthetic::in_domain(&SyntheticConfig { train: n, ..Default::default() }, "train");
-        let encoded: Vec<EncodedExample> = (data.examples.iter().enumerate())
-            .map(|(position, e)| EncodedExample {
-                position,
-                ids: prompt.encode(&model.tokenizer, "", e).unwrap(),
-                label: e.label,
-            })
-            .collect();
+        let train = TrainConfig {
+            batch_size: 8,
+            weight_decay: 0.0,
+            grad_clip: 0.0,
+            schedule: Schedule::Constant,
+            unlabelled: 0,
+            ..Default::default()
+        };
+        let config = RunConfig { shots: n, train, ..Default::default() };
+        let run_data = RunData::load(&config, &model.tokenizer).unwrap();
         let order = BatchOrder::Shuffled { seed: 0 };
-        let batches = batch::batches(&model.tokenizer, &encoded, &prompt.word_ids, 8, order, Device::Cpu)
+        let word_ids = &run_data.prompt.word_ids;
+        let batches = batch::batches(&model.tokenizer, &run_data.encoded, word_ids, 8, order, Device::Cpu)
             .into_iter()
             .map(|batch| {
-                let prompts = batch.positions.iter().map(|&p| prompt.query(&data.examples[p])).collect();
+                let prompts =
+                    batch.positions.iter().map(|&p| run_data.prompt.query(&run_data.train.examples[p])).collect();
                 Rows { batch, prompts }
             })
             .collect();
-        Self { model, prompt, data, batches }
+        Self { model, config, run_data, batches }
     }
 
     fn task(&self) -> TaskInfo {
         TaskInfo {
             name: "synthetic-nli".into(),
-            label_words: self.prompt.words.clone(),
-            label_token_ids: self.prompt.word_ids.clone(),
+            label_words: self.run_data.prompt.words.clone(),
+            label_token_ids: self.run_data.prompt.word_ids.clone(),
         }
     }
 
@@ -97,25 +99,21 @@ fn spec(name: &str, config: serde_json::Value) -> MethodSpec {
     MethodSpec { name: name.into(), config }
 }
 
-/// ftlab's AdamW (no weight decay, constant `lr`) over the run's trainable tensors for
-/// `epochs` passes over the batches; returns each epoch's mean loss.
+/// `epochs` epochs of the run's own loop (`train_epoch`: its batch order, dropout seeds and
+/// ftlab's AdamW) at a constant `lr`; returns each epoch's mean loss.
 fn train(run: &mut MethodRun, toy: &Toy, epochs: usize, lr: f64) -> Vec<f64> {
+    let mut config = toy.config.clone();
+    config.train.lr = lr;
+    config.train.epochs = epochs;
     let params = run.trainable();
     assert!(!params.is_empty(), "nothing trains");
-    let mut optimizer = AdamW::new(params, &TrainConfig { weight_decay: 0.0, ..Default::default() });
-    run.set_train(true).unwrap();
-    let mut losses = Vec::new();
-    for _ in 0..epochs {
-        let mut total = 0.0;
-        for rows in &toy.batches {
-            optimizer.zero_grad();
-            let (loss, _) = run.loss(rows.tensors()).unwrap();
-            loss.backward();
-            optimizer.step(lr).unwrap();
-            total += loss.double_value(&[]);
-        }
-        losses.push(total / toy.batches.len() as f64);
-    }
+    let mut optimizer = AdamW::new(params, &config.train);
+    let total = train::total_steps(&config, toy.run_data.encoded.len());
+    let tokenizer = &toy.model.tokenizer;
+    let losses = (0..epochs)
+        .map(|epoch| train::train_epoch(&config, run, &toy.run_data, tokenizer, &mut optimizer, epoch, total))
+        .map(|metrics| metrics.unwrap().train_loss)
+        .collect();
     run.set_train(false).unwrap();
     losses
 }
@@ -145,7 +143,8 @@ fn accuracy(run: &mut MethodRun, toy: &Toy) -> f64 {
 fn learns(objective: &str, adapter: Option<&str>, lr: f64, epochs: usize) {
     let _serial = serial();
     let toy = Toy::new(32);
-    let majority = toy.data.label_counts().into_iter().max().unwrap() as f64 / toy.data.len() as f64;
+    let examples = &toy.run_data.train;
+    let majority = examples.label_counts().into_iter().max().unwrap() as f64 / examples.len() as f64;
     let adapters: Vec<MethodSpec> = adapter.map(MethodSpec::named).into_iter().collect();
     let mut run = toy.run(MethodSpec::named(objective), &adapters);
     let before = accuracy(&mut run, &toy);
@@ -322,7 +321,7 @@ fn lora_freezes_the_base_and_merges_exactly() {
 #[test]
 fn peft_adapter_runs_in_the_lora_plugin_as_in_peft() {
     let _serial = serial();
-    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
     let model = Model::load(fixtures.join("opt-pre-ln").to_str().unwrap(), LoadOptions::default()).unwrap();
     let dir = fixtures.join("peft/from-peft");
     let files = AdapterFiles::load(&dir).unwrap();
@@ -375,10 +374,9 @@ fn lora_refuses_unknown_targets_listing_the_valid_ones() {
 
 /// What the runtime hands `prepare`: the training set and a balanced, shuffled context.
 fn prepare_data(toy: &Toy, shots: usize) -> Tensors {
-    let positions = balanced_demonstrations(&toy.data, shots, 0).unwrap();
-    let context = toy.prompt.context(positions.iter().map(|&p| &toy.data.examples[p]));
+    let context = toy.run_data.context_of(shots, 0).unwrap();
     let mut data = toy.batches[0].tensors();
-    data.json = json!({ "prompts": [], "context": context, "separator": toy.prompt.separator });
+    data.json = json!({ "prompts": [], "context": context, "separator": toy.run_data.prompt.separator });
     data
 }
 

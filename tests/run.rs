@@ -120,7 +120,8 @@ fn the_icl_reference_uses_the_configured_objective() {
     let reference = |method: &str| {
         let out = tempfile::tempdir().unwrap();
         let name = format!("eval.icl_method.name={method}");
-        let args = ["run", "--plugin", "pbft", "--shots", "8", "--set", "train.epochs=1", "--set", "eval.max_examples=40"];
+        let args =
+            ["run", "--plugin", "pbft", "--shots", "8", "--set", "train.epochs=1", "--set", "eval.max_examples=40"];
         let out = out.path().to_str().unwrap();
         ftlab(&[&args[..], &["--set", "eval.icl_reference=true", "--set", &name, "--json", "--out", out]].concat())
     };

@@ -1,4 +1,5 @@
-//! The one error type of the ftlab runtime library.
+//! The error types of the ftlab runtime library: [`Error`], and [`PickleError`] for the details
+//! of an unreadable `pytorch_model.bin`. This module imports nothing from the rest of the crate.
 //!
 //! Every variant names what a user has to look at — a file, a key, a shape — so a CLI error
 //! message is enough to fix the input without reading the source. The binary wraps these in
@@ -6,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use crate::model::checkpoint::pickle::PickleError;
+use zip::result::ZipError;
 
 /// Errors raised by the ftlab runtime.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +219,14 @@ pub enum Error {
     /// A data option is malformed (a `--columns` mapping, a file format, a task setting).
     #[error("{0}")]
     DataOption(String),
+    /// A benchmark's measurement failed (its child process, or the reference script).
+    #[error("measuring {what}: {message}")]
+    Measurement {
+        /// What was being measured.
+        what: String,
+        /// What went wrong (the child's stderr).
+        message: String,
+    },
     /// Run records cannot be tabulated, plotted or exported as asked (an unknown column, no
     /// runs to show, a file that cannot be written).
     #[error("results: {0}")]
@@ -249,4 +258,48 @@ impl Error {
         let path = path.into();
         move |source| Error::Json { path, source }
     }
+}
+
+/// Why a checkpoint could not be read. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PickleError {
+    /// The file could not be opened or read.
+    #[error("{}: I/O error: {source}", .path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    /// Not a zip archive (e.g. the legacy pre-1.6 torch.save format).
+    #[error("{} is not a torch.save zip archive (the legacy pre-1.6 format is not supported; re-save with torch>=1.6): {source}", .path.display())]
+    NotZip { path: PathBuf, source: ZipError },
+    /// An entry of the archive is missing or unreadable (bad CRC, unsupported compression).
+    #[error("{}: cannot read zip entry {entry}: {source}", .path.display())]
+    Zip { path: PathBuf, entry: String, source: ZipError },
+    /// The archive has no `<archive>/data.pkl` entry.
+    #[error("{}: no `<archive>/data.pkl` entry; not a torch.save checkpoint", .path.display())]
+    MissingPickle { path: PathBuf },
+    /// The archive's `byteorder` entry is not `little`.
+    #[error("{}: byteorder is {found:?}; only little-endian checkpoints are supported", .path.display())]
+    ByteOrder { path: PathBuf, found: String },
+    /// `data.pkl` uses a pickle opcode this reader does not implement.
+    #[error("{}: data.pkl: unsupported pickle opcode {name} (0x{code:02x}) at byte {offset}", .path.display())]
+    UnsupportedOpcode { path: PathBuf, name: &'static str, code: u8, offset: usize },
+    /// `data.pkl` names a class or function outside the supported list.
+    #[error("{}: data.pkl: unsupported global {module}.{name} at byte {offset}", .path.display())]
+    UnsupportedGlobal { path: PathBuf, module: String, name: String, offset: usize },
+    /// A torch storage class or dtype this reader does not map to a tch kind.
+    #[error("{}: data.pkl: unsupported storage dtype torch.{dtype} at byte {offset}", .path.display())]
+    UnsupportedDtype { path: PathBuf, dtype: String, offset: usize },
+    /// `data.pkl` is truncated or not shaped like a torch state dict.
+    #[error("{}: data.pkl: malformed pickle at byte {offset}: {reason}", .path.display())]
+    Malformed { path: PathBuf, offset: usize, reason: String },
+    /// The unpickled object is not a dict with string keys.
+    #[error("{}: the pickled object is {found}, not a state dict", .path.display())]
+    NotAStateDict { path: PathBuf, found: String },
+    /// A state-dict value is not a tensor.
+    #[error("{}: entry {key:?} is {found}, not a tensor", .path.display())]
+    NotATensor { path: PathBuf, key: String, found: &'static str },
+    /// A storage holds fewer bytes than declared, or a tensor's view reaches outside it.
+    #[error("{}: entry {key:?}: storage too small: {detail}", .path.display())]
+    StorageTooSmall { path: PathBuf, key: String, detail: String },
+    /// libtorch refused to build a tensor.
+    #[error("{}: entry {key:?}: libtorch error: {source}", .path.display())]
+    Torch { path: PathBuf, key: String, source: tch::TchError },
 }

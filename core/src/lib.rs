@@ -1,6 +1,6 @@
 //! ftlab's runtime library, in the order of a run's data flow (shared/DESIGN.md §1):
 //!
-//! - [`run::config`]: experiment file ← `FTLAB_*` environment ← flags, into a `RunConfig`;
+//! - [`run::config`]: one run's settings, as the `ftlab` binary layers and hands them over;
 //! - [`model`] and [`tokenizer`]: the OPT family from HF checkpoints or the embedded tiny model;
 //! - [`data`]: tasks, llmft's few-shot sampling, prompts and batches;
 //! - [`methods`]: the objective and adapters, loaded as plugins through the registry;
@@ -9,7 +9,10 @@
 //! - [`results`]: run records as one table, paper tables and plots;
 //! - [`sweep`]: experiment grids run as resumable sweeps.
 //!
-//! The `ftlab` binary is a thin CLI over this crate; [`bench`] holds what its benchmarks measure.
+//! - [`bench`]: what `ftlab bench` measures, each against its baseline.
+//!
+//! The `ftlab` binary (`core/cli`) is a thin front over this crate: it parses, layers the
+//! configuration and dispatches.
 
 pub mod bench;
 pub mod data;

@@ -8,11 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
+use ftlab_core::hub::Hub;
 use ftlab_core::model::{
     checkpoint, ForwardInput, KvCache, LoadOptions, LogitsAt, Model, ModelFiles, OptConfig, OptForCausalLM,
     WeightsFormat,
 };
-use ftlab_core::hub::Hub;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// Parity bound: max |ours - HF| / max |HF| over the compared entries. HF's logits were computed
@@ -190,7 +190,9 @@ fn loads_from_a_hub_cache_layout() {
         std::fs::copy(fixture("opt-pre-ln").join(file), &blob).unwrap();
         std::os::unix::fs::symlink(&blob, snapshot.join(file)).unwrap();
     }
-    let files = ModelFiles::from_hub_cache(&Hub { cache: cache.path().into(), offline: true }, "tiny/opt-pre-ln", "main", None).unwrap();
+    let files =
+        ModelFiles::from_hub_cache(&Hub { cache: cache.path().into(), offline: true }, "tiny/opt-pre-ln", "main", None)
+            .unwrap();
     assert_eq!(files.revision.as_deref(), Some(commit));
     let model = Model::from_files("tiny/opt-pre-ln", &files, LoadOptions::default()).unwrap();
     let r = reference("opt-pre-ln");
@@ -201,8 +203,14 @@ fn loads_from_a_hub_cache_layout() {
     assert_eq!(model.tokenizer.encode("Hello").unwrap(), vec![2, 43, 72, 309, 82]);
 
     // Offline and not cached: the error says what to fetch and where.
-    let err =
-        ModelFiles::from_hub_cache(&Hub { cache: cache.path().into(), offline: true }, "facebook/opt-125m", "main", None).unwrap_err().to_string();
+    let err = ModelFiles::from_hub_cache(
+        &Hub { cache: cache.path().into(), offline: true },
+        "facebook/opt-125m",
+        "main",
+        None,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("facebook/opt-125m")
             && err.contains("config.json")

@@ -235,12 +235,14 @@ impl Registry {
     pub fn config_from_export(&self, name: &str, adapter_config: &str) -> Result<serde_json::Value, RegistryError> {
         let module = self.module(self.find(name, Role::Adapter)?);
         let config = module.config_from_export()(RStr::from_str(name), RStr::from_str(adapter_config)).into_result()?;
-        serde_json::from_str(&config).map_err(|e| RegistryError::Plugin(PluginError {
-            kind: ftlab_sdk::abi::ErrorKind::Failed,
-            method: name.into(),
-            call: "config_from_export".into(),
-            message: format!("returned invalid JSON: {e}").into(),
-        }))
+        serde_json::from_str(&config).map_err(|e| {
+            RegistryError::Plugin(PluginError {
+                kind: ftlab_sdk::abi::ErrorKind::Failed,
+                method: name.into(),
+                call: "config_from_export".into(),
+                message: format!("returned invalid JSON: {e}").into(),
+            })
+        })
     }
 
     fn module(&self, descriptor: &MethodDescriptor) -> MethodLibraryRef {

@@ -32,7 +32,12 @@ inventory::collect!(MethodEntry);
 impl MethodEntry {
     /// The entry of method `M`; [`crate::register!`] submits it.
     pub const fn of<M: Method>() -> Self {
-        Self { info: info_of::<M>, create: create_of::<M>, config_from_export: config_from_export_of::<M>, name: || M::NAME }
+        Self {
+            info: info_of::<M>,
+            create: create_of::<M>,
+            config_from_export: config_from_export_of::<M>,
+            name: || M::NAME,
+        }
     }
 }
 
@@ -169,9 +174,14 @@ impl<M: Method> MethodObject for Object<M> {
         let site = Site::from_code(code);
         guard(
             M::NAME,
-            || site.map_or(format!("linear hook at unknown site code {code}"), |s| format!("linear hook at {}", s.path(layer))),
             || {
-                let site = site.ok_or_else(|| Error::msg(format!("the host called an unknown hook site (code {code})")))?;
+                site.map_or(format!("linear hook at unknown site code {code}"), |s| {
+                    format!("linear hook at {}", s.path(layer))
+                })
+            },
+            || {
+                let site =
+                    site.ok_or_else(|| Error::msg(format!("the host called an unknown hook site (code {code})")))?;
                 Ok(OwnedTensor::new(self.0.linear(layer, site, &input.to_tensor(), output.into_tensor())?))
             },
         )

@@ -85,7 +85,10 @@ mod tests {
 
     #[test]
     fn targets_are_names_or_all_linear_each_once() {
-        assert_eq!(target_sites("target_modules", Some(&json!(["v_proj", "q_proj"]))).unwrap(), [Site::VProj, Site::QProj]);
+        assert_eq!(
+            target_sites("target_modules", Some(&json!(["v_proj", "q_proj"]))).unwrap(),
+            [Site::VProj, Site::QProj]
+        );
         assert_eq!(target_sites("target_modules", Some(&json!("all-linear"))).unwrap(), Site::LINEAR);
         for (value, expected) in [
             (json!(".*proj"), "pattern"),

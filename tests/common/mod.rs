@@ -19,9 +19,16 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// `target/<profile>`: where cargo builds the workspace's plugin libraries, beside `ftlab`.
+/// `target/<profile>`: where cargo builds the workspace's plugin libraries, beside `ftlab`
+/// (this test binary runs from `target/<profile>/deps/`).
 pub fn build_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ftlab")).parent().unwrap().to_path_buf()
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>").to_path_buf()
+}
+
+/// The workspace's root folder (the tests belong to `core/` and `core/cli/`).
+pub fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().find(|d| d.join("plugins").is_dir()).expect("the workspace root")
 }
 
 /// The workspace's plugins, refusing any of `plugins` whose library is missing or older than
@@ -32,7 +39,7 @@ pub fn registry(plugins: &[&str]) -> Registry {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     for name in plugins {
         let lib = dir.join(format!("{DLL_PREFIX}ftlab_method_{name}{DLL_SUFFIX}"));
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../plugins/{name}"));
+        let source = workspace().join("plugins").join(name);
         let newest = newest_file(&source).and_then(|f| modified(&f));
         assert!(
             modified(&lib).is_some_and(|built| Some(built) >= newest),

@@ -11,9 +11,9 @@ use serde::Serialize;
 use super::dataset::{Dataset, EvalSet, Subset};
 use super::prompt::PromptFamily;
 use super::source::LocalSource;
-use crate::hub::Hub;
 use super::synthetic::SyntheticConfig;
 use crate::error::{Error, Result};
+use crate::hub::Hub;
 
 /// Metrics reported beside accuracy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,12 +52,7 @@ pub struct DataOptions {
 impl DataOptions {
     /// The user's HF cache, `HF_HUB_OFFLINE`, the paper's HANS scope, the default synthetic task.
     pub fn from_env() -> Self {
-        Self {
-            hub: Hub::from_env(),
-            hans: HansScope::default(),
-            synthetic: SyntheticConfig::default(),
-            local: None,
-        }
+        Self { hub: Hub::from_env(), hans: HansScope::default(), synthetic: SyntheticConfig::default(), local: None }
     }
 }
 

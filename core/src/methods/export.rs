@@ -104,7 +104,8 @@ impl Loaded {
         let (vars, origin) = (model.vs.variables(), PathBuf::from(&model.origin.id));
         let mut updates = Vec::with_capacity(deltas.tensors.len());
         for (key, delta) in deltas.tensors {
-            let weight = vars.get(&key).ok_or_else(|| Error::MissingTensor { path: origin.clone(), key: key.clone() })?;
+            let weight =
+                vars.get(&key).ok_or_else(|| Error::MissingTensor { path: origin.clone(), key: key.clone() })?;
             if delta.size() != weight.size() {
                 return Err(Error::Shape { path: origin, key, expected: weight.size(), found: delta.size() });
             }

@@ -38,6 +38,13 @@ fn empty_table() -> serde_json::Value {
     serde_json::json!({})
 }
 
+/// No method: a configuration must name one before a run (see [`crate::run::RunConfig::validate`]).
+impl Default for MethodSpec {
+    fn default() -> Self {
+        Self::named("")
+    }
+}
+
 impl MethodSpec {
     /// A method with its default hyperparameters.
     pub fn named(name: &str) -> Self {

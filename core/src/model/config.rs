@@ -57,6 +57,66 @@ struct OptConfigFile {
     eos_token_id: i64,
 }
 
+/// A key of `config.json` and what is wrong with its value.
+type Invalid = (&'static str, String);
+
+impl OptConfigFile {
+    /// Checks every value a type cannot express: an OPT model, positive sizes, heads that divide
+    /// the width, dropout probabilities, special tokens inside the vocabulary.
+    fn check(&self) -> std::result::Result<(), Invalid> {
+        match self.model_type.as_deref() {
+            Some("opt") => {}
+            Some(other) => return Err(("model_type", format!("unknown model_type `{other}`: ftlab supports `opt`"))),
+            None => return Err(("model_type", "missing: ftlab supports `opt`".into())),
+        }
+        let projection = self.word_embed_proj_dim.unwrap_or(self.hidden_size);
+        for (key, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("ffn_dim", self.ffn_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("num_attention_heads", self.num_attention_heads),
+            ("word_embed_proj_dim", projection),
+        ] {
+            if value <= 0 {
+                return Err((key, format!("must be positive, got {value}")));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            let message = format!("{} does not divide hidden_size {}", self.num_attention_heads, self.hidden_size);
+            return Err(("num_attention_heads", message));
+        }
+        for (key, p) in [
+            ("dropout", self.dropout),
+            ("attention_dropout", self.attention_dropout),
+            ("activation_dropout", self.activation_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err((key, format!("must be in [0, 1), got {p}")));
+            }
+        }
+        for (key, id) in [
+            ("pad_token_id", self.pad_token_id),
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+        ] {
+            if !(0..self.vocab_size).contains(&id) {
+                return Err((key, format!("{id} is outside the vocabulary of {}", self.vocab_size)));
+            }
+        }
+        Ok(())
+    }
+
+    fn activation(&self) -> std::result::Result<Activation, Invalid> {
+        match self.activation_function.as_str() {
+            "relu" => Ok(Activation::Relu),
+            "gelu" => Ok(Activation::Gelu),
+            other => Err(("activation_function", format!("unsupported `{other}`: use relu or gelu"))),
+        }
+    }
+}
+
 /// HF `OPTConfig` defaults (those of facebook/opt-350m's architecture, as in transformers).
 mod defaults {
     pub fn vocab_size() -> i64 {
@@ -168,57 +228,10 @@ impl OptConfig {
     }
 
     fn validate(f: OptConfigFile, path: &Path) -> Result<Self> {
-        let bad = |key: &str, message: String| Error::Config { path: path.into(), key: key.into(), message };
-        match f.model_type.as_deref() {
-            Some("opt") => {}
-            Some(other) => {
-                return Err(bad("model_type", format!("unknown model_type `{other}`: ftlab supports `opt`")))
-            }
-            None => return Err(bad("model_type", "missing: ftlab supports `opt`".into())),
-        }
-        for (key, value) in [
-            ("vocab_size", f.vocab_size),
-            ("hidden_size", f.hidden_size),
-            ("num_hidden_layers", f.num_hidden_layers),
-            ("ffn_dim", f.ffn_dim),
-            ("max_position_embeddings", f.max_position_embeddings),
-            ("num_attention_heads", f.num_attention_heads),
-        ] {
-            if value <= 0 {
-                return Err(bad(key, format!("must be positive, got {value}")));
-            }
-        }
-        if f.hidden_size % f.num_attention_heads != 0 {
-            return Err(bad(
-                "num_attention_heads",
-                format!("{} does not divide hidden_size {}", f.num_attention_heads, f.hidden_size),
-            ));
-        }
-        let activation_function = match f.activation_function.as_str() {
-            "relu" => Activation::Relu,
-            "gelu" => Activation::Gelu,
-            other => return Err(bad("activation_function", format!("unsupported `{other}`: use relu or gelu"))),
-        };
-        for (key, p) in [
-            ("dropout", f.dropout),
-            ("attention_dropout", f.attention_dropout),
-            ("activation_dropout", f.activation_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(bad(key, format!("must be in [0, 1), got {p}")));
-            }
-        }
+        let bad = |(key, message): Invalid| Error::Config { path: path.into(), key: key.into(), message };
+        f.check().map_err(bad)?;
+        let activation_function = f.activation().map_err(bad)?;
         let word_embed_proj_dim = f.word_embed_proj_dim.unwrap_or(f.hidden_size);
-        if word_embed_proj_dim <= 0 {
-            return Err(bad("word_embed_proj_dim", format!("must be positive, got {word_embed_proj_dim}")));
-        }
-        for (key, id) in
-            [("pad_token_id", f.pad_token_id), ("bos_token_id", f.bos_token_id), ("eos_token_id", f.eos_token_id)]
-        {
-            if !(0..f.vocab_size).contains(&id) {
-                return Err(bad(key, format!("{id} is outside the vocabulary of {}", f.vocab_size)));
-            }
-        }
         Ok(Self {
             vocab_size: f.vocab_size,
             hidden_size: f.hidden_size,

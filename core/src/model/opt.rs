@@ -242,6 +242,15 @@ pub struct ForwardOutput {
     pub last_token: Tensor,
 }
 
+/// A forward input that fits the model: ids `[B, T]`, batch size B, cached prefix length P,
+/// and the int64 attention mask `[B, P + T]`.
+struct Checked<'i> {
+    ids: &'i Tensor,
+    b: i64,
+    past: i64,
+    mask: Tensor,
+}
+
 /// The OPT decoder with its tied LM head (`OPTForCausalLM`).
 #[derive(Debug)]
 pub struct OptForCausalLM {
@@ -288,6 +297,36 @@ impl OptForCausalLM {
 
     /// Runs the model. Errors on inconsistent shapes, and when a hook fails.
     pub fn forward(&self, input: ForwardInput) -> Result<ForwardOutput> {
+        let Checked { ids, b, past: p, mask } = self.check(&input)?;
+        let pass = Pass { hooks: input.hooks, train: input.train };
+        let (mut h, mask) = self.embed(ids, mask, p, &pass)?;
+        let t = h.size()[1]; // a hook may have prepended vectors
+        let attn_mask = additive_mask(&mask, p, t, h.kind());
+        let mut cache = Vec::with_capacity(if input.use_cache { self.layers.len() } else { 0 });
+        for (i, layer) in self.layers.iter().enumerate() {
+            let past = input.past.map(|c| &c.layers[i]);
+            let (next, kv) = layer.forward(&h, &attn_mask, past, &pass)?;
+            h = next;
+            if input.use_cache {
+                cache.push(kv);
+            }
+        }
+        if let Some(ln) = &self.final_layer_norm {
+            h = h.apply(ln);
+        }
+        if let Some(proj) = &self.project_out {
+            h = h.apply(proj);
+        }
+        let current = mask.narrow(1, p, t);
+        let last_token = (&current * Tensor::arange(t, (Kind::Int64, h.device()))).argmax(1, false); // (B,)
+        let logits = self.logits_at(&h, &last_token, &input.logits, b)?;
+        let cache = input.use_cache.then_some(KvCache { layers: cache });
+        Ok(ForwardOutput { hidden: h, logits, cache, last_token })
+    }
+
+    /// The input's ids, batch size, cached prefix length and attention mask (all ones when not
+    /// given), after checking that they fit each other and the model.
+    fn check<'i>(&self, input: &ForwardInput<'i>) -> Result<Checked<'i>> {
         let ids = input.input_ids.ok_or_else(|| Error::Input("input_ids is required".into()))?;
         let (b, t) =
             ids.size2().map_err(|_| Error::Input(format!("input_ids must be [batch, seq], got {:?}", ids.size())))?;
@@ -323,8 +362,12 @@ impl OptForCausalLM {
                 self.config.vocab_size
             )));
         }
-        let pass = Pass { hooks: input.hooks, train: input.train };
+        Ok(Checked { ids, b, past: p, mask })
+    }
 
+    /// Token embeddings (through the embeddings hook, which may prepend vectors and extend the
+    /// mask) plus learned positions: the first layer's input `[B, T, D]` and the mask it keeps.
+    fn embed(&self, ids: &Tensor, mask: Tensor, p: i64, pass: &Pass) -> Result<(Tensor, Tensor)> {
         let embeds = ids.apply(&self.embed_tokens); // (B, T, E)
         let (embeds, mask) = match pass.hooks {
             None => (embeds, mask),
@@ -332,7 +375,7 @@ impl OptForCausalLM {
                 .embeddings(embeds, mask)
                 .map_err(|message| Error::Hook { site: "model.decoder.embed_tokens".into(), message })?,
         };
-        let t = embeds.size()[1]; // a hook may have prepended vectors
+        let t = embeds.size()[1];
         if p + t > self.config.max_position_embeddings {
             return Err(Error::Input(format!(
                 "sequence of {} tokens exceeds max_position_embeddings {}",
@@ -342,35 +385,21 @@ impl OptForCausalLM {
         }
         // positions = cumsum(mask) * mask - 1, so left padding still starts real tokens at 0.
         let positions = (mask.cumsum(1, Kind::Int64) * &mask - 1).narrow(1, p, t) + POSITION_OFFSET;
-        let mut h = match &self.project_in {
+        let h = match &self.project_in {
             Some(proj) => embeds.apply(proj),
             None => embeds,
-        } + positions.apply(&self.embed_positions); // (B, T, D)
+        } + positions.apply(&self.embed_positions);
+        Ok((h, mask))
+    }
 
-        let attn_mask = additive_mask(&mask, p, t, h.kind());
-        let mut cache = Vec::with_capacity(if input.use_cache { self.layers.len() } else { 0 });
-        for (i, layer) in self.layers.iter().enumerate() {
-            let past = input.past.map(|c| &c.layers[i]);
-            let (next, kv) = layer.forward(&h, &attn_mask, past, &pass)?;
-            h = next;
-            if input.use_cache {
-                cache.push(kv);
-            }
-        }
-        if let Some(ln) = &self.final_layer_norm {
-            h = h.apply(ln);
-        }
-        if let Some(proj) = &self.project_out {
-            h = h.apply(proj);
-        }
-
-        let current = mask.narrow(1, p, t);
-        let last_token = (&current * Tensor::arange(t, (Kind::Int64, h.device()))).argmax(1, false); // (B,)
-        let logits = match input.logits {
+    /// The LM head at the positions `at` asks for, from the final hidden states `h`.
+    fn logits_at(&self, h: &Tensor, last_token: &Tensor, at: &LogitsAt, b: i64) -> Result<Option<Tensor>> {
+        let width = h.size()[2];
+        Ok(match at {
             LogitsAt::None => None,
-            LogitsAt::All => Some(self.lm_head(&h)),
+            LogitsAt::All => Some(self.lm_head(h)),
             LogitsAt::LastToken => {
-                let index = last_token.view([b, 1, 1]).expand([b, 1, h.size()[2]], false);
+                let index = last_token.view([b, 1, 1]).expand([b, 1, width], false);
                 Some(self.lm_head(&h.gather(1, &index, false).squeeze_dim(1)))
             }
             LogitsAt::Positions(pos) => {
@@ -378,12 +407,10 @@ impl OptForCausalLM {
                 if pos.size() != [b, n] {
                     return Err(Error::Input(format!("logit positions must be [{b}, N], got {:?}", pos.size())));
                 }
-                let index = pos.view([b, n, 1]).expand([b, n, h.size()[2]], false);
+                let index = pos.view([b, n, 1]).expand([b, n, width], false);
                 Some(self.lm_head(&h.gather(1, &index, false)))
             }
-        };
-        let cache = input.use_cache.then_some(KvCache { layers: cache });
-        Ok(ForwardOutput { hidden: h, logits, cache, last_token })
+        })
     }
 
     /// The tied LM head: `hidden @ embed_tokens.weight.T`.

@@ -81,12 +81,7 @@ impl ModelFiles {
 
     /// Finds a hub model in `hub`'s cache; when it is not there, downloads it into the cache
     /// unless offline, in which case the error lists the files to fetch.
-    pub fn from_hub_cache(
-        hub: &Hub,
-        repo: &str,
-        revision: &str,
-        prefer: Option<WeightsFormat>,
-    ) -> Result<Self> {
+    pub fn from_hub_cache(hub: &Hub, repo: &str, revision: &str, prefer: Option<WeightsFormat>) -> Result<Self> {
         let complete = |snapshot: PathBuf| -> Option<Self> {
             let mut files = Self::in_dir(&snapshot, prefer).ok()?;
             files.revision = snapshot.file_name().map(|s| s.to_string_lossy().into_owned());
@@ -134,7 +129,12 @@ fn tokenizer_present(dir: &Path) -> bool {
 }
 
 /// Downloads config, weights and tokenizer into the cache with hf-hub; returns the snapshot.
-fn download(hub: &Hub, repo: &str, revision: &str, prefer: Option<WeightsFormat>) -> std::result::Result<PathBuf, String> {
+fn download(
+    hub: &Hub,
+    repo: &str,
+    revision: &str,
+    prefer: Option<WeightsFormat>,
+) -> std::result::Result<PathBuf, String> {
     let repo = hub.repo(RepoKind::Model, repo, revision)?;
     let config = repo.get("config.json").map_err(|e| format!("downloading config.json failed: {e}"))?;
     let order = match prefer {

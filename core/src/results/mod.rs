@@ -28,8 +28,7 @@ pub(crate) mod testing {
     /// A run of `method` (+ `adapter`, unless `full`) at `shots` with data seed `seed`; `acc` =
     /// (in, ood) when completed, `None` for a failed run. It trained `shots × (1 + seed)` seconds.
     pub fn row(method: &str, adapter: &str, shots: usize, seed: u32, acc: Option<(f64, f64)>) -> ResultRow {
-        let mut config =
-            RunConfig { shots, data_seed: seed, method: MethodSpec::named(method), ..Default::default() };
+        let mut config = RunConfig { shots, data_seed: seed, method: MethodSpec::named(method), ..Default::default() };
         if adapter != "full" {
             config.adapters = vec![MethodSpec::named(adapter)];
         }

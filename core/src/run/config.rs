@@ -1,13 +1,12 @@
-//! The configuration of one run: a TOML experiment file ← `FTLAB_*` environment ← CLI flags
-//! and `--set key=value`, layered with figment at the CLI edge into one [`RunConfig`].
+//! The configuration of one run, as the core receives it: finished and validated. The `ftlab`
+//! binary layers it (defaults ← experiment file ← `FTLAB_*` environment ← flags) and checks it
+//! with [`RunConfig::validate`] before any run folder exists.
 //!
-//! Every field has a default, so `ftlab run --plugin pbft` alone is a complete run on the
-//! embedded model and task. Unknown keys anywhere are an error that lists the valid ones.
+//! Every field but the methods has a default here, so a run needs only its objective's name
+//! (the binary's defaults name one). Unknown keys anywhere are an error that lists the valid ones.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::data::prompt::PromptSpec;
@@ -35,7 +34,7 @@ pub struct RunConfig {
     pub dtype: Dtype,
     /// Folder that holds run folders.
     pub out: PathBuf,
-    /// The objective (exactly one).
+    /// The objective (exactly one; no default here).
     pub method: MethodSpec,
     /// Adapters, applied in order (none: full fine-tuning).
     pub adapters: Vec<MethodSpec>,
@@ -153,8 +152,8 @@ pub struct EvalConfig {
     pub icl_reference: Option<bool>,
     /// Demonstrations in the ICL reference's context.
     pub icl_shots: usize,
-    /// The objective that scores the ICL reference (`name` and `config`, like `[method]`);
-    /// default the `icl` plugin with its defaults.
+    /// The objective that scores the ICL reference (`name` and `config`, like `[method]`; the
+    /// binary's default is the `icl` plugin with its defaults).
     pub icl_method: MethodSpec,
 }
 
@@ -166,7 +165,7 @@ impl Default for EvalConfig {
             max_examples: None,
             icl_reference: None,
             icl_shots: 8,
-            icl_method: MethodSpec::named("icl"),
+            icl_method: MethodSpec::default(),
         }
     }
 }
@@ -182,7 +181,7 @@ impl Default for RunConfig {
             device: DeviceSpec::Auto,
             dtype: Dtype::F32,
             out: PathBuf::from("runs"),
-            method: MethodSpec::named("pbft"),
+            method: MethodSpec::default(),
             adapters: Vec::new(),
             prompt: PromptSpec::default(),
             train: TrainConfig::default(),
@@ -191,44 +190,7 @@ impl Default for RunConfig {
     }
 }
 
-/// Environment variables that share the `FTLAB_` prefix but are not run settings.
-const NOT_SETTINGS: [&str; 2] = ["LOG", "PLUGIN_PATH"];
-
 impl RunConfig {
-    /// Layers defaults ← `file` ← `FTLAB_*` environment (`FTLAB_TRAIN__LR=1e-4`) ← `overrides`
-    /// (dotted keys, e.g. from CLI flags and `--set`), then validates.
-    pub fn load(file: Option<&Path>, overrides: &[(String, toml::Value)]) -> Result<Self> {
-        let mut figment = Figment::from(Serialized::defaults(RunConfig::default()));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(Error::Io {
-                    path: path.into(),
-                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such experiment file"),
-                });
-            }
-            figment = figment.merge(Toml::file(path));
-        }
-        Self::finish(figment, overrides)
-    }
-
-    /// Like [`RunConfig::load`], with the experiment file's settings given as TOML text (an
-    /// experiment grid's settings without its `[grid]` table).
-    pub fn from_toml(text: &str, overrides: &[(String, toml::Value)]) -> Result<Self> {
-        let figment = Figment::from(Serialized::defaults(RunConfig::default())).merge(Toml::string(text));
-        Self::finish(figment, overrides)
-    }
-
-    /// The layers after the file: environment, then overrides; then extraction and validation.
-    fn finish(mut figment: Figment, overrides: &[(String, toml::Value)]) -> Result<Self> {
-        figment = figment.merge(Env::prefixed("FTLAB_").ignore(&NOT_SETTINGS).split("__"));
-        for (key, value) in overrides {
-            figment = figment.merge(Serialized::global(key.as_str(), value));
-        }
-        let config: RunConfig = figment.extract().map_err(|e| Error::RunConfig(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks values a type cannot express.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| Err(Error::RunConfig(format!("`{key}`: {message}")));
@@ -260,6 +222,12 @@ impl RunConfig {
         if self.eval.batch_size == 0 {
             return bad("eval.batch_size", "must be positive".into());
         }
+        if self.method.name.is_empty() {
+            return bad("method.name", "no objective named (`--plugin NAME`, or `name` in `[method]`)".into());
+        }
+        if self.eval.icl_method.name.is_empty() {
+            return bad("eval.icl_method.name", "no objective named for the ICL reference".into());
+        }
         for m in std::iter::once(&self.method).chain(&self.adapters) {
             if !m.config.is_object() {
                 return bad(&format!("{}.config", m.name), "must be a table".into());
@@ -280,79 +248,23 @@ impl RunConfig {
     }
 }
 
-/// Parses `key=value` (`--set train.lr=1e-4`); the value is read as TOML (numbers, booleans,
-/// arrays, inline tables) and as a plain string otherwise.
-pub fn parse_set(assignment: &str) -> Result<(String, toml::Value)> {
-    let (key, value) = assignment
-        .split_once('=')
-        .ok_or_else(|| Error::RunConfig(format!("`--set {assignment}`: expected key=value, e.g. train.lr=1e-4")))?;
-    let key = key.trim();
-    if key.is_empty() {
-        return Err(Error::RunConfig(format!("`--set {assignment}`: empty key")));
-    }
-    let parsed = format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
-    Ok((key.to_string(), parsed.unwrap_or_else(|| toml::Value::String(value.to_string()))))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, text: &str) -> PathBuf {
-        let path = dir.join("exp.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
     #[test]
-    fn layers_file_then_overrides() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = write(dir.path(), "shots = 16\n[train]\nlr = 3e-5\nepochs = 2\n[method]\nname = \"vanilla_ft\"\n");
-        let overrides = vec![parse_set("train.epochs=5").unwrap(), parse_set("task=rte").unwrap()];
-        let c = RunConfig::load(Some(&file), &overrides).unwrap();
-        assert_eq!((c.shots, c.train.lr, c.train.epochs, c.task.as_str()), (16, 3e-5, 5, "rte"));
-        assert_eq!(c.method.name, "vanilla_ft");
-        assert_eq!(c.train.batch_size, TrainConfig::default().batch_size);
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected_with_the_valid_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = write(dir.path(), "[train]\nlearning_rate = 1e-4\n");
-        let err = RunConfig::load(Some(&file), &[]).unwrap_err().to_string();
-        assert!(err.contains("learning_rate") && err.contains("lr") && err.contains("exp.toml"), "{err}");
-        let err = RunConfig::load(None, &[parse_set("shotz=4").unwrap()]).unwrap_err().to_string();
-        assert!(err.contains("shotz") && err.contains("shots"), "{err}");
-    }
-
-    #[test]
-    fn invalid_values_name_the_key() {
-        let err = RunConfig::load(None, &[parse_set("train.warmup_ratio=1.5").unwrap()]).unwrap_err().to_string();
-        assert!(err.contains("train.warmup_ratio"), "{err}");
-        let err = RunConfig::load(Some(Path::new("/no/such.toml")), &[]).unwrap_err().to_string();
-        assert!(err.contains("/no/such.toml"), "{err}");
-    }
-
-    #[test]
-    fn every_shipped_experiment_file_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                RunConfig::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                seen += 1;
-            }
-        }
-        assert!(seen >= 2);
-    }
-
-    #[test]
-    fn method_tables_pass_through() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = write(dir.path(), "[[adapters]]\nname = \"lora\"\nconfig = { r = 4, targets = [\"q_proj\"] }\n");
-        let c = RunConfig::load(Some(&file), &[]).unwrap();
-        assert_eq!(c.adapters[0].config, serde_json::json!({"r": 4, "targets": ["q_proj"]}));
-        assert_eq!(c.run_name(), "pbft+lora_synthetic-nli_tiny-opt_k128_d0_s0");
+    fn validation_names_the_key() {
+        let named = RunConfig { method: MethodSpec::named("m"), ..Default::default() };
+        let mut c =
+            RunConfig { eval: EvalConfig { icl_method: MethodSpec::named("i"), ..Default::default() }, ..named };
+        c.validate().unwrap();
+        let check = |c: &RunConfig, key: &str| {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        };
+        check(&RunConfig { method: MethodSpec::default(), ..c.clone() }, "method.name");
+        check(&RunConfig { task: "no-such-task".into(), ..c.clone() }, "task");
+        c.train.warmup_ratio = 1.5;
+        check(&c, "train.warmup_ratio");
     }
 }

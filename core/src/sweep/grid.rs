@@ -20,9 +20,10 @@
 //! "train.lr" = 1e-4
 //! ```
 //!
-//! Each cell is layered exactly as `ftlab run` layers a run (`RunConfig::from_toml`): defaults
-//! ← the file's settings ← `FTLAB_*` environment ← the cell's axis values ← its `when` settings
-//! ← the sweep's own `--set`/`--out` overrides. Two cells with the same run folder name are an
+//! The caller layers each cell into a run configuration ([`Resolve`]: `ftlab` layers a cell
+//! exactly as it layers a run, defaults ← the file's settings ← `FTLAB_*` environment ← the
+//! layers given: the cell's axis values, its `when` settings, then the sweep's own
+//! `--set`/`--out` overrides). Two cells with the same run folder name are an
 //! error, since the second would overwrite (or be skipped as) the first.
 
 use std::collections::HashMap;
@@ -30,6 +31,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::run::RunConfig;
+
+/// How the caller turns a cell's settings into a validated run configuration: the grid file's
+/// settings as TOML text, then dotted-key layers over them.
+pub type Resolve<'a> = &'a dyn Fn(&str, &[(String, toml::Value)]) -> Result<RunConfig>;
 
 /// The table of conditional settings inside `[grid]`.
 const WHEN: &str = "when";
@@ -93,8 +98,9 @@ fn axis_override(path: &Path, axis: &str, value: &toml::Value) -> Result<(String
     }
 }
 
-/// Reads and expands the grid at `path`; `overrides` (e.g. `--set`, `--out`) apply to every cell last.
-pub fn load(path: &Path, overrides: &[(String, toml::Value)]) -> Result<Grid> {
+/// Reads and expands the grid at `path`; `overrides` (e.g. `--set`, `--out`) apply to every cell
+/// last; `resolve` layers each cell.
+pub fn load(path: &Path, overrides: &[(String, toml::Value)], resolve: Resolve) -> Result<Grid> {
     let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
     let mut base: toml::Table =
         text.parse().map_err(|e| Error::RunConfig(format!("{}: invalid TOML: {e}", path.display())))?;
@@ -125,7 +131,7 @@ pub fn load(path: &Path, overrides: &[(String, toml::Value)]) -> Result<Grid> {
             }
         }
         layers.extend_from_slice(overrides);
-        let config = RunConfig::from_toml(&base, &layers).map_err(|e| {
+        let config = resolve(&base, &layers).map_err(|e| {
             let why = if let Error::RunConfig(message) = e { message } else { e.to_string() };
             Error::RunConfig(format!("{}: cell {}: {why}", path.display(), labels.join(", ")))
         })?;
@@ -195,63 +201,4 @@ fn product(axes: &Axes) -> Vec<Vec<toml::Value>> {
             })
             .collect()
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn grid(text: &str) -> Result<Grid> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("grid.toml");
-        std::fs::write(&path, text).unwrap();
-        load(&path, &[])
-    }
-
-    #[test]
-    fn axes_expand_to_the_product_with_when_settings() {
-        let g = grid(
-            "shots = 8\n[train]\nlr = 1e-3\n[grid]\nadapter = [\"full\", \"lora\"]\ndata_seed = [0, 1, 2]\n\
-             [grid.when.\"adapter=lora\"]\n\"train.lr\" = 1e-4\n",
-        )
-        .unwrap();
-        assert_eq!(g.cells.len(), 6);
-        let lora: Vec<_> = g.cells.iter().filter(|c| !c.config.adapters.is_empty()).collect();
-        assert_eq!(lora.len(), 3);
-        assert!(lora.iter().all(|c| c.config.train.lr == 1e-4 && c.config.adapters[0].name == "lora"));
-        assert_eq!(g.cells[0].config.train.lr, 1e-3);
-        assert_eq!(g.cells[0].axes, ["adapter=full", "data_seed=0"]);
-        assert_eq!(g.cells[1].name(), "pbft_synthetic-nli_tiny-opt_k8_d1_s0");
-    }
-
-    #[test]
-    fn cells_that_share_a_run_name_are_an_error() {
-        let err = grid("[grid]\n\"train.lr\" = [1e-4, 1e-3]\n").unwrap_err().to_string();
-        assert!(err.contains("would both run as") && err.contains("train.lr=0.0001"), "{err}");
-    }
-
-    #[test]
-    fn bad_grids_name_the_problem() {
-        assert!(grid("shots = 8\n").unwrap_err().to_string().contains("no [grid]"));
-        assert!(grid("[grid]\nshots = []\n").unwrap_err().to_string().contains("non-empty array"));
-        let err = grid("[grid]\nshots = [8]\n[grid.when.\"shots=9\"]\nseed = 1\n").unwrap_err().to_string();
-        assert!(err.contains("shots=9"), "{err}");
-        let err = grid("[grid]\nshots = [8, 0]\n").unwrap_err().to_string();
-        assert!(err.contains("shots=0") && err.contains("at least 1"), "{err}");
-    }
-
-    #[test]
-    fn every_shipped_grid_loads() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments/grids");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let g = load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                assert!(!g.cells.is_empty());
-                seen += 1;
-            }
-        }
-        assert!(seen >= 2);
-    }
 }

@@ -254,7 +254,10 @@ mod tests {
     #[test]
     fn the_cpu_capability_is_a_kernel_set_libtorch_names() {
         let capability = cpu_capability().unwrap();
-        assert!(["DEFAULT", "AVX2", "AVX512", "NO AVX", "ZVECTOR", "VSX", "SVE256"].contains(&capability.as_str()), "{capability}");
+        assert!(
+            ["DEFAULT", "AVX2", "AVX512", "NO AVX", "ZVECTOR", "VSX", "SVE256"].contains(&capability.as_str()),
+            "{capability}"
+        );
         if let Ok(forced) = std::env::var("ATEN_CPU_CAPABILITY") {
             if cfg!(target_arch = "x86_64") && forced.eq_ignore_ascii_case("default") {
                 assert!(["DEFAULT", "NO AVX"].contains(&capability.as_str()), "{capability}");

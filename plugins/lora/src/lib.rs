@@ -108,7 +108,8 @@ impl Method for Lora {
 
     fn merged_deltas(&self) -> Result<Vec<(String, Tensor)>> {
         let delta = |a: &Tensor, b: &Tensor| b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * self.scale();
-        Ok(self.modules().map(|(path, a, b)| (format!("{path}.weight"), delta(a, b).detach())).collect()) // (out, in)
+        Ok(self.modules().map(|(path, a, b)| (format!("{path}.weight"), delta(a, b).detach())).collect())
+        // (out, in)
     }
 
     fn sites(&self) -> Vec<Site> {

@@ -38,9 +38,11 @@ pub fn config(c: &Value) -> Result<Config> {
     let r = get(c, "r").and_then(Value::as_i64).filter(|&r| r > 0);
     let r = r.ok_or_else(|| bad_key("r", format!("expected a positive integer, got {:?}", get(c, "r"))))?;
     let alpha = get(c, "lora_alpha").and_then(Value::as_f64);
-    let alpha = alpha.ok_or_else(|| bad_key("lora_alpha", format!("expected a number, got {:?}", get(c, "lora_alpha"))))?;
+    let alpha =
+        alpha.ok_or_else(|| bad_key("lora_alpha", format!("expected a number, got {:?}", get(c, "lora_alpha"))))?;
     let dropout = get(c, "lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
-    let targets = peft::target_sites("target_modules", get(c, "target_modules"))?.iter().map(|s| s.name().to_string()).collect();
+    let targets =
+        peft::target_sites("target_modules", get(c, "target_modules"))?.iter().map(|s| s.name().to_string()).collect();
     Ok(Config { r, alpha, dropout, targets })
 }
 
@@ -84,7 +86,9 @@ pub fn export(lora: &Lora) -> Export {
 pub fn import(lora: &mut Lora, weights: &Tensors) -> Result<()> {
     let mut wanted: std::collections::BTreeMap<String, Tensor> = lora
         .modules()
-        .flat_map(|(path, a, b)| [(format!("{PREFIX}{path}.lora_A.weight"), a), (format!("{PREFIX}{path}.lora_B.weight"), b)])
+        .flat_map(|(path, a, b)| {
+            [(format!("{PREFIX}{path}.lora_A.weight"), a), (format!("{PREFIX}{path}.lora_B.weight"), b)]
+        })
         .map(|(name, t)| (name, t.shallow_clone()))
         .collect();
     for (name, tensor) in &weights.tensors {

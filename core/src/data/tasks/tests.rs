@@ -5,8 +5,8 @@ use std::path::Path;
 
 use polars::prelude::*;
 
-use crate::hub::Hub;
 use crate::data::task::{self, DataOptions, HansScope};
+use crate::hub::Hub;
 
 /// A temporary HF cache; `add` writes a dataset file under `refs/<revision>`'s snapshot.
 struct FakeCache(tempfile::TempDir);

@@ -1,189 +1,14 @@
-//! Reader for PyTorch `torch.save` checkpoints (`pytorch_model.bin`).
-//!
-//! The Hugging Face hub ships many OPT weights only as `pytorch_model.bin`: a state dict
-//! pickled by `torch.save` in its zip format, usually in fp16. This module reads such files
-//! into tch tensors without Python. It opens the zip archive, runs a small pickle virtual
-//! machine over `<archive>/data.pkl` (protocol 2, the opcodes and globals that state dicts
-//! use) and builds each tensor from its raw storage entry `<archive>/data/<key>`.
-//!
-//! Nothing in the pickle is executed: a fixed list of globals is understood and anything
-//! else is an error, so a checkpoint cannot run code. Only little-endian, zip-format
-//! checkpoints (torch >= 1.6) are read. Corrupt files give a [`PickleError`], never a panic.
+//! The pickle half of a `torch.save` file: a small virtual machine over `data.pkl` (protocol 2,
+//! the opcodes and globals state dicts use) that returns each entry's storage and view. Nothing
+//! is executed: a fixed list of globals is understood and anything else is an error.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
-use tch::{Kind, Tensor};
-use zip::result::ZipError;
-use zip::ZipArchive;
+use tch::Kind;
 
-/// Why a checkpoint could not be read. Every message names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum PickleError {
-    /// The file could not be opened or read.
-    #[error("{}: I/O error: {source}", .path.display())]
-    Io { path: PathBuf, source: std::io::Error },
-    /// Not a zip archive (e.g. the legacy pre-1.6 torch.save format).
-    #[error("{} is not a torch.save zip archive (the legacy pre-1.6 format is not supported; re-save with torch>=1.6): {source}", .path.display())]
-    NotZip { path: PathBuf, source: ZipError },
-    /// An entry of the archive is missing or unreadable (bad CRC, unsupported compression).
-    #[error("{}: cannot read zip entry {entry}: {source}", .path.display())]
-    Zip { path: PathBuf, entry: String, source: ZipError },
-    /// The archive has no `<archive>/data.pkl` entry.
-    #[error("{}: no `<archive>/data.pkl` entry; not a torch.save checkpoint", .path.display())]
-    MissingPickle { path: PathBuf },
-    /// The archive's `byteorder` entry is not `little`.
-    #[error("{}: byteorder is {found:?}; only little-endian checkpoints are supported", .path.display())]
-    ByteOrder { path: PathBuf, found: String },
-    /// `data.pkl` uses a pickle opcode this reader does not implement.
-    #[error("{}: data.pkl: unsupported pickle opcode {name} (0x{code:02x}) at byte {offset}", .path.display())]
-    UnsupportedOpcode { path: PathBuf, name: &'static str, code: u8, offset: usize },
-    /// `data.pkl` names a class or function outside the supported list.
-    #[error("{}: data.pkl: unsupported global {module}.{name} at byte {offset}", .path.display())]
-    UnsupportedGlobal { path: PathBuf, module: String, name: String, offset: usize },
-    /// A torch storage class or dtype this reader does not map to a tch kind.
-    #[error("{}: data.pkl: unsupported storage dtype torch.{dtype} at byte {offset}", .path.display())]
-    UnsupportedDtype { path: PathBuf, dtype: String, offset: usize },
-    /// `data.pkl` is truncated or not shaped like a torch state dict.
-    #[error("{}: data.pkl: malformed pickle at byte {offset}: {reason}", .path.display())]
-    Malformed { path: PathBuf, offset: usize, reason: String },
-    /// The unpickled object is not a dict with string keys.
-    #[error("{}: the pickled object is {found}, not a state dict", .path.display())]
-    NotAStateDict { path: PathBuf, found: String },
-    /// A state-dict value is not a tensor.
-    #[error("{}: entry {key:?} is {found}, not a tensor", .path.display())]
-    NotATensor { path: PathBuf, key: String, found: &'static str },
-    /// A storage holds fewer bytes than declared, or a tensor's view reaches outside it.
-    #[error("{}: entry {key:?}: storage too small: {detail}", .path.display())]
-    StorageTooSmall { path: PathBuf, key: String, detail: String },
-    /// libtorch refused to build a tensor.
-    #[error("{}: entry {key:?}: libtorch error: {source}", .path.display())]
-    Torch { path: PathBuf, key: String, source: tch::TchError },
-}
-
-type Result<T> = std::result::Result<T, PickleError>;
-
-/// Reads a `torch.save` state dict (zip format) into (name, tensor) pairs in file order.
-///
-/// Tensors come back contiguous, on the CPU, without grad, in the stored dtype. Entries that
-/// shared a storage in the file (tied weights, slices) may share memory here too, as in torch.
-pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let mut archive = Archive::open(path)?;
-    let pickle = archive.read(&format!("{}data.pkl", archive.prefix))?;
-    let entries = unpickle(&pickle, path)?;
-    let mut storages = HashMap::new();
-    let mut out = Vec::with_capacity(entries.len());
-    for (key, spec) in entries {
-        let storage = archive.storage(&key, &spec.storage, &mut storages)?;
-        let tensor = materialise(path, &key, &storage, &spec)?;
-        out.push((key, tensor));
-    }
-    Ok(out)
-}
-
-// ---------------------------------------------------------------------------------------
-// Zip archive
-
-struct Archive<'p> {
-    zip: ZipArchive<File>,
-    path: &'p Path,
-    /// `"<archive_name>/"`: the directory every entry lives in (its name varies by file).
-    prefix: String,
-    file_len: u64,
-}
-
-impl<'p> Archive<'p> {
-    fn open(path: &'p Path) -> Result<Self> {
-        let io = |source| PickleError::Io { path: path.to_owned(), source };
-        let file = File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        let zip = ZipArchive::new(file).map_err(|source| match source {
-            ZipError::Io(source) => PickleError::Io { path: path.to_owned(), source },
-            source => PickleError::NotZip { path: path.to_owned(), source },
-        })?;
-        let pickle = zip.file_names().filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl")).min();
-        let Some(prefix) = pickle.map(|n| n.trim_end_matches("data.pkl").to_owned()) else {
-            return Err(PickleError::MissingPickle { path: path.to_owned() });
-        };
-        let mut archive = Archive { zip, path, prefix, file_len };
-        let byteorder = format!("{}byteorder", archive.prefix);
-        if archive.zip.file_names().any(|n| n == byteorder) {
-            let found = String::from_utf8_lossy(&archive.read(&byteorder)?).trim().to_owned();
-            if found != "little" {
-                return Err(PickleError::ByteOrder { path: path.to_owned(), found });
-            }
-        }
-        Ok(archive)
-    }
-
-    fn read(&mut self, entry: &str) -> Result<Vec<u8>> {
-        let err = |source| PickleError::Zip { path: self.path.to_owned(), entry: entry.to_owned(), source };
-        let mut file = self.zip.by_name(entry).map_err(err)?;
-        // The declared size is untrusted: never reserve more than the file could hold.
-        let mut bytes = Vec::with_capacity(file.size().min(self.file_len) as usize);
-        file.read_to_end(&mut bytes).map_err(|e| err(ZipError::Io(e)))?;
-        Ok(bytes)
-    }
-
-    /// The whole storage as a 1-D tensor, read once per (key, dtype) and then shared.
-    fn storage(&mut self, entry: &str, s: &StorageRef, cache: &mut StorageCache) -> Result<Tensor> {
-        if let Some(t) = cache.get(&(s.key.clone(), s.kind)) {
-            return Ok(t.shallow_clone());
-        }
-        let bytes = self.read(&format!("{}data/{}", self.prefix, s.key))?;
-        let need = usize::try_from(s.numel).ok().and_then(|n| n.checked_mul(s.kind.elt_size_in_bytes()));
-        let Some(need) = need.filter(|&need| need <= bytes.len()) else {
-            let (have, numel, kind) = (bytes.len(), s.numel, s.kind);
-            let detail = format!("storage {} holds {have} bytes, less than {numel} {kind:?} elements", s.key);
-            return Err(PickleError::StorageTooSmall { path: self.path.to_owned(), key: entry.to_owned(), detail });
-        };
-        let tensor = Tensor::f_from_data_size(&bytes[..need], &[s.numel], s.kind)
-            .map_err(|source| PickleError::Torch { path: self.path.to_owned(), key: entry.to_owned(), source })?;
-        cache.insert((s.key.clone(), s.kind), tensor.shallow_clone());
-        Ok(tensor)
-    }
-}
-
-type StorageCache = HashMap<(String, Kind), Tensor>;
-
-/// Views `storage` with the tensor's size/stride/offset (checked first, so libtorch never
-/// sees an out-of-bounds view) and copies it out contiguous.
-fn materialise(path: &Path, key: &str, storage: &Tensor, spec: &TensorSpec) -> Result<Tensor> {
-    let numel = storage.numel();
-    if required_elements(spec).is_none_or(|n| n > numel as u64) {
-        let (size, stride, offset) = (&spec.size, &spec.stride, spec.offset);
-        let detail = format!(
-            "storage {} has {numel} elements, too few for size {size:?}, stride {stride:?}, offset {offset}",
-            spec.storage.key
-        );
-        return Err(PickleError::StorageTooSmall { path: path.to_owned(), key: key.to_owned(), detail });
-    }
-    storage
-        .f_as_strided(spec.size.as_slice(), spec.stride.as_slice(), spec.offset)
-        .and_then(|view| view.f_contiguous())
-        .map_err(|source| PickleError::Torch { path: path.to_owned(), key: key.to_owned(), source })
-}
-
-/// Storage elements a strided view needs (offset of its last element + 1), or `None` if the
-/// layout is invalid (negative values, rank mismatch, overflow).
-fn required_elements(spec: &TensorSpec) -> Option<u64> {
-    let (size, stride) = (&spec.size, &spec.stride);
-    if spec.offset < 0 || size.len() != stride.len() || size.iter().chain(stride).any(|&v| v < 0) {
-        return None;
-    }
-    size.iter().try_fold(1i64, |n, &d| n.checked_mul(d))?; // the copy's element count must fit
-    if size.contains(&0) {
-        return Some(0);
-    }
-    let extent = size.iter().zip(stride).try_fold(0i64, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?));
-    u64::try_from(extent?.checked_add(spec.offset)?).ok()?.checked_add(1)
-}
-
-// ---------------------------------------------------------------------------------------
-// Pickle values
+use super::{PickleError, Result};
 
 #[derive(Clone)]
 enum Value {
@@ -216,18 +41,18 @@ enum Global {
     Kind(Kind),
 }
 
-struct StorageRef {
-    key: String,
-    kind: Kind,
-    numel: i64,
+pub(super) struct StorageRef {
+    pub(super) key: String,
+    pub(super) kind: Kind,
+    pub(super) numel: i64,
 }
 
 /// A tensor as `_rebuild_tensor_v2` describes it; built once the whole pickle is read.
-struct TensorSpec {
-    storage: Rc<StorageRef>,
-    offset: i64,
-    size: Vec<i64>,
-    stride: Vec<i64>,
+pub(super) struct TensorSpec {
+    pub(super) storage: Rc<StorageRef>,
+    pub(super) offset: i64,
+    pub(super) size: Vec<i64>,
+    pub(super) stride: Vec<i64>,
 }
 
 impl Value {
@@ -274,11 +99,8 @@ fn is_dtype_name(name: &str) -> bool {
         || matches!(name, "cfloat" | "cdouble" | "chalf")
 }
 
-// ---------------------------------------------------------------------------------------
-// Pickle virtual machine
-
 /// Runs the pickle program `data` and returns the state dict's entries in order.
-fn unpickle(data: &[u8], path: &Path) -> Result<Vec<(String, Rc<TensorSpec>)>> {
+pub(super) fn unpickle(data: &[u8], path: &Path) -> Result<Vec<(String, Rc<TensorSpec>)>> {
     let mut vm =
         Vm { data, path, pos: 0, op_start: 0, stack: vec![], marks: vec![], memo: HashMap::new(), objects: vec![] };
     let root = vm.run()?;
@@ -633,151 +455,3 @@ const OTHER_OPCODES: &[(u8, &str)] = &[
     (0x91, "FROZENSET"), (0x92, "NEWOBJ_EX"), (0x96, "BYTEARRAY8"), (0x97, "NEXT_BUFFER"),
     (0x98, "READONLY_BUFFER"),
 ];
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[rustfmt::skip]
-    const NAMES: [&str; 10] =
-        ["fp16_2d", "fp32_1d", "bf16", "int64", "bool", "scalar", "transposed", "shared_full", "shared_slice", "param"];
-
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pickle").join(name)
-    }
-
-    /// All entries of the fixture checkpoint, in archive order.
-    fn fixture_entries() -> Vec<(String, Vec<u8>)> {
-        let mut zip = ZipArchive::new(File::open(fixture("state_dict.bin")).unwrap()).unwrap();
-        (0..zip.len())
-            .map(|i| {
-                let mut f = zip.by_index(i).unwrap();
-                let mut bytes = Vec::new();
-                f.read_to_end(&mut bytes).unwrap();
-                (f.name().to_owned(), bytes)
-            })
-            .collect()
-    }
-
-    fn write_zip(path: &Path, entries: &[(String, Vec<u8>)]) {
-        let mut zip = zip::ZipWriter::new(File::create(path).unwrap());
-        let opts = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
-        for (name, bytes) in entries {
-            zip.start_file(name.as_str(), opts).unwrap();
-            zip.write_all(bytes).unwrap();
-        }
-        zip.finish().unwrap();
-    }
-
-    /// Reads a checkpoint built from `entries` and returns the error message.
-    fn error_for(entries: &[(String, Vec<u8>)]) -> (PathBuf, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ckpt.bin");
-        write_zip(&path, entries);
-        let err = read_state_dict(&path).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains(&path.display().to_string()), "{err}");
-        (path, err)
-    }
-
-    fn pickle_only(pickle: &[u8]) -> Vec<(String, Vec<u8>)> {
-        vec![("archive/data.pkl".to_owned(), pickle.to_vec())]
-    }
-
-    #[test]
-    fn reads_fixture_like_torch() {
-        let got = read_state_dict(&fixture("state_dict.bin")).unwrap();
-        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, NAMES);
-        let expected: HashMap<_, _> =
-            Tensor::read_safetensors(fixture("expected.safetensors")).unwrap().into_iter().collect();
-        assert_eq!(expected.len(), got.len());
-        for (name, tensor) in &got {
-            let want = &expected[name];
-            assert_eq!((tensor.kind(), tensor.size()), (want.kind(), want.size()), "{name}");
-            assert!(tensor.equal(want), "{name}: {tensor} != {want}");
-            assert!(tensor.is_contiguous() && !tensor.requires_grad(), "{name}");
-        }
-        assert_eq!(got[0].1.kind(), Kind::Half);
-        assert_eq!(got[5].1.size(), Vec::<i64>::new()); // 0-dim
-    }
-
-    #[test]
-    fn rejects_garbage_and_truncated_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let bytes = std::fs::read(fixture("state_dict.bin")).unwrap();
-        let cases = [("garbage.bin", b"\x80\x02}q\x00.".to_vec()), ("half.bin", bytes[..bytes.len() / 2].to_vec())];
-        for (name, bytes) in cases {
-            let path = dir.path().join(name);
-            std::fs::write(&path, bytes).unwrap();
-            let err = read_state_dict(&path).map(|_| ()).unwrap_err().to_string();
-            assert!(err.contains(&path.display().to_string()) && err.contains("legacy pre-1.6"), "{err}");
-        }
-        let missing = read_state_dict(&dir.path().join("absent.bin")).map(|_| ()).unwrap_err().to_string();
-        assert!(missing.contains("absent.bin") && missing.contains("I/O error"), "{missing}");
-    }
-
-    #[test]
-    fn corrupt_pickles_error_without_panicking() {
-        let entries = fixture_entries();
-        let pickle = &entries.iter().find(|(n, _)| n.ends_with("/data.pkl")).unwrap().1;
-        let path = Path::new("x.bin");
-        for end in 0..pickle.len() {
-            assert!(unpickle(&pickle[..end], path).is_err(), "truncated at {end}");
-        }
-        for i in 0..pickle.len() {
-            for byte in [0x00, 0x7f, 0xff, pickle[i] ^ 0x01] {
-                let mut bad = pickle.clone();
-                bad[i] = byte;
-                let _ = unpickle(&bad, path); // Ok or Err are both fine: no panic
-            }
-        }
-        // A million nested tuples: values never nest in memory, so nothing recurses.
-        let deep = [&b"\x80\x02)"[..], &[0x85; 1_000_000], b"."].concat();
-        let err = unpickle(&deep, path).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("the pickled object is a tuple, not a state dict"), "{err}");
-    }
-
-    #[test]
-    fn zip_without_data_pkl() {
-        let (_, err) = error_for(&[("archive/version".to_owned(), b"3\n".to_vec())]);
-        assert!(err.contains("data.pkl"), "{err}");
-    }
-
-    #[test]
-    fn names_unsupported_opcodes_globals_and_values() {
-        let (_, err) = error_for(&pickle_only(b"\x80\x02N0."));
-        assert!(err.contains("opcode POP (0x30) at byte 3"), "{err}");
-        let (_, err) = error_for(&pickle_only(b"\x80\x02cos\nsystem\n."));
-        assert!(err.contains("unsupported global os.system at byte 2"), "{err}");
-        let (_, err) = error_for(&pickle_only(b"\x80\x02ctorch\nComplexFloatStorage\n."));
-        assert!(err.contains("unsupported storage dtype torch.ComplexFloatStorage"), "{err}");
-        let (_, err) = error_for(&pickle_only(b"\x80\x02}X\x01\x00\x00\x00aK\x07s."));
-        assert!(err.contains("entry \"a\" is an int, not a tensor"), "{err}");
-        let (_, err) = error_for(&[
-            ("archive/byteorder".to_owned(), b"big".to_vec()),
-            ("archive/data.pkl".to_owned(), b"\x80\x02}.".to_vec()),
-        ]);
-        assert!(err.contains("byteorder is \"big\""), "{err}");
-    }
-
-    #[test]
-    fn storage_too_small() {
-        // A storage entry shorter than its declared numel.
-        let mut entries = fixture_entries();
-        let data0 = entries.iter_mut().find(|(n, _)| n.ends_with("/data/0")).unwrap();
-        data0.1.truncate(10);
-        let (_, err) = error_for(&entries);
-        assert!(
-            err.contains("entry \"fp16_2d\": storage too small: storage 0 holds 10 bytes, less than 24 Half"),
-            "{err}"
-        );
-        // fp16_2d's size (4, 6) widened to (4, 7): its view would run past the storage.
-        let mut entries = fixture_entries();
-        let pickle = &mut entries.iter_mut().find(|(n, _)| n.ends_with("/data.pkl")).unwrap().1;
-        let at = pickle.windows(5).position(|w| w == b"K\x04K\x06\x86").unwrap();
-        pickle[at + 3] = 7;
-        let (_, err) = error_for(&entries);
-        assert!(err.contains("storage 0 has 24 elements, too few for size [4, 7], stride [6, 1]"), "{err}");
-    }
-}

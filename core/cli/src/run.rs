@@ -4,8 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use ftlab_core::run::config::parse_set;
-use ftlab_core::run::{self, Headline, RunConfig, RunOptions, RunRecord, RunStatus};
+use ftlab_core::run::{self, Headline, RunOptions, RunRecord, RunStatus};
 use ftlab_registry::Registry;
 
 /// Train (or prompt) with a method and evaluate in- and out-of-domain.
@@ -93,14 +92,14 @@ impl RunArgs {
             put("out", v.display().to_string().into());
         }
         for assignment in &self.sets {
-            o.push(parse_set(assignment)?);
+            o.push(crate::config::parse_set(assignment)?);
         }
         Ok(o)
     }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = RunConfig::load(args.config.as_deref(), &args.overrides()?)?;
+    let config = crate::config::load(args.config.as_deref(), &args.overrides()?)?;
     let options = RunOptions { resume: args.resume, force: args.force, epochs_budget: args.epochs_budget };
     eprintln!("run {} → {}", config.run_name(), config.out.join(config.run_name()).display());
     let record = run::run(&config, &options, &Registry::discover())?;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use ftlab_core::run::config::parse_set;
 use ftlab_core::run::train::progress_bar;
 use ftlab_core::sweep::{self, CellReport, CellState, Outcome, SweepOptions};
 
@@ -38,9 +37,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         overrides.push(("out".to_string(), toml::Value::String(out.display().to_string())));
     }
     for assignment in &args.sets {
-        overrides.push(parse_set(assignment)?);
+        overrides.push(crate::config::parse_set(assignment)?);
     }
-    let grid = sweep::grid::load(&args.file, &overrides)?;
+    let grid = sweep::grid::load(&args.file, &overrides, &crate::config::resolve)?;
     if args.dry_run {
         return dry_run(&grid, args.json);
     }

@@ -194,7 +194,7 @@ fn new(name: &str, role: RoleArg, dir: &Path, sdk: Option<String>) -> anyhow::Re
         bail!("{} already exists", root.display());
     }
     let sdk = sdk.unwrap_or_else(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk");
         let path = path.canonicalize().unwrap_or(path);
         format!("{{ path = \"{}\" }}", path.display())
     });

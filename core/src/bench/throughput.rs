@@ -1,5 +1,5 @@
-//! Throughput measurements shared by `ftlab bench`: the machine's matmul rate, and tokens/s of
-//! a forward pass and of a training step (forward + backward + AdamW) of an OPT model.
+//! Throughput: the machine's matmul rate, and tokens/s of a forward pass and of a training step
+//! (forward + backward + AdamW) of an OPT model.
 //!
 //! Both model measurements do the same work as transformers' defaults so the ratio against
 //! PyTorch + transformers compares implementations, not workloads: logits at every position,
@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use super::median;
 use crate::error::Result;
 use crate::model::{ForwardHooks, ForwardInput, Model, OptConfig};
 use crate::run::config::TrainConfig;
@@ -107,11 +108,6 @@ pub fn hook_overhead(
         hooked.push(run(Some(hooks))?);
     }
     Ok((median(plain), median(hooked)))
-}
-
-fn median(mut times: Vec<f64>) -> f64 {
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
 }
 
 fn throughput(c: &OptConfig, batch: i64, seq: i64, seconds: f64, flop_factor: f64) -> Throughput {

@@ -1,6 +1,9 @@
-//! Command-line interface: one module per command group.
+//! `ftlab`: the command-line front of the ftlab runtime, one module per command group. It
+//! parses, layers the configuration (`config`), dispatches and reports; the work happens in the
+//! `ftlab_core` library.
 
 mod bench;
+mod config;
 mod data;
 mod model;
 mod plugins;
@@ -12,13 +15,31 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away (`| head`).
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let args = Cli::parse();
+    init_logging(args.verbose);
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// ftlab — efficient supervised fine-tuning of LLMs as an alternative to in-context learning.
 #[derive(Debug, Parser)]
 #[command(name = "ftlab", version, about, long_about = None)]
-pub struct Cli {
+struct Cli {
     /// More log output (-v: debug, -vv: trace). `FTLAB_LOG` takes a tracing filter too.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,7 +77,7 @@ enum Command {
 }
 
 /// Runs the parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Model(command) => model::run(command),
         Command::Bench(command) => bench::run(command),
@@ -69,7 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Logs go to stderr, filtered by `FTLAB_LOG` (tracing's syntax) or by `-v`.
-pub fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "info",
         1 => "debug",

@@ -15,7 +15,6 @@ use ftlab_core::model::{ForwardInput, LoadOptions, Model, Site};
 use ftlab_sdk::TaskInfo;
 use tch::{Kind, Tensor};
 
-#[path = "../../tests/common/mod.rs"]
 mod common;
 
 /// Parity bound with PEFT: max |ours - PEFT| / max |PEFT| at real tokens. PEFT's logits were
@@ -25,7 +24,7 @@ mod common;
 const TOLERANCE: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
 }
 
 fn base_model() -> Model {
@@ -102,7 +101,8 @@ fn known_adapter(model: &Model) -> MethodRun<'_> {
         name: "lora".into(),
         config: serde_json::json!({"r": 2, "alpha": 3.0, "dropout": 0.05, "targets": targets}),
     };
-    let task = TaskInfo { name: "any".into(), label_words: vec![" a".into(), " b".into()], label_token_ids: vec![10, 11] };
+    let task =
+        TaskInfo { name: "any".into(), label_words: vec![" a".into(), " b".into()], label_token_ids: vec![10, 11] };
     let registry = common::registry(&["lora", "pbft"]);
     let run = MethodRun::new(model, &registry, &MethodSpec::named("pbft"), &[lora], task, 0).unwrap();
     let params = run.state.stores["lora"].variables();

@@ -1,0 +1,343 @@
+//! `ftlab bench`: each benchmark against its baseline, measured in one invocation by
+//! `ftlab_core::bench`; this module names the methods measured and prints the ratios.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use ftlab_core::bench::{self, reference::Reference, Shape, Throughput};
+use ftlab_core::methods::hooks::AdapterHooks;
+use ftlab_core::methods::{load_adapters, HostState, MethodSpec};
+use ftlab_core::DeviceSpec;
+use serde::Serialize;
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Forward and training-step throughput of an OPT shape (random weights) in ftlab and, with
+    /// `--python`, in PyTorch + transformers; prints tokens/s, their ratio, and the fraction of
+    /// the machine's matmul rate each achieves. `scripts/bench-model` runs it with the
+    /// reference packages installed.
+    Model(ModelBench),
+    /// The cost of crossing the plugin ABI: forward of an OPT shape with no method vs the
+    /// `probe_noop` adapter hooking every site (built with the workspace's test fixtures:
+    /// `cargo build --release --workspace`). Target: under 2% of forward time.
+    Hooks(HooksBench),
+    /// Peak memory of training an OPT shape (random weights, pbft objective) with every
+    /// parameter trainable, with BitFit and with LoRA, each in a fresh process so each peak is
+    /// its own. Target: BitFit and LoRA at most 0.5× full fine-tuning.
+    Memory(MemoryBench),
+    /// In-context learning with a shared context: the `icl` method scoring queries after a
+    /// 16-shot context whose keys/values are computed once, vs re-encoding the context with
+    /// every query. Target: ≥ 8× faster.
+    Icl(IclBench),
+    /// A pbft training run (k examples of the embedded task, batch 16) as ftlab runs it —
+    /// dynamic padding, LM head only at the answer position — vs the llmft protocol: every
+    /// sequence padded to 256 and logits at every position. Target: ≥ 3× faster.
+    Protocol(ProtocolBench),
+    /// Context distillation's costs: a training epoch against a pbft epoch on the same inputs
+    /// (target ≤ 1.2×), and the teacher's precomputation with a shared context's keys/values
+    /// kept against re-encoding the context per input (target ≥ 5× faster).
+    Distill(DistillBench),
+}
+
+/// The OPT shape and batch every benchmark measures.
+#[derive(Debug, Args)]
+pub struct ShapeArgs {
+    /// A config.json to take the shape from (default: facebook/opt-125m's).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 16)]
+    batch: i64,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq: i64,
+    /// Intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    threads: i32,
+}
+
+impl ShapeArgs {
+    fn shape(&self) -> Shape {
+        Shape { config: self.config.clone(), batch: self.batch, seq: self.seq, threads: self.threads }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ModelBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Timed steps per measurement (median reported), after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Python interpreter with torch and transformers importable; omit to measure ftlab only.
+    #[arg(long)]
+    python: Option<String>,
+    /// Device for ftlab's side (the reference runs on CPU).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HooksBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Timed forwards of each kind (median reported), alternating.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Optimizer steps per configuration.
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Measure one configuration in this process (`full`, `bitfit` or `lora`); used by the
+    /// parent invocation.
+    #[arg(long, hide = true)]
+    child: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct IclBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Demonstrations in the context (balanced, from the embedded task).
+    #[arg(long, default_value_t = 16)]
+    shots: usize,
+    /// Queries scored (the in-domain eval set's first rows).
+    #[arg(long, default_value_t = 100)]
+    queries: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ProtocolBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Training examples k.
+    #[arg(long, default_value_t = 16)]
+    shots: usize,
+    /// Epochs timed for each protocol (the paper runs 40; the ratio is per epoch).
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DistillBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Labelled examples both objectives train on (context_distill with `inputs = "labelled"`).
+    #[arg(long, default_value_t = 32)]
+    shots: usize,
+    /// Epochs timed per objective (the median is reported), after one untimed warm-up epoch.
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    /// Demonstrations in the context the teacher reads.
+    #[arg(long, default_value_t = 16)]
+    k: usize,
+    /// Unlabelled inputs whose teacher distributions are precomputed.
+    #[arg(long, default_value_t = 64)]
+    inputs: usize,
+}
+
+pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Model(args) => model(args),
+        BenchCommand::Hooks(args) => hooks(args),
+        BenchCommand::Memory(args) => memory(args),
+        BenchCommand::Icl(args) => icl(args),
+        BenchCommand::Protocol(args) => protocol(args),
+        BenchCommand::Distill(args) => distill(args),
+    }?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Serialize)]
+struct ModelReport {
+    batch: i64,
+    seq: i64,
+    threads: i32,
+    matmul_gflops: f64,
+    forward: Throughput,
+    train_step: Throughput,
+    reference: Option<Reference>,
+}
+
+fn model(args: ModelBench) -> anyhow::Result<()> {
+    let shape = args.shape.shape();
+    let (config_text, config) = shape.load()?;
+    let device = args.device.resolve()?;
+    let model = bench::random_model(&config, device)?;
+    eprintln!("measuring ftlab: {} × {} tokens, {} threads …", shape.batch, shape.seq, shape.threads);
+    let matmul_gflops = bench::matmul_gflops(2048, 768, 3072, 10, device);
+    let forward = bench::forward_throughput(&model, shape.batch, shape.seq, args.repeats)?;
+    let train_step = bench::train_step_throughput(&model, shape.batch, shape.seq, args.repeats)?;
+    drop(model);
+    let reference = match &args.python {
+        Some(python) => {
+            eprintln!("measuring PyTorch + transformers with {python} …");
+            Some(bench::reference::measure(python, &config_text, &shape, args.repeats)?)
+        }
+        None => None,
+    };
+    let report = ModelReport {
+        batch: shape.batch,
+        seq: shape.seq,
+        threads: shape.threads,
+        matmul_gflops,
+        forward,
+        train_step,
+        reference,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_model(&report);
+    }
+    Ok(())
+}
+
+fn print_model(r: &ModelReport) {
+    println!(
+        "OPT shape, batch {} × {} tokens, fp32, {} threads; matmul 2048×768×3072: {:.1} GFLOP/s",
+        r.batch, r.seq, r.threads, r.matmul_gflops
+    );
+    println!();
+    println!("| step | ftlab tok/s | transformers tok/s | ftlab / transformers | ftlab GFLOP/s | % of matmul rate |");
+    println!("|---|---|---|---|---|---|");
+    for (name, ours, theirs) in [
+        ("forward", r.forward, r.reference.as_ref().map(|x| x.forward_tokens_per_s)),
+        ("train step", r.train_step, r.reference.as_ref().map(|x| x.train_tokens_per_s)),
+    ] {
+        let (theirs_text, ratio) = match theirs {
+            Some(t) => (format!("{t:.1}"), format!("{:.3}", ours.tokens_per_s / t)),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {name} | {:.1} | {theirs_text} | {ratio} | {:.1} | {:.0}% |",
+            ours.tokens_per_s,
+            ours.gflops,
+            100.0 * ours.gflops / r.matmul_gflops
+        );
+    }
+    if let Some(x) = &r.reference {
+        println!();
+        println!("reference: transformers {}, torch {}, attention {}", x.transformers, x.torch, x.attention);
+    }
+}
+
+fn hooks(args: HooksBench) -> anyhow::Result<()> {
+    let shape = args.shape.shape();
+    let (_, config) = shape.load()?;
+    let model = bench::random_model(&config, tch::Device::Cpu)?;
+    let registry = ftlab_registry::Registry::discover();
+    let task = ftlab_sdk::TaskInfo { name: "bench".into(), label_words: vec![], label_token_ids: vec![] };
+    let mut state = HostState::new(task, 0);
+    let adapters = load_adapters(&model, &registry, &[MethodSpec::named("probe_noop")], &mut state)
+        .context("loading the probe_noop fixture (build it with `cargo build --release --workspace`)")?;
+    let calls = config.num_hidden_layers * 7 + 1;
+    eprintln!(
+        "measuring: {} × {} tokens, {} threads, {calls} hook calls per forward …",
+        shape.batch, shape.seq, shape.threads
+    );
+    let hooks = AdapterHooks { adapters: &adapters };
+    let (plain, hooked) = bench::hook_overhead(&model, &hooks, shape.batch, shape.seq, args.repeats)?;
+    let overhead = 100.0 * (hooked / plain - 1.0);
+    if args.json {
+        let report = json!({"plain_seconds": plain, "hooked_seconds": hooked, "overhead_percent": overhead, "hook_calls": calls});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("forward, no method:               {plain:.3} s");
+        println!("forward, no-op hook at all {calls} sites: {hooked:.3} s");
+        println!("ABI overhead:                     {overhead:+.2}% (target < 2%)");
+    }
+    Ok(())
+}
+
+/// The training configurations `bench memory` compares: `full` trains every parameter.
+const MEMORY_CONFIGURATIONS: [&str; 3] = ["full", "bitfit", "lora"];
+
+fn memory(args: MemoryBench) -> anyhow::Result<()> {
+    let shape = args.shape.shape();
+    if let Some(adapter) = &args.child {
+        let adapters: Vec<MethodSpec> = if adapter == "full" { vec![] } else { vec![MethodSpec::named(adapter)] };
+        let peak = bench::memory::training_peak(&shape, &MethodSpec::named("pbft"), &adapters, args.steps)?;
+        println!("{}", bench::memory::child_reply(peak));
+        return Ok(());
+    }
+    let exe = std::env::current_exe().context("locating the ftlab binary")?;
+    let mut peaks = Vec::new();
+    for adapter in MEMORY_CONFIGURATIONS {
+        eprintln!("measuring {adapter} …");
+        let mut child = Command::new(&exe);
+        child.args(["bench", "memory", "--child", adapter, "--steps", &args.steps.to_string()]);
+        child.args(["--batch", &shape.batch.to_string(), "--seq", &shape.seq.to_string()]);
+        child.args(["--threads", &shape.threads.to_string()]);
+        if let Some(config) = &shape.config {
+            child.arg("--config").arg(config);
+        }
+        peaks.push((adapter, bench::memory::in_child(child, adapter)? as f64));
+    }
+    let full = peaks[0].1;
+    println!("| training | peak RSS | × full |");
+    println!("|---|---|---|");
+    for (name, peak) in &peaks {
+        println!("| {name} | {:.2} GB | {:.2} |", peak / 1e9, peak / full);
+    }
+    println!(
+        "(batch {} × {} tokens, {} steps, target: bitfit and lora ≤ 0.50 × full)",
+        shape.batch, shape.seq, args.steps
+    );
+    Ok(())
+}
+
+fn icl(args: IclBench) -> anyhow::Result<()> {
+    let icl = |cache: bool| MethodSpec { name: "icl".into(), config: json!({ "cache_context": cache }) };
+    let times = bench::icl::scoring_times(&args.shape.shape(), &[icl(true), icl(false)], args.shots, args.queries)?;
+    let [cached, reencoded] = times.seconds[..] else { unreachable!("two configurations measured") };
+    println!("{} queries after a {}-shot context of {} tokens:", times.queries, args.shots, times.context_tokens);
+    println!("context keys/values computed once: {cached:.1} s");
+    println!("context re-encoded per query:      {reencoded:.1} s");
+    println!("speed-up: {:.1}× (target ≥ 8×)", reencoded / cached);
+    Ok(())
+}
+
+fn protocol(args: ProtocolBench) -> anyhow::Result<()> {
+    let [ftlab, llmft] = bench::protocol::epoch_seconds(&args.shape.shape(), args.shots, args.epochs)?;
+    println!("pbft, {} examples, {} epochs, batch 16:", args.shots, args.epochs);
+    println!("ftlab (dynamic padding, LM head at the answer): {ftlab:.1} s");
+    println!("llmft protocol (pad to 256, logits everywhere):  {llmft:.1} s");
+    println!("speed-up: {:.1}× (target ≥ 3×)", llmft / ftlab);
+    Ok(())
+}
+
+fn distill(args: DistillBench) -> anyhow::Result<()> {
+    let distill = |options: serde_json::Value| MethodSpec { name: "context_distill".into(), config: options };
+    let train = [MethodSpec::named("pbft"), distill(json!({ "inputs": "labelled", "k": args.k }))];
+    let teacher = |cache: bool| distill(json!({ "resample": false, "k": args.k, "cache_context": cache }));
+    let shape = args.shape.shape();
+    let c =
+        bench::distill::costs(&shape, &train, &[teacher(true), teacher(false)], args.shots, args.epochs, args.inputs)?;
+    let ([pbft, distilled], [kept, reencoded]) = (c.epoch_seconds, c.prepare_seconds);
+    let (_, config) = shape.load()?;
+    println!("OPT shape {} layers × {}, {} threads", config.num_hidden_layers, config.hidden_size, shape.threads);
+    println!("training epoch ({} labelled inputs, batch {}):", args.shots, c.batch_size);
+    println!("  pbft:                               {pbft:.2} s");
+    println!("  context_distill (teacher cached):   {distilled:.2} s");
+    println!("  ratio: {:.2}× (target ≤ 1.2×)", distilled / pbft);
+    println!("teacher precomputation ({} inputs, one {}-shot context):", c.unlabelled, args.k);
+    println!("  context keys/values kept:           {kept:.2} s");
+    println!("  context re-encoded per input:       {reencoded:.2} s");
+    println!("  speed-up: {:.1}× (target ≥ 5×)", reencoded / kept);
+    Ok(())
+}

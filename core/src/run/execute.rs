@@ -1,0 +1,264 @@
+//! A run's phases, in order: load (model, data, methods and the in-context reference), prepare
+//! (the methods' precomputation), train (epochs, each evaluated, logged and checkpointed), export
+//! (adapters as files).
+
+use std::time::Instant;
+
+use ftlab_registry::Registry;
+use ftlab_sdk::{Inputs, Role};
+use sha2::{Digest, Sha256};
+
+use super::data::RunData;
+use super::optim::AdamW;
+use super::record::RunDir;
+use super::train::{self, EpochMetrics, Progress};
+use super::{Headline, MethodProvenance, RunConfig, RunOptions, RunRecord};
+use crate::data::dataset::EvalSet;
+use crate::device::Platform;
+use crate::error::{Error, Result};
+use crate::eval::harness::{self, EvalOptions, EvalReport};
+use crate::eval::PhaseMeter;
+use crate::methods::MethodRun;
+use crate::model::{LoadOptions, Model};
+
+/// The run itself; `Ok(false)` when it stopped early for `epochs_budget`.
+pub(super) fn execute(
+    config: &RunConfig,
+    options: &RunOptions,
+    registry: &Registry,
+    dir: &RunDir,
+    record: &mut RunRecord,
+) -> Result<bool> {
+    let start = Instant::now();
+    let device = config.device.resolve()?;
+    let model = Model::load(&config.model, LoadOptions { device, dtype: config.dtype, weights_format: None })?;
+    record.model = Some(model.origin.clone());
+    record.platform = Some(Platform::of(device)?);
+    let data = RunData::load(config, &model.tokenizer)?;
+    record.data = Some(data.summary.clone());
+    let session = Session { config, dir, model: &model, data: &data };
+    let mut run = session.load_methods(registry, options.resume, record)?;
+    record.timings.load = start.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    config.train.autocast.run(device, || run.prepare(data.prepare_data(&model.tokenizer, device)))?;
+    record.timings.prepare = t.elapsed().as_secs_f64();
+
+    if !session.train(&mut run, options, record)? {
+        return Ok(false);
+    }
+    run.export_adapters(&dir.path)?;
+    record.timings.total += start.elapsed().as_secs_f64();
+    Ok(true)
+}
+
+/// What every phase after loading reads.
+struct Session<'a> {
+    config: &'a RunConfig,
+    dir: &'a RunDir,
+    model: &'a Model,
+    data: &'a RunData,
+}
+
+impl<'a> Session<'a> {
+    /// The objective and adapters, the in-context reference scored first when asked (by default
+    /// for objectives that distil a context into the model), and their provenance.
+    fn load_methods(&self, registry: &Registry, resume: bool, record: &mut RunRecord) -> Result<MethodRun<'a>> {
+        let (config, model, data) = (self.config, self.model, self.data);
+        let run = MethodRun::new(model, registry, &config.method, &config.adapters, data.task_info(), config.seed)?;
+        let distils = run.objective.inputs == Inputs::Unlabelled;
+        if config.eval.icl_reference.unwrap_or(distils) && !resume {
+            record.icl_reference = Some(self.icl_reference(registry)?);
+            // The reference froze the base model for itself; restore this run's choice.
+            run.apply_trainability()?;
+        }
+        record.methods = provenance(config, registry)?;
+        Ok(run)
+    }
+
+    /// In-context learning on the untrained model: `eval.icl_method` with `eval.icl_shots`
+    /// demonstrations as the prepare data's `context`.
+    fn icl_reference(&self, registry: &Registry) -> Result<Headline> {
+        let (config, model, data) = (self.config, self.model, self.data);
+        let mut icl = MethodRun::new(model, registry, &config.eval.icl_method, &[], data.task_info(), config.seed)?;
+        let mut prepare = data.prepare_data(&model.tokenizer, model.device());
+        prepare.json["context"] = data.context_of(config.eval.icl_shots, config.data_seed)?.into();
+        config.train.autocast.run(model.device(), || icl.prepare(prepare))?;
+        Ok(evaluate(&mut icl, data, model, config)?.0)
+    }
+
+    /// Training from the checkpoint (if resuming) or from a zero-shot evaluation as epoch 0,
+    /// then the epochs; `Ok(false)` when the epoch budget ran out first.
+    fn train(&self, run: &mut MethodRun, options: &RunOptions, record: &mut RunRecord) -> Result<bool> {
+        let mut optimizer = AdamW::new(run.trainable(), &self.config.train);
+        record.trainable_parameters = optimizer.num_parameters();
+        let (epochs, total) = self.plan(run, record.trainable_parameters > 0);
+        let resumed = options.resume && self.dir.checkpoint().join("progress.json").is_file();
+        let progress = if resumed { train::load_checkpoint(self.dir, &mut optimizer)? } else { Progress::default() };
+        let mut best = read_best(self.dir)?;
+        if progress.epochs_done == 0 && !options.resume {
+            best = Some((0, self.zero_shot(run, record)?));
+        }
+        let mut ran = 0;
+        for epoch in progress.epochs_done..epochs {
+            if options.epochs_budget.is_some_and(|budget| ran >= budget) {
+                return Ok(false);
+            }
+            self.epoch(run, &mut optimizer, (epoch, epochs, total), record, &mut best)?;
+            ran += 1;
+        }
+        if record.last.is_none() || (options.resume && ran == 0) {
+            record.last = Some(self.evaluate(run, record)?);
+        }
+        record.best = best;
+        Ok(true)
+    }
+
+    /// Epochs and optimizer steps in all (none for a method without trainable parameters);
+    /// both count the rows the objective trains on (labelled or unlabelled).
+    fn plan(&self, run: &MethodRun, trains: bool) -> (usize, usize) {
+        if !trains {
+            return (0, 0);
+        }
+        let train = &self.config.train;
+        let rows = self.data.training_set(run.objective.inputs).0.len();
+        let per_epoch = rows.div_ceil(train.batch_size);
+        (train.max_steps.map_or(train.epochs, |s| s.div_ceil(per_epoch)), train::total_steps(self.config, rows))
+    }
+
+    /// The model before training (zero-shot, or in-context for ICL), logged as epoch 0.
+    fn zero_shot(&self, run: &mut MethodRun, record: &mut RunRecord) -> Result<Headline> {
+        let headline = self.evaluate(run, record)?;
+        self.dir.append_metrics(&EpochMetrics {
+            epoch: 0,
+            step: 0,
+            train_loss: f64::NAN,
+            lr: 0.0,
+            tokens: 0,
+            method_metrics: vec![],
+            eval: Some(serde_json::to_value(&headline).unwrap_or_default()),
+        })?;
+        record.zero_shot = Some(headline.clone());
+        record.last = Some(headline.clone());
+        Ok(headline)
+    }
+
+    /// One epoch (`at` = this epoch, the run's epochs, its optimizer steps): train, evaluate
+    /// when due, log, checkpoint.
+    fn epoch(
+        &self,
+        run: &mut MethodRun,
+        optimizer: &mut AdamW,
+        (epoch, epochs, total): (usize, usize, usize),
+        record: &mut RunRecord,
+        best: &mut Option<(usize, Headline)>,
+    ) -> Result<()> {
+        let config = self.config;
+        let mut meter = PhaseMeter::start(self.model.device());
+        let mut metrics = train::train_epoch(config, run, self.data, &self.model.tokenizer, optimizer, epoch, total)?;
+        meter.add_tokens(metrics.tokens);
+        let used = meter.finish();
+        record.timings.train += used.wall_seconds;
+        record.train_resources = Some(match record.train_resources.take() {
+            Some(before) => before.then(used),
+            None => used,
+        });
+        if config.train.eval_every_epoch || epoch + 1 == epochs {
+            let headline = self.evaluate(run, record)?;
+            if best.as_ref().is_none_or(|(_, b)| headline.acc_in > b.acc_in) {
+                *best = Some((epoch + 1, headline.clone()));
+            }
+            metrics.eval = Some(serde_json::to_value(&headline).unwrap_or_default());
+            record.last = Some(headline);
+        }
+        let acc_in = record.last.as_ref().map(|h| h.acc_in);
+        tracing::info!(epoch = epoch + 1, loss = metrics.train_loss, acc_in, "epoch done");
+        self.dir.append_metrics(&metrics)?;
+        if config.train.checkpoint {
+            train::save_checkpoint(self.dir, optimizer, &Progress { epochs_done: epoch + 1, steps: optimizer.step })?;
+        }
+        Ok(())
+    }
+
+    /// [`evaluate`], its time added to the record's.
+    fn evaluate(&self, run: &mut MethodRun, record: &mut RunRecord) -> Result<Headline> {
+        let (headline, seconds) = evaluate(run, self.data, self.model, self.config)?;
+        record.timings.eval += seconds;
+        Ok(headline)
+    }
+}
+
+/// The best evaluation logged so far in `metrics.jsonl` (for resumed runs).
+fn read_best(dir: &RunDir) -> Result<Option<(usize, Headline)>> {
+    let Ok(text) = std::fs::read_to_string(dir.metrics()) else { return Ok(None) };
+    let mut best: Option<(usize, Headline)> = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(Error::json(dir.metrics()))?;
+        let (Some(epoch), Some(eval)) = (value["epoch"].as_u64(), value.get("eval").filter(|e| !e.is_null())) else {
+            continue;
+        };
+        let headline: Headline = serde_json::from_value(eval.clone()).map_err(Error::json(dir.metrics()))?;
+        if best.as_ref().is_none_or(|(_, b)| headline.acc_in > b.acc_in) {
+            best = Some((epoch as usize, headline));
+        }
+    }
+    Ok(best)
+}
+
+/// Scores every eval set with the objective's `predict`; returns the headline and seconds.
+fn evaluate(run: &mut MethodRun, data: &RunData, model: &Model, config: &RunConfig) -> Result<(Headline, f64)> {
+    run.set_train(false)?;
+    let options = EvalOptions {
+        batch_size: config.eval.batch_size,
+        max_length: config.train.max_length,
+        context: String::new(),
+        device: model.device(),
+        metrics: data.task.metrics.to_vec(),
+    };
+    let mut reports: Vec<EvalReport> = Vec::new();
+    let bar = train::progress_bar(data.eval.len() as u64, "eval");
+    for set in &data.eval {
+        let mut scorer = |b: &crate::data::batch::Batch| {
+            config.train.autocast.run(model.device(), || run.predict(data.method_batch(b, &set.data, false)))
+        };
+        reports.push(harness::evaluate(
+            std::slice::from_ref(set),
+            &data.prompt,
+            &model.tokenizer,
+            &options,
+            &mut scorer,
+        )?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let seconds = reports.iter().map(|r| r.resources.wall_seconds).sum();
+    Ok((headline(&data.eval, reports), seconds))
+}
+
+fn headline(sets: &[EvalSet], reports: Vec<EvalReport>) -> Headline {
+    let accuracy = |r: &EvalReport| r.sets.first().map_or(f64::NAN, |s| s.scores.verbalizer.accuracy);
+    let acc_in = sets.iter().zip(&reports).find(|(s, _)| s.in_domain).map_or(f64::NAN, |(_, r)| accuracy(r));
+    let ood: Vec<f64> = sets.iter().zip(&reports).filter(|(s, _)| !s.in_domain).map(|(_, r)| accuracy(r)).collect();
+    let acc_ood = (!ood.is_empty()).then(|| ood.iter().sum::<f64>() / ood.len() as f64);
+    let sets: Vec<_> = reports.into_iter().flat_map(|r| r.sets).collect();
+    Headline { acc_in, acc_ood, report: serde_json::to_value(sets).unwrap_or_default() }
+}
+
+fn provenance(config: &RunConfig, registry: &Registry) -> Result<Vec<MethodProvenance>> {
+    let roles =
+        std::iter::once((&config.method, Role::Objective)).chain(config.adapters.iter().map(|a| (a, Role::Adapter)));
+    roles
+        .map(|(m, role)| {
+            let d = registry.find(&m.name, role)?;
+            let bytes = std::fs::read(&d.library).map_err(Error::io(&d.library))?;
+            let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+            Ok(MethodProvenance {
+                name: d.name.clone(),
+                role,
+                version: d.version.clone(),
+                library: d.library.clone(),
+                sha256,
+            })
+        })
+        .collect()
+}
