@@ -20,8 +20,9 @@ pub enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// A JSON file (config, index, tokenizer) is malformed or misses a field.
-    #[error("{path}: invalid JSON: {source}")]
+    /// A JSON file (config, index, tokenizer) is malformed or misses a field, or a value could
+    /// not be written as JSON.
+    #[error("{path}: JSON: {source}")]
     Json {
         /// The file.
         path: PathBuf,
@@ -143,6 +144,14 @@ pub enum Error {
         method: String,
         /// What was wrong with the reply.
         message: String,
+    },
+    /// A method's `predict` returned scores of the wrong shape.
+    #[error("scores of shape {found:?}: expected [{rows}, V] (next-token logits) or [{rows}, C] (class scores)")]
+    ScoresShape {
+        /// The shape returned.
+        found: Vec<i64>,
+        /// Rows in the batch.
+        rows: i64,
     },
     /// Training diverged: the loss is not a finite number.
     #[error("the loss became {value} at step {step} (lower train.lr?)")]

@@ -6,7 +6,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{random_model, seconds, Shape};
 use crate::data::batch::{self, Batch, BatchOrder};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{ForwardInput, LogitsAt, Model};
 use crate::run::data::RunData;
 use crate::run::optim::AdamW;
@@ -71,7 +71,7 @@ fn answer_logits(model: &Model, b: &Batch, everywhere: bool) -> Result<Tensor> {
         ..Default::default()
     };
     let out = model.net.forward(input)?;
-    let logits = out.logits.ok_or_else(|| Error::Input("the forward pass returned no logits".into()))?;
+    let logits = out.logits.expect("LogitsAt::All and LastToken return logits");
     if !everywhere {
         return Ok(logits);
     }

@@ -94,7 +94,7 @@ pub fn model_scorer(net: &OptForCausalLM) -> impl FnMut(&Batch) -> Result<Tensor
             ..Default::default()
         };
         let out = tch::no_grad(|| net.forward(input))?;
-        out.logits.ok_or_else(|| Error::Input("the forward pass returned no logits".into()))
+        Ok(out.logits.expect("LogitsAt::LastToken returns logits"))
     }
 }
 
@@ -188,10 +188,7 @@ fn predict(
         let logits = scorer(&batch)?;
         let rows_in_batch = batch.positions.len() as i64;
         if logits.dim() != 2 || logits.size()[0] != rows_in_batch {
-            return Err(Error::Input(format!(
-                "a scorer returned logits {:?}, expected [{rows_in_batch}, V] or [{rows_in_batch}, C]",
-                logits.size()
-            )));
+            return Err(Error::ScoresShape { found: logits.size(), rows: rows_in_batch });
         }
         // Class scores (one column per label word) or next-token logits over the vocabulary.
         let class_scores = logits.size()[1] == prompt.word_ids.len() as i64;

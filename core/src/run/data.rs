@@ -58,11 +58,16 @@ pub struct DataSummary {
 }
 
 impl RunData {
-    /// Loads and samples the data of `config` for `tokenizer`.
+    /// Loads and samples the data of `config` for `tokenizer`, from the user's HF cache.
     pub fn load(config: &RunConfig, tokenizer: &Tokenizer) -> Result<Self> {
+        Self::load_from(config, tokenizer, &DataOptions::from_env())
+    }
+
+    /// Like [`RunData::load`], with where the task's rows come from given (a hub cache, the
+    /// synthetic task's sizes).
+    pub fn load_from(config: &RunConfig, tokenizer: &Tokenizer, options: &DataOptions) -> Result<Self> {
         let task = task::find(&config.task)?;
-        let options = DataOptions::from_env();
-        let pool = task.train_pool(&options)?;
+        let pool = task.train_pool(options)?;
         let positions = sampling::few_shot_positions(pool.len(), config.shots, config.data_seed)?;
         let train = pool.select(format!("{}-k{}", task.name, config.shots), &positions);
         let prompt = Prompt::new(task.prompt, task.label_names.len(), &config.prompt, tokenizer)?;
@@ -76,7 +81,7 @@ impl RunData {
             .map(|demos| prompt.context(demos.iter().map(|&p| &pool.examples[p])))
             .map_err(|e| e.to_string());
         let ood: Option<Vec<&str>> = config.eval.ood.as_ref().map(|v| v.iter().map(String::as_str).collect());
-        let mut eval = task.eval_sets(&options, ood.as_deref())?;
+        let mut eval = task.eval_sets(options, ood.as_deref())?;
         if let Some(max) = config.eval.max_examples {
             for set in &mut eval {
                 limit(set, max);

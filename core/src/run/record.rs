@@ -45,15 +45,14 @@ impl RunDir {
 
     /// Writes `value` as pretty JSON to `path` atomically.
     pub fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<()> {
-        let text = serde_json::to_string_pretty(value)
-            .map_err(|e| Error::Input(format!("serialising {}: {e}", path.display())))?;
+        let text = serde_json::to_string_pretty(value).map_err(Error::json(path))?;
         write_atomically(path, text.as_bytes())
     }
 
     /// Appends one JSON line to `metrics.jsonl` (whole lines only: one `write` per line).
     pub fn append_metrics(&self, value: &impl Serialize) -> Result<()> {
         let path = self.metrics();
-        let mut line = serde_json::to_string(value).map_err(|e| Error::Input(format!("serialising metrics: {e}")))?;
+        let mut line = serde_json::to_string(value).map_err(Error::json(&path))?;
         line.push('\n');
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(Error::io(&path))?;
         file.write_all(line.as_bytes()).map_err(Error::io(&path))
