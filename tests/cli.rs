@@ -238,3 +238,52 @@ fn usage_errors_exit_2_and_help_explains() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && help.contains("--dtype") && help.contains("safetensors"), "{help}");
 }
+
+/// Output that cannot be written (a full disk) is an error with the reason, not a panic; a
+/// reader that goes away early (`| head`) ends the command quietly.
+#[test]
+fn unwritable_output_is_an_error_and_a_closed_pipe_ends_quietly() {
+    if Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ftlab")).args(["data", "list"]).stdout(full).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("writing to standard output") && !stderr.contains("panicked"), "{stderr}");
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(["data", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let out = child.wait_with_output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// An error is said once: the library's messages already name their cause.
+#[test]
+fn errors_are_printed_once() {
+    let stderr = fails(&["run", "--config", "/no/such/experiment.toml"]);
+    assert_eq!(stderr.matches("no such experiment file").count(), 1, "{stderr}");
+    let stderr = fails(&["model", "info", "/no/such/model"]);
+    assert_eq!(stderr.matches("no such folder").count(), 1, "{stderr}");
+}
+
+/// `FTLAB_` variables that name no setting (`FTLAB_HOME`) are not configuration.
+#[test]
+fn stray_ftlab_variables_are_not_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = dir.path().join("grid.toml");
+    std::fs::write(&grid, "[grid]\nshots = [4, 8]\n").unwrap();
+    let dry_run = |vars: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ftlab"));
+        command.args(["sweep", grid.to_str().unwrap(), "--dry-run", "--json"]).envs(vars.iter().copied());
+        command.output().unwrap()
+    };
+    let out = dry_run(&[("FTLAB_HOME", "/x")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = dry_run(&[("FTLAB_TRAIN__LRR", "1")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && stderr.contains("FTLAB_TRAIN__LRR"), "{stderr}");
+}

@@ -225,9 +225,15 @@ fn a_failed_cell_is_listed_flagged_in_tables_and_rerun() {
     assert_eq!(state("pbft_synthetic-nli_tiny-opt_k8_d0_s0"), "completed");
     assert_eq!(cells.iter().filter(|c| c["will_run"] == true).count(), 1);
 
-    // A record that does not parse is an error naming it, never a silently shorter table.
-    std::fs::write(out.join(bad).join("record.json"), "{ not json").unwrap();
-    let broken = ftlab(&["results", "table", out.to_str().unwrap()]);
-    assert_eq!(broken.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&broken.stderr).contains(&format!("{bad}/record.json")));
+    // A record cut short (a full disk) is named and counted, and the rest still tabulates; the
+    // sweep reruns its cell.
+    std::fs::write(out.join(bad).join("record.json"), "{ \"name\": \"cut").unwrap();
+    let broken = ftlab(&["results", "table", out.to_str().unwrap(), "--rows", "adapter"]);
+    let markdown = ok(&broken);
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(stderr.contains(&format!("{bad}/record.json")) && stderr.contains("line 1"), "{stderr}");
+    assert!(markdown.contains("| full |") && markdown.contains("1 unreadable record(s)"), "{markdown}");
+    let cells = dry_run(&file);
+    let state = |name: &str| cells.iter().find(|c| c["name"] == name).unwrap()["state"].clone();
+    assert_eq!(state(bad), "failed");
 }

@@ -135,16 +135,34 @@ fn the_icl_reference_uses_the_configured_objective() {
     assert!(result.status.code() == Some(1) && stderr.contains("no_such_icl"), "{stderr}");
 }
 
-/// Stopping after each epoch and resuming gives exactly the uninterrupted run.
+/// Stopping after each epoch and resuming gives exactly the uninterrupted run — also when a
+/// kill left an epoch's metrics line without its checkpoint and a torn line after it, and when
+/// a failed record stands in the folder — and the record covers every segment. Settings that
+/// shape training cannot change on resume.
 #[test]
 fn an_interrupted_run_resumed_equals_an_uninterrupted_one() {
     let (whole, parts) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     assert!(quick(whole.path(), &[]).status.success());
     let first = quick(parts.path(), &["--epochs-budget", "1"]);
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert!(!parts.path().join(RUN).join("record.json").exists(), "a paused run has no final record");
+    let run = parts.path().join(RUN);
+    assert!(!run.join("record.json").exists(), "a paused run has no final record");
+
+    let changed = quick(parts.path(), &["--resume", "--set", "train.lr=2e-3", "--set", "eval.max_examples=40"]);
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(changed.status.code() == Some(1) && stderr.contains("changed settings (train.lr)"), "{stderr}");
+
+    // A kill between epoch 2's metrics line and its checkpoint, then a write cut short.
+    let mut lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    lines.push_str(&lines.lines().last().unwrap().replace("\"epoch\":1", "\"epoch\":2"));
+    lines.push_str("\n{\"epoch\":3,\"step\"");
+    std::fs::write(run.join("metrics.jsonl"), lines).unwrap();
     let next = quick(parts.path(), &["--resume", "--epochs-budget", "1"]);
     assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
+
+    // A run that failed after its checkpoint (e.g. a full disk) resumes too.
+    let failed = serde_json::json!({"status": "failed"});
+    std::fs::write(run.join("record.json"), failed.to_string()).unwrap();
     let done = quick(parts.path(), &["--resume"]);
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     let strip = |lines: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
@@ -156,10 +174,39 @@ fn an_interrupted_run_resumed_equals_an_uninterrupted_one() {
             })
             .collect()
     };
-    assert_eq!(strip(metrics_lines(&whole.path().join(RUN))), strip(metrics_lines(&parts.path().join(RUN))));
-    let (a, b) = (json(&whole.path().join(RUN).join("record.json")), json(&parts.path().join(RUN).join("record.json")));
+    assert_eq!(strip(metrics_lines(&whole.path().join(RUN))), strip(metrics_lines(&run)));
+    let (a, b) = (json(&whole.path().join(RUN).join("record.json")), json(&run.join("record.json")));
     assert_eq!(a["last"]["acc_in"], b["last"]["acc_in"]);
     assert_eq!(a["best"][0], b["best"][0]);
+    assert_eq!(a["zero_shot"]["acc_in"], b["zero_shot"]["acc_in"], "the zero-shot result survives resuming");
+    let tokens = |r: &serde_json::Value| r["train_resources"]["tokens"].as_u64().unwrap();
+    assert_eq!(tokens(&a), tokens(&b), "the record counts the tokens of every segment");
+    let (train_a, train_b) = (a["timings"]["train"].as_f64().unwrap(), b["timings"]["train"].as_f64().unwrap());
+    assert!(train_b > 0.5 * train_a, "training time of every segment: {train_b} vs uninterrupted {train_a}");
+
+    // --force over a finished run with other settings keeps the old one beside it.
+    let again = quick(parts.path(), &["--force", "--set", "train.epochs=1"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let aside = parts.path().join(format!("{RUN}.1"));
+    assert_eq!(json(&aside.join("record.json"))["config"]["train"]["epochs"], 3);
+    assert_eq!(json(&run.join("record.json"))["config"]["train"]["epochs"], 1);
+}
+
+/// Bad values fail before anything runs, and a run whose scores become NaN fails naming the
+/// eval set and the step instead of recording chance accuracy.
+#[test]
+fn empty_runs_are_refused_and_a_diverged_model_fails() {
+    let out = tempfile::tempdir().unwrap();
+    for (setting, key) in [("train.epochs=0", "train.epochs"), ("eval.max_examples=0", "eval.max_examples")] {
+        let result = quick(out.path(), &["--set", setting]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(result.status.code() == Some(1) && stderr.contains(key), "{setting}: {stderr}");
+    }
+    let diverged = quick(out.path(), &["--set", "train.lr=1e10", "--set", "train.max_steps=1"]);
+    let stderr = String::from_utf8_lossy(&diverged.stderr);
+    assert!(diverged.status.code() == Some(1) && stderr.contains("NaN or infinity after 1 optimizer step"), "{stderr}");
+    let record = json(&out.path().join(RUN).join("record.json"));
+    assert_eq!(record["status"], "failed");
 }
 
 #[test]

@@ -161,6 +161,18 @@ pub enum Error {
         /// The optimizer step it happened at (1-based).
         step: usize,
     },
+    /// Evaluation produced NaN or infinite scores: the model (or a method) diverged.
+    #[error("eval set `{set}`: {rows} row(s) scored NaN or infinity after {step} optimizer step(s){}", parameter.as_ref().map(|p| format!("; `{p}` holds non-finite values")).unwrap_or_default())]
+    NonFiniteScores {
+        /// The eval set.
+        set: String,
+        /// Rows with non-finite scores.
+        rows: usize,
+        /// Optimizer steps taken.
+        step: usize,
+        /// The first parameter (base or trainable) with non-finite values, if any.
+        parameter: Option<String>,
+    },
     /// The optimizer could not update the parameters (libtorch's fused AdamW failed).
     #[error("AdamW step {step}: {message}")]
     Optimizer {

@@ -200,21 +200,24 @@ fn model(args: ModelBench) -> anyhow::Result<()> {
         reference,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_model(&report);
+        print_model(&report)?;
     }
     Ok(())
 }
 
-fn print_model(r: &ModelReport) {
-    println!(
+fn print_model(r: &ModelReport) -> anyhow::Result<()> {
+    outln!(
         "OPT shape, batch {} × {} tokens, fp32, {} threads; matmul 2048×768×3072: {:.1} GFLOP/s",
-        r.batch, r.seq, r.threads, r.matmul_gflops
+        r.batch,
+        r.seq,
+        r.threads,
+        r.matmul_gflops
     );
-    println!();
-    println!("| step | ftlab tok/s | transformers tok/s | ftlab / transformers | ftlab GFLOP/s | % of matmul rate |");
-    println!("|---|---|---|---|---|---|");
+    outln!();
+    outln!("| step | ftlab tok/s | transformers tok/s | ftlab / transformers | ftlab GFLOP/s | % of matmul rate |");
+    outln!("|---|---|---|---|---|---|");
     for (name, ours, theirs) in [
         ("forward", r.forward, r.reference.as_ref().map(|x| x.forward_tokens_per_s)),
         ("train step", r.train_step, r.reference.as_ref().map(|x| x.train_tokens_per_s)),
@@ -223,7 +226,7 @@ fn print_model(r: &ModelReport) {
             Some(t) => (format!("{t:.1}"), format!("{:.3}", ours.tokens_per_s / t)),
             None => ("-".into(), "-".into()),
         };
-        println!(
+        outln!(
             "| {name} | {:.1} | {theirs_text} | {ratio} | {:.1} | {:.0}% |",
             ours.tokens_per_s,
             ours.gflops,
@@ -231,9 +234,10 @@ fn print_model(r: &ModelReport) {
         );
     }
     if let Some(x) = &r.reference {
-        println!();
-        println!("reference: transformers {}, torch {}, attention {}", x.transformers, x.torch, x.attention);
+        outln!();
+        outln!("reference: transformers {}, torch {}, attention {}", x.transformers, x.torch, x.attention);
     }
+    Ok(())
 }
 
 fn hooks(args: HooksBench) -> anyhow::Result<()> {
@@ -255,11 +259,11 @@ fn hooks(args: HooksBench) -> anyhow::Result<()> {
     let overhead = 100.0 * (hooked / plain - 1.0);
     if args.json {
         let report = json!({"plain_seconds": plain, "hooked_seconds": hooked, "overhead_percent": overhead, "hook_calls": calls});
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("forward, no method:               {plain:.3} s");
-        println!("forward, no-op hook at all {calls} sites: {hooked:.3} s");
-        println!("ABI overhead:                     {overhead:+.2}% (target < 2%)");
+        outln!("forward, no method:               {plain:.3} s");
+        outln!("forward, no-op hook at all {calls} sites: {hooked:.3} s");
+        outln!("ABI overhead:                     {overhead:+.2}% (target < 2%)");
     }
     Ok(())
 }
@@ -272,7 +276,7 @@ fn memory(args: MemoryBench) -> anyhow::Result<()> {
     if let Some(adapter) = &args.child {
         let adapters: Vec<MethodSpec> = if adapter == "full" { vec![] } else { vec![MethodSpec::named(adapter)] };
         let peak = bench::memory::training_peak(&shape, &MethodSpec::named("pbft"), &adapters, args.steps)?;
-        println!("{}", bench::memory::child_reply(peak));
+        outln!("{}", bench::memory::child_reply(peak));
         return Ok(());
     }
     let exe = std::env::current_exe().context("locating the ftlab binary")?;
@@ -289,14 +293,16 @@ fn memory(args: MemoryBench) -> anyhow::Result<()> {
         peaks.push((adapter, bench::memory::in_child(child, adapter)? as f64));
     }
     let full = peaks[0].1;
-    println!("| training | peak RSS | × full |");
-    println!("|---|---|---|");
+    outln!("| training | peak RSS | × full |");
+    outln!("|---|---|---|");
     for (name, peak) in &peaks {
-        println!("| {name} | {:.2} GB | {:.2} |", peak / 1e9, peak / full);
+        outln!("| {name} | {:.2} GB | {:.2} |", peak / 1e9, peak / full);
     }
-    println!(
+    outln!(
         "(batch {} × {} tokens, {} steps, target: bitfit and lora ≤ 0.50 × full)",
-        shape.batch, shape.seq, args.steps
+        shape.batch,
+        shape.seq,
+        args.steps
     );
     Ok(())
 }
@@ -305,19 +311,19 @@ fn icl(args: IclBench) -> anyhow::Result<()> {
     let icl = |cache: bool| MethodSpec { name: "icl".into(), config: json!({ "cache_context": cache }) };
     let times = bench::icl::scoring_times(&args.shape.shape(), &[icl(true), icl(false)], args.shots, args.queries)?;
     let [cached, reencoded] = times.seconds[..] else { unreachable!("two configurations measured") };
-    println!("{} queries after a {}-shot context of {} tokens:", times.queries, args.shots, times.context_tokens);
-    println!("context keys/values computed once: {cached:.1} s");
-    println!("context re-encoded per query:      {reencoded:.1} s");
-    println!("speed-up: {:.1}× (target ≥ 8×)", reencoded / cached);
+    outln!("{} queries after a {}-shot context of {} tokens:", times.queries, args.shots, times.context_tokens);
+    outln!("context keys/values computed once: {cached:.1} s");
+    outln!("context re-encoded per query:      {reencoded:.1} s");
+    outln!("speed-up: {:.1}× (target ≥ 8×)", reencoded / cached);
     Ok(())
 }
 
 fn protocol(args: ProtocolBench) -> anyhow::Result<()> {
     let [ftlab, llmft] = bench::protocol::epoch_seconds(&args.shape.shape(), args.shots, args.epochs)?;
-    println!("pbft, {} examples, {} epochs, batch 16:", args.shots, args.epochs);
-    println!("ftlab (dynamic padding, LM head at the answer): {ftlab:.1} s");
-    println!("llmft protocol (pad to 256, logits everywhere):  {llmft:.1} s");
-    println!("speed-up: {:.1}× (target ≥ 3×)", llmft / ftlab);
+    outln!("pbft, {} examples, {} epochs, batch 16:", args.shots, args.epochs);
+    outln!("ftlab (dynamic padding, LM head at the answer): {ftlab:.1} s");
+    outln!("llmft protocol (pad to 256, logits everywhere):  {llmft:.1} s");
+    outln!("speed-up: {:.1}× (target ≥ 3×)", llmft / ftlab);
     Ok(())
 }
 
@@ -330,14 +336,14 @@ fn distill(args: DistillBench) -> anyhow::Result<()> {
         bench::distill::costs(&shape, &train, &[teacher(true), teacher(false)], args.shots, args.epochs, args.inputs)?;
     let ([pbft, distilled], [kept, reencoded]) = (c.epoch_seconds, c.prepare_seconds);
     let (_, config) = shape.load()?;
-    println!("OPT shape {} layers × {}, {} threads", config.num_hidden_layers, config.hidden_size, shape.threads);
-    println!("training epoch ({} labelled inputs, batch {}):", args.shots, c.batch_size);
-    println!("  pbft:                               {pbft:.2} s");
-    println!("  context_distill (teacher cached):   {distilled:.2} s");
-    println!("  ratio: {:.2}× (target ≤ 1.2×)", distilled / pbft);
-    println!("teacher precomputation ({} inputs, one {}-shot context):", c.unlabelled, args.k);
-    println!("  context keys/values kept:           {kept:.2} s");
-    println!("  context re-encoded per input:       {reencoded:.2} s");
-    println!("  speed-up: {:.1}× (target ≥ 5×)", reencoded / kept);
+    outln!("OPT shape {} layers × {}, {} threads", config.num_hidden_layers, config.hidden_size, shape.threads);
+    outln!("training epoch ({} labelled inputs, batch {}):", args.shots, c.batch_size);
+    outln!("  pbft:                               {pbft:.2} s");
+    outln!("  context_distill (teacher cached):   {distilled:.2} s");
+    outln!("  ratio: {:.2}× (target ≤ 1.2×)", distilled / pbft);
+    outln!("teacher precomputation ({} inputs, one {}-shot context):", c.unlabelled, args.k);
+    outln!("  context keys/values kept:           {kept:.2} s");
+    outln!("  context re-encoded per input:       {reencoded:.2} s");
+    outln!("  speed-up: {:.1}× (target ≥ 5×)", reencoded / kept);
     Ok(())
 }

@@ -1,25 +1,51 @@
 //! A run's settings layered at the edge: `defaults.toml` ← the experiment file ← `FTLAB_*`
 //! environment (`FTLAB_TRAIN__LR=1e-4`) ← flags and `--set key=value`, extracted into one
 //! [`RunConfig`] and validated before the core sees it. Sweeps layer each grid cell the same way.
+//!
+//! Every layer is named by where it came from (the file, `FTLAB_TRAIN__LR`, `--set train.lr=…`,
+//! `--shots`), so an error points at what the user wrote.
 
 use std::path::Path;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
 use ftlab_core::run::RunConfig;
 use ftlab_core::{Error, Result};
 
 /// The methods a bare `ftlab run` uses; the library's defaults name none.
 const DEFAULTS: &str = include_str!("defaults.toml");
 
-/// Environment variables that share the `FTLAB_` prefix but are not run settings.
-const NOT_SETTINGS: [&str; 2] = ["LOG", "PLUGIN_PATH"];
+/// One setting by its dotted key (`train.lr`), with where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    /// The dotted key.
+    pub key: String,
+    /// The value, as TOML.
+    pub value: toml::Value,
+    /// The flag, variable or file that gave it, as the user wrote it.
+    pub origin: String,
+}
 
-/// A setting by its dotted key (`train.lr`) and value, as flags and `--set` give them.
-pub type Override = (String, toml::Value);
+impl Setting {
+    /// A setting from a flag such as `--shots`.
+    pub fn flag(flag: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        Self { key: key.into(), value: value.into(), origin: flag.into() }
+    }
+}
+
+impl Provider for Setting {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.origin.clone())
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Serialized::global(&self.key, &self.value).data()
+    }
+}
 
 /// Layers the defaults ← `file` ← environment ← `overrides`, then validates.
-pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<RunConfig> {
+pub fn load(file: Option<&Path>, overrides: &[Setting]) -> Result<RunConfig> {
     let mut figment = defaults();
     if let Some(path) = file {
         if !path.is_file() {
@@ -32,9 +58,14 @@ pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<RunConfig> {
 }
 
 /// Like [`load`], with the experiment file's settings given as TOML text (a grid's settings
-/// without its `[grid]` table); the layering of every grid cell.
-pub fn resolve(text: &str, overrides: &[Override]) -> Result<RunConfig> {
-    finish(defaults().merge(Toml::string(text)), overrides)
+/// without its `[grid]` table) and dotted-key layers over them; the layering of every grid cell.
+pub fn resolve(text: &str, layers: &[(String, toml::Value)]) -> Result<RunConfig> {
+    let origin = |key: &str| format!("the grid cell's `{key}`");
+    let layers: Vec<Setting> = layers
+        .iter()
+        .map(|(key, value)| Setting { key: key.clone(), value: value.clone(), origin: origin(key) })
+        .collect();
+    finish(defaults().merge(Toml::string(text)), &layers)
 }
 
 fn defaults() -> Figment {
@@ -42,19 +73,40 @@ fn defaults() -> Figment {
 }
 
 /// The layers after the file: environment, then overrides; then extraction and validation.
-fn finish(mut figment: Figment, overrides: &[Override]) -> Result<RunConfig> {
-    figment = figment.merge(Env::prefixed("FTLAB_").ignore(&NOT_SETTINGS).split("__"));
-    for (key, value) in overrides {
-        figment = figment.merge(Serialized::global(key.as_str(), value));
+fn finish(mut figment: Figment, overrides: &[Setting]) -> Result<RunConfig> {
+    for setting in env_settings(std::env::vars()).iter().chain(overrides) {
+        figment = figment.merge(setting.clone());
     }
     let config: RunConfig = figment.extract().map_err(|e| Error::RunConfig(e.to_string()))?;
     config.validate()?;
     Ok(config)
 }
 
+/// The `FTLAB_*` variables that name a setting: `FTLAB_<KEY>` or `FTLAB_<SECTION>__<KEY>` where
+/// the first part is a run setting (`FTLAB_SHOTS`, `FTLAB_TRAIN__LR` → `train.lr`). Other
+/// `FTLAB_` variables (`FTLAB_LOG`, `FTLAB_PLUGIN_PATH`, a stray `FTLAB_HOME`) are not settings
+/// and are skipped; a wrong key inside a section (`FTLAB_TRAIN__LRR`) is an error naming it.
+fn env_settings(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Setting> {
+    let sections = match toml::Value::try_from(RunConfig::default()) {
+        Ok(toml::Value::Table(table)) => table.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    let mut settings = Vec::new();
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix("FTLAB_") else { continue };
+        let key = rest.to_lowercase().replace("__", ".");
+        if !sections.iter().any(|s| key.split('.').next() == Some(s.as_str())) {
+            tracing::debug!("{name} is not a run setting: skipped");
+            continue;
+        }
+        settings.push(Setting { key, value: toml_or_string(&value), origin: name });
+    }
+    settings
+}
+
 /// Parses `key=value` (`--set train.lr=1e-4`); the value is read as TOML (numbers, booleans,
 /// arrays, inline tables) and as a plain string otherwise.
-pub fn parse_set(assignment: &str) -> Result<Override> {
+pub fn parse_set(assignment: &str) -> Result<Setting> {
     let (key, value) = assignment
         .split_once('=')
         .ok_or_else(|| Error::RunConfig(format!("`--set {assignment}`: expected key=value, e.g. train.lr=1e-4")))?;
@@ -62,8 +114,13 @@ pub fn parse_set(assignment: &str) -> Result<Override> {
     if key.is_empty() {
         return Err(Error::RunConfig(format!("`--set {assignment}`: empty key")));
     }
+    Ok(Setting { key: key.into(), value: toml_or_string(value), origin: format!("--set {assignment}") })
+}
+
+/// `value` read as a TOML value, else as a plain string.
+fn toml_or_string(value: &str) -> toml::Value {
     let parsed = format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
-    Ok((key.to_string(), parsed.unwrap_or_else(|| toml::Value::String(value.to_string()))))
+    parsed.unwrap_or_else(|| toml::Value::String(value.to_string()))
 }
 
 #[cfg(test)]
@@ -106,6 +163,24 @@ mod tests {
         assert_eq!((c.method.name.as_str(), c.eval.icl_method.name.as_str()), ("pbft", "icl"));
         let c = load(None, &[parse_set("method.config.k=4").unwrap()]).unwrap();
         assert_eq!((c.method.name.as_str(), &c.method.config), ("pbft", &serde_json::json!({"k": 4})));
+    }
+
+    #[test]
+    fn environment_variables_that_name_no_setting_are_skipped() {
+        let vars = [("FTLAB_HOME", "/x"), ("FTLAB_LOG", "debug"), ("FTLAB_TRAIN__LR", "1e-4"), ("FTLAB_SHOTS", "4")];
+        let settings = env_settings(vars.map(|(k, v)| (k.to_string(), v.to_string())));
+        let keys: Vec<&str> = settings.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["train.lr", "shots"]);
+        assert_eq!(settings[0].value, toml::Value::Float(1e-4));
+        assert_eq!(settings[0].origin, "FTLAB_TRAIN__LR");
+    }
+
+    #[test]
+    fn errors_name_the_flag_or_variable_that_set_the_value() {
+        let err = load(None, &[parse_set("train.epochs=-1").unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("--set train.epochs=-1") && !err.contains(".rs:"), "{err}");
+        let err = load(None, &[Setting::flag("--shots", "shots", "many")]).unwrap_err().to_string();
+        assert!(err.contains("--shots"), "{err}");
     }
 
     #[test]

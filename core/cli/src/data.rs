@@ -172,13 +172,13 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<16} {:<10} {:<22} {:<16} about", "task", "role", "eval split", "out of domain");
+    outln!("{:<16} {:<10} {:<22} {:<16} about", "task", "role", "eval split", "out of domain");
     for row in rows {
         let role = if row.train_split.is_some() { "train+eval" } else { "eval only" };
-        println!("{:<16} {:<10} {:<22} {:<16} {}", row.name, role, row.eval_split, row.ood.join(","), row.about);
+        outln!("{:<16} {:<10} {:<22} {:<16} {}", row.name, role, row.eval_split, row.ood.join(","), row.about);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -270,16 +270,16 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         eval_subsets,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("task {} (tokens: {} tokenizer, {} pattern)", report.task, report.tokenizer, report.style);
-    println!("{:<24} {:>8}  {:<44} tokens p50/p90/p95/p99/max", "split", "rows", "labels");
+    outln!("task {} (tokens: {} tokenizer, {} pattern)", report.task, report.tokenizer, report.style);
+    outln!("{:<24} {:>8}  {:<44} tokens p50/p90/p95/p99/max", "split", "rows", "labels");
     for s in &report.splits {
         let labels: Vec<String> =
             s.labels.iter().map(|l| format!("{} {} ({:.1}%)", l.label, l.count, 100.0 * l.fraction)).collect();
         let t = &s.tokens;
-        println!(
+        outln!(
             "{:<24} {:>8}  {:<44} {}/{}/{}/{}/{}",
             s.split,
             s.rows,
@@ -291,9 +291,9 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             t.max
         );
     }
-    println!("eval subsets of {}:", task.eval_split);
+    outln!("eval subsets of {}:", task.eval_split);
     for (name, rows) in &report.eval_subsets {
-        println!("  {name:<48} {rows:>8}");
+        outln!("  {name:<48} {rows:>8}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -364,31 +364,37 @@ fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
         icl_note,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    print_sample(&report);
+    print_sample(&report)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_sample(report: &SampleReport) {
-    println!(
+fn print_sample(report: &SampleReport) -> anyhow::Result<()> {
+    outln!(
         "{} k={} data_seed={}: pool {} ({} rows), {} pattern",
-        report.task, report.k, report.data_seed, report.pool, report.pool_size, report.style
+        report.task,
+        report.k,
+        report.data_seed,
+        report.pool,
+        report.pool_size,
+        report.style
     );
-    println!(
+    outln!(
         "training set (np.random.choice order): positions {:?}",
         report.train.iter().map(|r| r.position).collect::<Vec<_>>()
     );
     for row in &report.train {
-        println!("--- position {} (id {}, {}):\n{}{}", row.position, row.id, row.label, row.query, row.label_word);
+        outln!("--- position {} (id {}, {}):\n{}{}", row.position, row.id, row.label, row.query, row.label_word);
     }
     match (&report.icl_positions, &report.icl_context, &report.icl_note) {
         (Some(positions), Some(context), _) => {
-            println!("\nin-context demonstrations (balanced, shuffled): positions {positions:?}");
-            println!("--- context:\n{context}");
+            outln!("\nin-context demonstrations (balanced, shuffled): positions {positions:?}");
+            outln!("--- context:\n{context}");
         }
-        (_, _, Some(note)) => println!("\nno in-context sample: {note}"),
+        (_, _, Some(note)) => outln!("\nno in-context sample: {note}"),
         _ => {}
     }
+    Ok(())
 }

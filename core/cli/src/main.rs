@@ -2,6 +2,23 @@
 //! parses, layers the configuration (`config`), dispatches and reports; the work happens in the
 //! `ftlab_core` library.
 
+/// `print!` that returns a failed write (a full disk, a closed pipe) as an error instead of
+/// panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*).map_err(crate::StdoutError)?
+    }};
+}
+
+/// `println!` that returns a failed write as an error instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(crate::StdoutError)?
+    }};
+}
+
 mod bench;
 mod config;
 mod data;
@@ -26,11 +43,39 @@ fn main() -> ExitCode {
     init_logging(args.verbose);
     match run(args) {
         Ok(code) => code,
+        // The reader went away (`| head` where SIGPIPE is ignored): nothing is wrong.
+        Err(e) if e.downcast_ref::<StdoutError>().is_some_and(|s| s.0.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writing to standard output failed.
+#[derive(Debug)]
+struct StdoutError(std::io::Error);
+
+impl std::fmt::Display for StdoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "writing to standard output: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutError {}
+
+/// The error and its causes, each cause only where the message does not already say it (the
+/// library's errors print their source themselves).
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1).map(|c| c.to_string()) {
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 /// ftlab — efficient supervised fine-tuning of LLMs as an alternative to in-context learning.

@@ -123,27 +123,27 @@ fn info(spec: &str, json: bool) -> anyhow::Result<ExitCode> {
     let weight_bytes = Dtype::ALL.iter().map(|d| (d.to_string(), n * d.bytes() as i64)).collect();
     let info = Info { model: spec.into(), layout, num_parameters: n, weight_bytes, config };
     if json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(ExitCode::SUCCESS);
     }
     let c = &info.config;
-    println!("model                {}", info.model);
-    println!("layout               {}", info.layout);
-    println!("parameters           {} ({:.1}M, LM head tied)", n, n as f64 / 1e6);
+    outln!("model                {}", info.model);
+    outln!("layout               {}", info.layout);
+    outln!("parameters           {} ({:.1}M, LM head tied)", n, n as f64 / 1e6);
     for dtype in Dtype::ALL {
-        println!("weights in {:<9} {}", dtype.to_string(), human_bytes(info.weight_bytes[&dtype.to_string()]));
+        outln!("weights in {:<9} {}", dtype.to_string(), human_bytes(info.weight_bytes[&dtype.to_string()]));
     }
-    println!(
+    outln!(
         "layers × hidden      {} × {} ({} heads of {})",
         c.num_hidden_layers,
         c.hidden_size,
         c.num_attention_heads,
         c.head_dim()
     );
-    println!("ffn_dim              {}", c.ffn_dim);
-    println!("word_embed_proj_dim  {}", c.word_embed_proj_dim);
-    println!("vocab_size           {}", c.vocab_size);
-    println!("max positions        {}", c.max_position_embeddings);
+    outln!("ffn_dim              {}", c.ffn_dim);
+    outln!("word_embed_proj_dim  {}", c.word_embed_proj_dim);
+    outln!("vocab_size           {}", c.vocab_size);
+    outln!("max positions        {}", c.max_position_embeddings);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -98,10 +98,10 @@ fn rows(registry: &Registry) -> Vec<Row> {
 fn list(json: bool) -> anyhow::Result<ExitCode> {
     let rows = rows(&Registry::discover());
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<20} {:<10} {:<8} {:<8} library", "name", "role", "version", "status");
+    outln!("{:<20} {:<10} {:<8} {:<8} library", "name", "role", "version", "status");
     for r in &rows {
         let role = r.role.map(role_name).unwrap_or("-");
         let (status, reason) = match r.status.strip_prefix("refused: ") {
@@ -110,7 +110,7 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
         };
         let name = r.name.as_deref().unwrap_or("-");
         let version = r.version.as_deref().unwrap_or("-");
-        println!("{name:<20} {role:<10} {version:<8} {status:<8} {}{reason}", r.library.display());
+        outln!("{name:<20} {role:<10} {version:<8} {status:<8} {}{reason}", r.library.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -129,15 +129,15 @@ fn info(name: &str, json: bool) -> anyhow::Result<ExitCode> {
         bail!("no method `{name}`; available: {}", known.join(", "));
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(method)?);
+        outln!("{}", serde_json::to_string_pretty(method)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} ({}, version {})", method.name, role_name(method.role), method.version);
-    println!("library: {}", method.library.display());
-    println!();
-    println!("{}", method.description);
-    println!();
-    println!("hyperparameters:");
+    outln!("{} ({}, version {})", method.name, role_name(method.role), method.version);
+    outln!("library: {}", method.library.display());
+    outln!();
+    outln!("{}", method.description);
+    outln!();
+    outln!("hyperparameters:");
     let properties = method.config_schema.get("properties").and_then(|p| p.as_object());
     match properties {
         Some(props) if !props.is_empty() => {
@@ -145,10 +145,10 @@ fn info(name: &str, json: bool) -> anyhow::Result<ExitCode> {
                 let ty = schema.get("type").map(|t| t.to_string().replace('"', "")).unwrap_or_else(|| "any".into());
                 let default = method.config_defaults.get(key).map(|d| d.to_string()).unwrap_or_else(|| "-".into());
                 let doc = schema.get("description").and_then(|d| d.as_str()).unwrap_or("");
-                println!("  {key:<20} {ty:<10} default {default:<10} {doc}");
+                outln!("  {key:<20} {ty:<10} default {default:<10} {doc}");
             }
         }
-        _ => println!("  (none)"),
+        _ => outln!("  (none)"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -179,7 +179,7 @@ fn install(path: &Path) -> anyhow::Result<ExitCode> {
     std::fs::copy(path, &partial).with_context(|| format!("copying {} to {}", path.display(), partial.display()))?;
     std::fs::rename(&partial, &target).with_context(|| format!("moving into {}", target.display()))?;
     let names: Vec<&str> = methods.iter().map(|m| m.name.as_str()).collect();
-    println!("installed {} ({}) into {}", path.display(), names.join(", "), target.display());
+    outln!("installed {} ({}) into {}", path.display(), names.join(", "), target.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -218,7 +218,7 @@ fn new(name: &str, role: RoleArg, dir: &Path, sdk: Option<String>) -> anyhow::Re
             .with_context(|| format!("creating {}", root.display()))?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("created {}: build it with `cargo build --release` there, then", root.display());
-    println!("  ftlab plugins install {}/target/release/lib{name}.{}", root.display(), std::env::consts::DLL_EXTENSION);
+    outln!("created {}: build it with `cargo build --release` there, then", root.display());
+    outln!("  ftlab plugins install {}/target/release/lib{name}.{}", root.display(), std::env::consts::DLL_EXTENSION);
     Ok(ExitCode::SUCCESS)
 }

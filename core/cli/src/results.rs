@@ -122,8 +122,18 @@ pub fn run(command: ResultsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The readable runs under `dirs`, and how many records could not be read (each named on
+/// stderr with the reason).
+fn load(dirs: &[PathBuf]) -> anyhow::Result<(Vec<store::ResultRow>, usize)> {
+    let runs = store::load(dirs)?;
+    for bad in &runs.unreadable {
+        eprintln!("skipped an unreadable record: {}", bad.error);
+    }
+    Ok((runs.rows, runs.unreadable.len()))
+}
+
 fn table(args: TableArgs) -> anyhow::Result<ExitCode> {
-    let runs = store::load(&args.dirs)?;
+    let (runs, unreadable) = load(&args.dirs)?;
     let aggs = args
         .agg
         .iter()
@@ -141,7 +151,15 @@ fn table(args: TableArgs) -> anyhow::Result<ExitCode> {
         FormatArg::Latex => TableFormat::Latex,
         FormatArg::Csv => TableFormat::Csv,
     };
-    print!("{}", built.render(format));
+    out!("{}", built.render(format));
+    if unreadable > 0 {
+        let note = format!("{unreadable} unreadable record(s) are not in this table (named on stderr)");
+        match format {
+            TableFormat::Markdown => outln!("\n{note}"),
+            TableFormat::Latex => outln!("% {note}"),
+            TableFormat::Csv => {}
+        }
+    }
     if matches!(format, TableFormat::Csv) && !built.failed.is_empty() {
         // CSV carries failures as counts; name them where a person reads.
         eprintln!("{} failed run(s):", built.failed.len());
@@ -153,7 +171,7 @@ fn table(args: TableArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
-    let runs = store::load(&args.dirs)?;
+    let (runs, _) = load(&args.dirs)?;
     let kind = match args.kind {
         KindArg::Scatter => PlotKind::Scatter,
         KindArg::Shots => PlotKind::Shots,
@@ -162,18 +180,18 @@ fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.width >= 100 && args.height >= 100, "--width and --height must be at least 100 pixels");
     let spec = PlotSpec { kind, size: (args.width, args.height), metric: args.metric };
     for path in plot::plot(&runs, &spec, &args.out)? {
-        println!("{}", path.display());
+        outln!("{}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let runs = store::load(&args.dirs)?;
+    let (runs, _) = load(&args.dirs)?;
     let frame = store::to_frame(&runs)?;
     for (path, format) in [(&args.parquet, Format::Parquet), (&args.csv, Format::Csv)] {
         if let Some(path) = path {
             store::export(&frame, path, format)?;
-            println!("{} ({} runs)", path.display(), frame.height());
+            outln!("{} ({} runs)", path.display(), frame.height());
         }
     }
     Ok(ExitCode::SUCCESS)

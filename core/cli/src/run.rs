@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+
+use crate::config::Setting;
 use ftlab_core::run::{self, Headline, RunOptions, RunRecord, RunStatus};
 use ftlab_registry::Registry;
 
@@ -61,35 +63,35 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// Flags as dotted-key overrides, then `--set` in order.
-    fn overrides(&self) -> anyhow::Result<Vec<(String, toml::Value)>> {
-        let mut o: Vec<(String, toml::Value)> = Vec::new();
-        let mut put = |key: &str, value: toml::Value| o.push((key.into(), value));
+    fn overrides(&self) -> anyhow::Result<Vec<Setting>> {
+        let mut o: Vec<Setting> = Vec::new();
+        let mut put = |flag: &str, key: &str, value: toml::Value| o.push(Setting::flag(flag, key, value));
         if let Some(v) = &self.plugin {
-            put("method.name", v.clone().into());
+            put("--plugin", "method.name", v.clone().into());
         }
         if !self.adapters.is_empty() {
             let table =
                 |name: &String| toml::Value::Table(toml::Table::from_iter([("name".to_string(), name.clone().into())]));
             let tables = self.adapters.iter().map(table).collect();
-            put("adapters", toml::Value::Array(tables));
+            put("--adapter", "adapters", toml::Value::Array(tables));
         }
         if let Some(v) = &self.model {
-            put("model", v.clone().into());
+            put("--model", "model", v.clone().into());
         }
         if let Some(v) = &self.task {
-            put("task", v.clone().into());
+            put("--task", "task", v.clone().into());
         }
         if let Some(v) = self.shots {
-            put("shots", (v as i64).into());
+            put("--shots", "shots", (v as i64).into());
         }
         if let Some(v) = self.data_seed {
-            put("data_seed", i64::from(v).into());
+            put("--data-seed", "data_seed", i64::from(v).into());
         }
         if let Some(v) = self.seed {
-            put("seed", (v as i64).into());
+            put("--seed", "seed", (v as i64).into());
         }
         if let Some(v) = &self.out {
-            put("out", v.display().to_string().into());
+            put("--out", "out", v.display().to_string().into());
         }
         for assignment in &self.sets {
             o.push(crate::config::parse_set(assignment)?);
@@ -104,22 +106,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     eprintln!("run {} → {}", config.run_name(), config.out.join(config.run_name()).display());
     let record = run::run(&config, &options, &Registry::discover())?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
+        outln!("{}", serde_json::to_string_pretty(&record)?);
     } else {
-        print_summary(&record);
+        print_summary(&record)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// One row per eval set: the majority baseline, the model before training (zero-shot), the ICL
 /// reference when scored, and the model after training — accuracy over the verbalizer.
-fn print_summary(record: &RunRecord) {
+fn print_summary(record: &RunRecord) -> anyhow::Result<()> {
     if record.status == RunStatus::Paused {
-        println!("paused after the epoch budget; continue with --resume");
-        return;
+        outln!("paused after the epoch budget; continue with --resume");
+        return Ok(());
     }
-    let Some(last) = &record.last else { return };
-    println!("{} ({} trainable parameters)", record.name, record.trainable_parameters);
+    let Some(last) = &record.last else { return Ok(()) };
+    outln!("{} ({} trainable parameters)", record.name, record.trainable_parameters);
     let mut columns: Vec<(String, &Headline)> = Vec::new();
     if let Some(zero) = &record.zero_shot {
         columns.push(("before training".into(), zero));
@@ -129,15 +131,15 @@ fn print_summary(record: &RunRecord) {
     }
     columns.push(("after training".into(), last));
     let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
-    println!("| eval set | examples | majority | {} |", names.join(" | "));
-    println!("|---|---|---|{}", "---|".repeat(columns.len()));
+    outln!("| eval set | examples | majority | {} |", names.join(" | "));
+    outln!("|---|---|---|{}", "---|".repeat(columns.len()));
     let sets = |h: &Headline| h.report.as_array().cloned().unwrap_or_default();
     for (i, set) in sets(last).iter().enumerate() {
         let accuracy = |h: &Headline| sets(h).get(i).and_then(|s| s["scores"]["verbalizer"]["accuracy"].as_f64());
         let cells: Vec<String> =
             columns.iter().map(|(_, h)| accuracy(h).map_or("-".into(), |a| format!("{a:.3}"))).collect();
         let ood = if set["in_domain"].as_bool() == Some(true) { "" } else { " (OOD)" };
-        println!(
+        outln!(
             "| {}{ood} | {} | {:.3} | {} |",
             set["name"].as_str().unwrap_or("?"),
             set["scores"]["examples"],
@@ -146,19 +148,20 @@ fn print_summary(record: &RunRecord) {
         );
     }
     if let Some((epoch, best)) = &record.best {
-        println!("best in-domain accuracy {:.3} after epoch {epoch}", best.acc_in);
+        outln!("best in-domain accuracy {:.3} after epoch {epoch}", best.acc_in);
     }
     let t = &record.timings;
-    println!("time: load {:.1}s, prepare {:.1}s, train {:.1}s, eval {:.1}s", t.load, t.prepare, t.train, t.eval);
+    outln!("time: load {:.1}s, prepare {:.1}s, train {:.1}s, eval {:.1}s", t.load, t.prepare, t.train, t.eval);
     if let Some(train) = &record.train_resources {
         let peak = match (train.cuda_peak_bytes, train.peak_rss_bytes) {
             (Some(cuda), _) => format!("CUDA peak {:.2} GB", cuda as f64 / 1e9),
             (None, Some(rss)) => format!("peak RSS {:.2} GB", rss as f64 / 1e9),
             (None, None) => "peak memory unknown".into(),
         };
-        println!("training: {:.0} tokens/s, {peak}", train.tokens_per_s);
+        outln!("training: {:.0} tokens/s, {peak}", train.tokens_per_s);
     }
     if let Some(p) = &record.platform {
-        println!("on {} ({} CPU kernels, {} threads)", p.device, p.cpu_capability, p.threads);
+        outln!("on {} ({} CPU kernels, {} threads)", p.device, p.cpu_capability, p.threads);
     }
+    Ok(())
 }

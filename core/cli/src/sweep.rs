@@ -37,7 +37,8 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         overrides.push(("out".to_string(), toml::Value::String(out.display().to_string())));
     }
     for assignment in &args.sets {
-        overrides.push(crate::config::parse_set(assignment)?);
+        let setting = crate::config::parse_set(assignment)?;
+        overrides.push((setting.key, setting.value));
     }
     let grid = sweep::grid::load(&args.file, &overrides, &crate::config::resolve)?;
     if args.dry_run {
@@ -58,7 +59,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
     let count = |o: Outcome| reports.iter().filter(|r| r.outcome == o).count();
     let failed: Vec<&CellReport> = reports.iter().filter(|r| r.outcome == Outcome::Failed).collect();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
     }
     eprintln!(
         "{} cells: {} completed now, {} skipped (already completed), {} failed",
@@ -89,11 +90,11 @@ fn dry_run(grid: &sweep::Grid, json: bool) -> anyhow::Result<ExitCode> {
     }
     let to_run = listed.iter().filter(|c| c["will_run"] == true).count();
     if json {
-        println!("{}", serde_json::to_string_pretty(&listed)?);
+        outln!("{}", serde_json::to_string_pretty(&listed)?);
     } else {
         for cell in &listed {
             let action = if cell["will_run"] == true { "run " } else { "skip" };
-            println!("{action} {:<9} {}", cell["state"].as_str().unwrap_or("?"), cell["name"].as_str().unwrap_or("?"));
+            outln!("{action} {:<9} {}", cell["state"].as_str().unwrap_or("?"), cell["name"].as_str().unwrap_or("?"));
         }
     }
     eprintln!("{} cells, {to_run} to run", listed.len());

@@ -62,6 +62,9 @@ pub struct SetReport {
     pub truncated: usize,
     /// Rows dropped because context + query would exceed `max_length`.
     pub dropped: usize,
+    /// Rows whose scores were NaN or infinite (a diverged model): their predictions mean nothing.
+    #[serde(default)]
+    pub non_finite: usize,
     /// Scores over the whole set.
     pub scores: Scores,
     /// Scores per subset, by name.
@@ -82,6 +85,8 @@ struct Predictions {
     /// Per scored row: (position in the set, gold label, verbalizer prediction, full-vocab hit
     /// when the scorer gave vocabulary logits).
     rows: Vec<(usize, usize, usize, Option<bool>)>,
+    /// Rows whose scores hold a NaN or an infinity.
+    non_finite: usize,
 }
 
 /// Wraps a model as a scorer: logits at each row's last non-pad token, without gradients.
@@ -134,6 +139,7 @@ pub fn evaluate(
             in_domain: set.in_domain,
             truncated,
             dropped,
+            non_finite: predictions.non_finite,
             scores,
             subsets,
         });
@@ -175,7 +181,7 @@ fn predict(
     scorer: &mut dyn FnMut(&Batch) -> Result<Tensor>,
     meter: &mut PhaseMeter,
 ) -> Result<Predictions> {
-    let mut rows = Vec::with_capacity(encoded.len());
+    let (mut rows, mut non_finite) = (Vec::with_capacity(encoded.len()), 0);
     for indices in batch::plan(encoded, options.batch_size, BatchOrder::ByLength) {
         let batch = batch::collate(
             tokenizer,
@@ -190,6 +196,7 @@ fn predict(
         if logits.dim() != 2 || logits.size()[0] != rows_in_batch {
             return Err(Error::ScoresShape { found: logits.size(), rows: rows_in_batch });
         }
+        non_finite += (rows_in_batch - logits.isfinite().all_dim(1, false).sum(Kind::Int64).int64_value(&[])) as usize;
         // Class scores (one column per label word) or next-token logits over the vocabulary.
         let class_scores = logits.size()[1] == prompt.word_ids.len() as i64;
         let by_class =
@@ -207,7 +214,7 @@ fn predict(
         }
         meter.add_tokens(batch.tokens);
     }
-    Ok(Predictions { rows })
+    Ok(Predictions { rows, non_finite })
 }
 
 /// Scores the rows at `positions` (rows that were dropped are absent).

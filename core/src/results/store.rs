@@ -3,8 +3,9 @@
 //! A "store" is nothing but folders of run folders: each run owns its `record.json`, written
 //! atomically when it ends, so many runs (and sweeps on many machines) can write into one
 //! results folder at once without coordination, and a reader never sees half a record. Reading
-//! walks the given folders for `record.json` files; a record that does not parse is an error
-//! naming the file, never skipped, so a table cannot silently lose a run.
+//! walks the given folders for `record.json` files; a record that does not parse (cut short by a
+//! full disk, edited by hand) is set aside with its path and reason, which every command reports
+//! beside its output, so one bad file neither blocks a table nor silently loses a run.
 //!
 //! [`COLUMNS`] is the one list of the flattened columns: the `DataFrame`, the CSV/parquet
 //! export, and the names `results table --rows/--cols/--metric` accept all come from it.
@@ -248,17 +249,41 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Reads every run under `dirs` as one row each, in path order.
-pub fn load(dirs: &[PathBuf]) -> Result<Vec<ResultRow>> {
-    find_records(dirs)?
-        .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-            let record: RunRecord = serde_json::from_str(&text).map_err(Error::json(&path))?;
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            Ok(ResultRow { dir, record })
-        })
-        .collect()
+/// A `record.json` that could not be read.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The file.
+    pub path: PathBuf,
+    /// Why, naming the line and column where JSON stopped making sense.
+    pub error: Error,
+}
+
+/// The runs under some folders: one row per readable record, in path order, and the records
+/// that could not be read.
+#[derive(Debug, Default)]
+pub struct Runs {
+    /// The readable runs.
+    pub rows: Vec<ResultRow>,
+    /// The records set aside.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// Reads every run under `dirs`.
+pub fn load(dirs: &[PathBuf]) -> Result<Runs> {
+    let mut runs = Runs::default();
+    for path in find_records(dirs)? {
+        let read = std::fs::read_to_string(&path)
+            .map_err(Error::io(&path))
+            .and_then(|text| serde_json::from_str::<RunRecord>(&text).map_err(Error::json(&path)));
+        match read {
+            Ok(record) => {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                runs.rows.push(ResultRow { dir, record });
+            }
+            Err(error) => runs.unreadable.push(Unreadable { path, error }),
+        }
+    }
+    Ok(runs)
 }
 
 /// The rows as a polars `DataFrame` with every column of [`COLUMNS`].
@@ -309,6 +334,7 @@ pub fn export(frame: &DataFrame, path: &Path, format: Format) -> Result<()> {
 mod tests {
     use super::*;
     use crate::results::testing::row;
+    use crate::run::RunConfig;
 
     #[test]
     fn rows_flatten_into_every_column() {
@@ -332,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn records_are_found_at_any_depth_and_bad_ones_name_their_file() {
+    fn records_are_found_at_any_depth_and_bad_ones_are_set_aside_naming_their_file() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("a/b/run");
         std::fs::create_dir_all(run.join("checkpoint")).unwrap();
@@ -340,7 +366,14 @@ mod tests {
         std::fs::write(run.join("checkpoint/record.json"), "{}").unwrap();
         let found = find_records(&[dir.path().to_path_buf(), run.clone()]).unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
-        let err = load(&[dir.path().to_path_buf()]).unwrap_err().to_string();
-        assert!(err.contains("a/b/run/record.json"), "{err}");
+        let good = dir.path().join("good");
+        std::fs::create_dir_all(&good).unwrap();
+        let record = RunRecord::new(&RunConfig::default(), RunStatus::Completed);
+        std::fs::write(good.join("record.json"), serde_json::to_string(&record).unwrap()).unwrap();
+        let runs = load(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(runs.rows.len(), 1);
+        assert_eq!(runs.unreadable.len(), 1);
+        let err = runs.unreadable[0].error.to_string();
+        assert!(err.contains("a/b/run/record.json") && err.contains("line 1"), "{err}");
     }
 }

@@ -216,11 +216,24 @@ impl RunConfig {
         if t.grad_clip < 0.0 || t.weight_decay < 0.0 {
             return bad("train.grad_clip", "grad_clip and weight_decay must not be negative".into());
         }
+        if t.epochs == 0 && t.max_steps.is_none() || t.max_steps == Some(0) {
+            return bad("train.epochs", "a run trains at least one step (train.epochs or train.max_steps ≥ 1)".into());
+        }
+        let (beta1, beta2) = t.betas;
+        if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2)) {
+            return bad("train.betas", format!("both must be in [0, 1), got [{beta1}, {beta2}]"));
+        }
+        if !(t.eps > 0.0 && t.eps.is_finite()) {
+            return bad("train.eps", format!("must be positive, got {}", t.eps));
+        }
         if t.max_length < 8 {
             return bad("train.max_length", format!("{} tokens cannot hold a prompt", t.max_length));
         }
         if self.eval.batch_size == 0 {
             return bad("eval.batch_size", "must be positive".into());
+        }
+        if self.eval.max_examples == Some(0) {
+            return bad("eval.max_examples", "0 rows score nothing (omit it to score every row)".into());
         }
         if self.method.name.is_empty() {
             return bad("method.name", "no objective named (`--plugin NAME`, or `name` in `[method]`)".into());
@@ -255,8 +268,7 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         let named = RunConfig { method: MethodSpec::named("m"), ..Default::default() };
-        let mut c =
-            RunConfig { eval: EvalConfig { icl_method: MethodSpec::named("i"), ..Default::default() }, ..named };
+        let c = RunConfig { eval: EvalConfig { icl_method: MethodSpec::named("i"), ..Default::default() }, ..named };
         c.validate().unwrap();
         let check = |c: &RunConfig, key: &str| {
             let err = c.validate().unwrap_err().to_string();
@@ -264,7 +276,14 @@ mod tests {
         };
         check(&RunConfig { method: MethodSpec::default(), ..c.clone() }, "method.name");
         check(&RunConfig { task: "no-such-task".into(), ..c.clone() }, "task");
-        c.train.warmup_ratio = 1.5;
-        check(&c, "train.warmup_ratio");
+        check(&RunConfig { eval: EvalConfig { max_examples: Some(0), ..c.eval.clone() }, ..c.clone() }, "max_examples");
+        for (train, key) in [
+            (TrainConfig { epochs: 0, ..c.train.clone() }, "train.epochs"),
+            (TrainConfig { max_steps: Some(0), ..c.train.clone() }, "train.epochs"),
+            (TrainConfig { betas: (1.5, 2.0), ..c.train.clone() }, "train.betas"),
+            (TrainConfig { warmup_ratio: 1.5, ..c.train.clone() }, "train.warmup_ratio"),
+        ] {
+            check(&RunConfig { train, ..c.clone() }, key);
+        }
     }
 }

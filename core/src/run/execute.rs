@@ -12,7 +12,7 @@ use super::data::RunData;
 use super::optim::AdamW;
 use super::record::RunDir;
 use super::train::{self, EpochMetrics, Progress};
-use super::{Headline, MethodProvenance, RunConfig, RunOptions, RunRecord};
+use super::{Headline, MethodProvenance, RunConfig, RunOptions, RunRecord, Timings};
 use crate::data::dataset::EvalSet;
 use crate::device::Platform;
 use crate::error::{Error, Result};
@@ -36,15 +36,17 @@ pub(super) fn execute(
     record.platform = Some(Platform::of(device)?);
     let data = RunData::load(config, &model.tokenizer)?;
     record.data = Some(data.summary.clone());
-    let session = Session { config, dir, model: &model, data: &data };
-    let mut run = session.load_methods(registry, options.resume, record)?;
+    // A resumed run continues from its checkpoint, or starts over if it was killed before one.
+    let checkpoint = options.resume && dir.checkpoint().join("progress.json").is_file();
+    let session = Session { config, dir, model: &model, data: &data, start };
+    let mut run = session.load_methods(registry, checkpoint, record)?;
     record.timings.load = start.elapsed().as_secs_f64();
 
     let t = Instant::now();
     config.train.autocast.run(device, || run.prepare(data.prepare_data(&model.tokenizer, device)))?;
     record.timings.prepare = t.elapsed().as_secs_f64();
 
-    if !session.train(&mut run, options, record)? {
+    if !session.train(&mut run, checkpoint, options.epochs_budget, record)? {
         return Ok(false);
     }
     run.export_adapters(&dir.path)?;
@@ -58,16 +60,19 @@ struct Session<'a> {
     dir: &'a RunDir,
     model: &'a Model,
     data: &'a RunData,
+    /// When this segment of the run started.
+    start: Instant,
 }
 
 impl<'a> Session<'a> {
     /// The objective and adapters, the in-context reference scored first when asked (by default
-    /// for objectives that distil a context into the model), and their provenance.
-    fn load_methods(&self, registry: &Registry, resume: bool, record: &mut RunRecord) -> Result<MethodRun<'a>> {
+    /// for objectives that distil a context into the model; a checkpoint holds it already), and
+    /// their provenance.
+    fn load_methods(&self, registry: &Registry, checkpoint: bool, record: &mut RunRecord) -> Result<MethodRun<'a>> {
         let (config, model, data) = (self.config, self.model, self.data);
         let run = MethodRun::new(model, registry, &config.method, &config.adapters, data.task_info(), config.seed)?;
         let distils = run.objective.inputs == Inputs::Unlabelled;
-        if config.eval.icl_reference.unwrap_or(distils) && !resume {
+        if config.eval.icl_reference.unwrap_or(distils) && !checkpoint {
             record.icl_reference = Some(self.icl_reference(registry)?);
             // The reference froze the base model for itself; restore this run's choice.
             run.apply_trainability()?;
@@ -84,31 +89,46 @@ impl<'a> Session<'a> {
         let mut prepare = data.prepare_data(&model.tokenizer, model.device());
         prepare.json["context"] = data.context_of(config.eval.icl_shots, config.data_seed)?.into();
         config.train.autocast.run(model.device(), || icl.prepare(prepare))?;
-        Ok(evaluate(&mut icl, data, model, config)?.0)
+        Ok(evaluate(&mut icl, data, model, config, 0)?.0)
     }
 
-    /// Training from the checkpoint (if resuming) or from a zero-shot evaluation as epoch 0,
-    /// then the epochs; `Ok(false)` when the epoch budget ran out first.
-    fn train(&self, run: &mut MethodRun, options: &RunOptions, record: &mut RunRecord) -> Result<bool> {
+    /// Training from the checkpoint (with what the run measured and spent before it) or from a
+    /// zero-shot evaluation as epoch 0, then the epochs; `Ok(false)` when the epoch budget ran
+    /// out first.
+    fn train(
+        &self,
+        run: &mut MethodRun,
+        checkpoint: bool,
+        budget: Option<usize>,
+        record: &mut RunRecord,
+    ) -> Result<bool> {
         let mut optimizer = AdamW::new(run.trainable(), &self.config.train);
         record.trainable_parameters = optimizer.num_parameters();
         let (epochs, total) = self.plan(run, record.trainable_parameters > 0);
-        let resumed = options.resume && self.dir.checkpoint().join("progress.json").is_file();
-        let progress = if resumed { train::load_checkpoint(self.dir, &mut optimizer)? } else { Progress::default() };
-        let mut best = read_best(self.dir)?;
-        if progress.epochs_done == 0 && !options.resume {
-            best = Some((0, self.zero_shot(run, record)?));
+        let progress = if checkpoint { train::load_checkpoint(self.dir, &mut optimizer)? } else { Progress::default() };
+        record.timings.add(&progress.timings);
+        record.train_resources = progress.train_resources;
+        record.zero_shot = progress.zero_shot;
+        record.icl_reference = record.icl_reference.take().or(progress.icl_reference);
+        let logged = self.dir.metrics_until(progress.epochs_done)?;
+        let mut best = best_of(&logged, self.dir)?;
+        match logged.iter().find(|line| line["epoch"] == 0) {
+            Some(line) if record.zero_shot.is_none() => record.zero_shot = headline_of(line, self.dir)?,
+            Some(_) => {}
+            None if progress.epochs_done == 0 => best = Some((0, self.zero_shot(run, record)?)),
+            None => {}
         }
+        record.last = best.as_ref().filter(|_| progress.epochs_done == 0).map(|(_, h)| h.clone());
         let mut ran = 0;
         for epoch in progress.epochs_done..epochs {
-            if options.epochs_budget.is_some_and(|budget| ran >= budget) {
+            if budget.is_some_and(|budget| ran >= budget) {
                 return Ok(false);
             }
             self.epoch(run, &mut optimizer, (epoch, epochs, total), record, &mut best)?;
             ran += 1;
         }
-        if record.last.is_none() || (options.resume && ran == 0) {
-            record.last = Some(self.evaluate(run, record)?);
+        if record.last.is_none() {
+            record.last = Some(self.evaluate(run, optimizer.step, record)?);
         }
         record.best = best;
         Ok(true)
@@ -128,7 +148,7 @@ impl<'a> Session<'a> {
 
     /// The model before training (zero-shot, or in-context for ICL), logged as epoch 0.
     fn zero_shot(&self, run: &mut MethodRun, record: &mut RunRecord) -> Result<Headline> {
-        let headline = self.evaluate(run, record)?;
+        let headline = self.evaluate(run, 0, record)?;
         self.dir.append_metrics(&EpochMetrics {
             epoch: 0,
             step: 0,
@@ -139,7 +159,6 @@ impl<'a> Session<'a> {
             eval: Some(serde_json::to_value(&headline).unwrap_or_default()),
         })?;
         record.zero_shot = Some(headline.clone());
-        record.last = Some(headline.clone());
         Ok(headline)
     }
 
@@ -164,7 +183,7 @@ impl<'a> Session<'a> {
             None => used,
         });
         if config.train.eval_every_epoch || epoch + 1 == epochs {
-            let headline = self.evaluate(run, record)?;
+            let headline = self.evaluate(run, optimizer.step, record)?;
             if best.as_ref().is_none_or(|(_, b)| headline.acc_in > b.acc_in) {
                 *best = Some((epoch + 1, headline.clone()));
             }
@@ -175,29 +194,35 @@ impl<'a> Session<'a> {
         tracing::info!(epoch = epoch + 1, loss = metrics.train_loss, acc_in, "epoch done");
         self.dir.append_metrics(&metrics)?;
         if config.train.checkpoint {
-            train::save_checkpoint(self.dir, optimizer, &Progress { epochs_done: epoch + 1, steps: optimizer.step })?;
+            let progress = Progress {
+                epochs_done: epoch + 1,
+                steps: optimizer.step,
+                timings: Timings {
+                    total: record.timings.total + self.start.elapsed().as_secs_f64(),
+                    ..record.timings.clone()
+                },
+                train_resources: record.train_resources.clone(),
+                zero_shot: record.zero_shot.clone(),
+                icl_reference: record.icl_reference.clone(),
+            };
+            train::save_checkpoint(self.dir, optimizer, &progress)?;
         }
         Ok(())
     }
 
-    /// [`evaluate`], its time added to the record's.
-    fn evaluate(&self, run: &mut MethodRun, record: &mut RunRecord) -> Result<Headline> {
-        let (headline, seconds) = evaluate(run, self.data, self.model, self.config)?;
+    /// [`evaluate`] after `step` optimizer steps, its time added to the record's.
+    fn evaluate(&self, run: &mut MethodRun, step: usize, record: &mut RunRecord) -> Result<Headline> {
+        let (headline, seconds) = evaluate(run, self.data, self.model, self.config, step)?;
         record.timings.eval += seconds;
         Ok(headline)
     }
 }
 
-/// The best evaluation logged so far in `metrics.jsonl` (for resumed runs).
-fn read_best(dir: &RunDir) -> Result<Option<(usize, Headline)>> {
-    let Ok(text) = std::fs::read_to_string(dir.metrics()) else { return Ok(None) };
+/// The best evaluation among the logged metrics lines (for resumed runs).
+fn best_of(logged: &[serde_json::Value], dir: &RunDir) -> Result<Option<(usize, Headline)>> {
     let mut best: Option<(usize, Headline)> = None;
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let value: serde_json::Value = serde_json::from_str(line).map_err(Error::json(dir.metrics()))?;
-        let (Some(epoch), Some(eval)) = (value["epoch"].as_u64(), value.get("eval").filter(|e| !e.is_null())) else {
-            continue;
-        };
-        let headline: Headline = serde_json::from_value(eval.clone()).map_err(Error::json(dir.metrics()))?;
+    for line in logged {
+        let (Some(epoch), Some(headline)) = (line["epoch"].as_u64(), headline_of(line, dir)?) else { continue };
         if best.as_ref().is_none_or(|(_, b)| headline.acc_in > b.acc_in) {
             best = Some((epoch as usize, headline));
         }
@@ -205,8 +230,23 @@ fn read_best(dir: &RunDir) -> Result<Option<(usize, Headline)>> {
     Ok(best)
 }
 
-/// Scores every eval set with the objective's `predict`; returns the headline and seconds.
-fn evaluate(run: &mut MethodRun, data: &RunData, model: &Model, config: &RunConfig) -> Result<(Headline, f64)> {
+/// The evaluation a metrics line holds, if any.
+fn headline_of(line: &serde_json::Value, dir: &RunDir) -> Result<Option<Headline>> {
+    match line.get("eval").filter(|e| !e.is_null()) {
+        Some(eval) => Ok(Some(serde_json::from_value(eval.clone()).map_err(Error::json(dir.metrics()))?)),
+        None => Ok(None),
+    }
+}
+
+/// Scores every eval set with the objective's `predict` (the model after `step` optimizer
+/// steps); returns the headline and seconds. Scores that are NaN or infinite fail the run.
+fn evaluate(
+    run: &mut MethodRun,
+    data: &RunData,
+    model: &Model,
+    config: &RunConfig,
+    step: usize,
+) -> Result<(Headline, f64)> {
     run.set_train(false)?;
     let options = EvalOptions {
         batch_size: config.eval.batch_size,
@@ -229,6 +269,13 @@ fn evaluate(run: &mut MethodRun, data: &RunData, model: &Model, config: &RunConf
             &mut scorer,
         )?);
         bar.inc(1);
+        if let Some(set) = reports.last().and_then(|r| r.sets.iter().find(|s| s.non_finite > 0)) {
+            let parameter =
+                model.vs.variables().into_iter().chain(run.trainable()).find_map(|(name, tensor)| {
+                    (!bool::try_from(tensor.isfinite().all()).unwrap_or(true)).then_some(name)
+                });
+            return Err(Error::NonFiniteScores { set: set.name.clone(), rows: set.non_finite, step, parameter });
+        }
     }
     bar.finish_and_clear();
     let seconds = reports.iter().map(|r| r.resources.wall_seconds).sum();

@@ -12,6 +12,7 @@ pub mod optim;
 pub mod record;
 pub mod train;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ftlab_registry::Registry;
@@ -77,6 +78,17 @@ pub struct Timings {
     pub eval: f64,
     /// Everything.
     pub total: f64,
+}
+
+impl Timings {
+    /// Adds an earlier segment's seconds to these.
+    pub fn add(&mut self, earlier: &Timings) {
+        self.load += earlier.load;
+        self.prepare += earlier.prepare;
+        self.train += earlier.train;
+        self.eval += earlier.eval;
+        self.total += earlier.total;
+    }
 }
 
 /// How a run stands; `record.json` holds it as lowercase text.
@@ -186,19 +198,7 @@ fn now() -> u64 {
 
 /// Runs `config`, writing its folder under `config.out`; a failure is recorded, then returned.
 pub fn run(config: &RunConfig, options: &RunOptions, registry: &Registry) -> Result<RunRecord> {
-    let dir = RunDir::create(&config.out.join(config.run_name()))?;
-    if dir.record().is_file() && !options.force {
-        return Err(Error::RunConfig(format!(
-            "{} is already finished (pass --force to run it again)",
-            dir.path.display()
-        )));
-    }
-    if !options.resume {
-        for stale in [dir.metrics(), dir.record()] {
-            let _ = std::fs::remove_file(stale);
-        }
-        let _ = std::fs::remove_dir_all(dir.checkpoint());
-    }
+    let dir = open_folder(config, options)?;
     dir.write_json(&dir.config(), config)?;
     let mut record = RunRecord::new(config, RunStatus::Running);
     let outcome = execute::execute(config, options, registry, &dir, &mut record);
@@ -213,10 +213,101 @@ pub fn run(config: &RunConfig, options: &RunOptions, registry: &Registry) -> Res
         Err(e) => {
             record.status = RunStatus::Failed;
             record.error = Some(e.to_string());
-            dir.write_json(&dir.record(), &record)?;
+            // The run's own error is the one to report; a record that cannot be written (a
+            // full disk) is logged beside it.
+            if let Err(write) = dir.write_json(&dir.record(), &record) {
+                tracing::error!("could not record the failure: {write}");
+            }
             return Err(e);
         }
     }
     dir.write_json(&dir.record(), &record)?;
     Ok(record)
+}
+
+/// The settings `--resume` may change: they do not alter the training trajectory. `train.epochs`
+/// and `train.max_steps` may change too when the schedule is `constant` (no warm-up or decay
+/// depends on the run's length).
+pub const RESUMABLE_CHANGES: [&str; 4] = ["eval.", "out", "train.checkpoint", "train.eval_every_epoch"];
+
+/// The run folder of `config`, made ready: a finished run is kept unless `--force` (which moves
+/// it aside to `NAME.N/` when its settings differ, else replaces it); a failed or interrupted
+/// run resumes with `--resume` (refused if a setting that shapes training changed) or starts
+/// over without it.
+fn open_folder(config: &RunConfig, options: &RunOptions) -> Result<RunDir> {
+    let path = config.out.join(config.run_name());
+    let dir = RunDir::create(&path)?;
+    let previous: Option<RunRecord> =
+        std::fs::read_to_string(dir.record()).ok().and_then(|text| serde_json::from_str(&text).ok());
+    let finished = previous.as_ref().filter(|r| r.status == RunStatus::Completed);
+    if let Some(finished) = finished {
+        if !options.force {
+            return Err(Error::RunConfig(format!(
+                "{} is already finished (pass --force to run it again)",
+                dir.path.display()
+            )));
+        }
+        if !changed_settings(&finished.config, config).is_empty() {
+            let aside = (1..).map(|n| path.with_extension(n.to_string())).find(|p| !p.exists()).unwrap_or_default();
+            std::fs::rename(&path, &aside).map_err(Error::io(&aside))?;
+            tracing::info!("the finished run with other settings is now {}", aside.display());
+            return RunDir::create(&path);
+        }
+    }
+    if options.resume && finished.is_none() {
+        if let Some(old) = std::fs::read_to_string(dir.config()).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+            let changed = changed_settings(&old, config);
+            if !changed.is_empty() {
+                return Err(Error::RunConfig(format!(
+                    "{}: --resume would continue with changed settings ({}); only {} may change \
+                     (and train.epochs/max_steps with a constant schedule). Start over without --resume.",
+                    dir.path.display(),
+                    changed.join(", "),
+                    RESUMABLE_CHANGES.join(", ")
+                )));
+            }
+        }
+        let _ = std::fs::remove_file(dir.record());
+        return Ok(dir);
+    }
+    for stale in [dir.metrics(), dir.record()] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let _ = std::fs::remove_dir_all(dir.checkpoint());
+    Ok(dir)
+}
+
+/// The dotted keys whose values differ between `old` and `new` and that shape training (all but
+/// [`RESUMABLE_CHANGES`]).
+fn changed_settings(old: &RunConfig, new: &RunConfig) -> Vec<String> {
+    let flat = |c: &RunConfig| {
+        let mut keys = BTreeMap::new();
+        flatten("", &serde_json::to_value(c).unwrap_or_default(), &mut keys);
+        keys
+    };
+    let (old, new) = (flat(old), flat(new));
+    let constant =
+        |c: &BTreeMap<String, serde_json::Value>| c.get("train.schedule").and_then(|v| v.as_str()) == Some("constant");
+    let length_may_change = constant(&old) && constant(&new);
+    let allowed = |key: &str| {
+        RESUMABLE_CHANGES.iter().any(|a| key == *a || (a.ends_with('.') && key.starts_with(a)))
+            || (length_may_change && (key == "train.epochs" || key == "train.max_steps"))
+    };
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter().filter(|key| !allowed(key) && old.get(*key) != new.get(*key)).cloned().collect()
+}
+
+/// `value`'s leaves by dotted key (arrays are leaves).
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                let key = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                flatten(&key, v, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_string(), leaf.clone());
+        }
+    }
 }

@@ -38,6 +38,35 @@ impl RunDir {
         self.path.join("record.json")
     }
 
+    /// The metrics lines of epochs up to `epochs_done` (the checkpoint's), after rewriting the
+    /// file to hold only those: lines of later epochs (logged before a kill that came before
+    /// their checkpoint) and a torn last line (a write cut short) are dropped, to be logged again
+    /// by the resumed run. An unreadable line elsewhere is an error naming it.
+    pub fn metrics_until(&self, epochs_done: usize) -> Result<Vec<serde_json::Value>> {
+        let path = self.metrics();
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut kept = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let value: serde_json::Value = match serde_json::from_str(line) {
+                Ok(value) => value,
+                Err(_) if i + 1 == lines.len() => break,
+                Err(e) => {
+                    let message = format!("not a JSON line: {e}");
+                    return Err(Error::Data { path, row: Some(i + 1), column: None, message });
+                }
+            };
+            if value["epoch"].as_u64().is_some_and(|epoch| epoch as usize <= epochs_done) {
+                kept.push(value);
+            }
+        }
+        if kept.len() != lines.len() {
+            let text: String = kept.iter().map(|v| format!("{v}\n")).collect();
+            write_atomically(&path, text.as_bytes())?;
+        }
+        Ok(kept)
+    }
+
     /// `checkpoint/`: the latest end-of-epoch state.
     pub fn checkpoint(&self) -> PathBuf {
         self.path.join("checkpoint")
@@ -59,12 +88,27 @@ impl RunDir {
     }
 }
 
-/// Writes `bytes` to a temp file beside `path`, syncs it, and renames it over `path`.
+/// Writes `bytes` to a temp file beside `path`, syncs it, and renames it over `path`. A failed
+/// write removes its temp file; a successful one also removes those that killed writers left.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let partial = path.with_extension(format!("partial-{}", std::process::id()));
-    let mut file = std::fs::File::create(&partial).map_err(Error::io(&partial))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(Error::io(&partial))?;
-    std::fs::rename(&partial, path).map_err(Error::io(path))
+    let written = std::fs::File::create(&partial)
+        .and_then(|mut file| file.write_all(bytes).and_then(|()| file.sync_all()))
+        .map_err(Error::io(&partial))
+        .and_then(|()| std::fs::rename(&partial, path).map_err(Error::io(path)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+        return written;
+    }
+    let stem = path.with_extension("partial-");
+    let (folder, stem) =
+        (path.parent().unwrap_or(Path::new(".")), stem.file_name().unwrap_or_default().to_string_lossy());
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(stem.as_ref()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// The project's git revision at build time, for run records.

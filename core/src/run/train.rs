@@ -10,18 +10,33 @@ use super::config::RunConfig;
 use super::data::RunData;
 use super::optim::{learning_rate, AdamW};
 use super::record::RunDir;
+use super::{Headline, Timings};
 use crate::data::batch::{self, BatchOrder};
 use crate::error::{Error, Result};
+use crate::eval::PhaseResources;
 use crate::methods::MethodRun;
 use crate::tokenizer::Tokenizer;
 
-/// Where training stands; saved beside each checkpoint.
+/// Where training stands, and what the run has cost and measured so far; saved beside each
+/// checkpoint so a resumed run's record covers every segment.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Progress {
     /// Epochs completed.
     pub epochs_done: usize,
     /// Optimizer steps taken.
     pub steps: usize,
+    /// Seconds of every phase so far (`total`: wall time of the segments up to this checkpoint).
+    #[serde(default)]
+    pub timings: Timings,
+    /// Training time, tokens and peak memory so far.
+    #[serde(default)]
+    pub train_resources: Option<PhaseResources>,
+    /// The evaluation before training.
+    #[serde(default)]
+    pub zero_shot: Option<Headline>,
+    /// The in-context reference, when scored.
+    #[serde(default)]
+    pub icl_reference: Option<Headline>,
 }
 
 /// One epoch's line in `metrics.jsonl`.
@@ -143,8 +158,13 @@ pub fn save_checkpoint(dir: &RunDir, optimizer: &AdamW, progress: &Progress) -> 
     let partial = folder.join("state.safetensors.partial");
     let tensors: Vec<(String, Tensor)> =
         optimizer.state().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu))).collect();
-    Tensor::write_safetensors(&tensors, &partial)?;
-    std::fs::rename(&partial, &state).map_err(Error::io(&state))?;
+    let written = Tensor::write_safetensors(&tensors, &partial)
+        .map_err(Error::from)
+        .and_then(|()| std::fs::rename(&partial, &state).map_err(Error::io(&state)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written?;
     dir.write_json(&folder.join("progress.json"), progress)
 }
 

@@ -42,12 +42,19 @@ pub enum CellState {
     Pending,
 }
 
-/// Reads the state of `cell` from its `record.json`.
+/// Reads the state of `cell` from its `record.json`; a record that cannot be read (cut short by
+/// a full disk) counts as failed, so the cell runs again.
 pub fn state(cell: &GridCell) -> Result<CellState> {
     let path = RunDir { path: cell.dir() }.record();
     let Ok(text) = std::fs::read_to_string(&path) else { return Ok(CellState::Pending) };
-    let record: RunRecord = serde_json::from_str(&text).map_err(Error::json(&path))?;
-    Ok(if record.status == RunStatus::Completed { CellState::Completed } else { CellState::Failed })
+    match serde_json::from_str::<RunRecord>(&text) {
+        Ok(record) if record.status == RunStatus::Completed => Ok(CellState::Completed),
+        Ok(_) => Ok(CellState::Failed),
+        Err(e) => {
+            tracing::warn!("{}: unreadable record ({e}): the cell runs again", path.display());
+            Ok(CellState::Failed)
+        }
+    }
 }
 
 /// How a cell ended in this sweep.
