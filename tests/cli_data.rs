@@ -154,3 +154,19 @@ fn hub_tasks_offline_and_uncached_say_what_to_fetch() {
     let err = fails(&["data", "show", "no-such-task"]);
     assert!(err.contains("unknown task `no-such-task`") && err.contains("mnli"), "{err}");
 }
+
+/// A row of megabytes is counted as over the window without tokenizing it whole, and the other
+/// rows are measured as usual.
+#[test]
+fn huge_rows_are_counted_not_tokenized_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = "The doctor saw the lawyer near the library. ".repeat(100_000);
+    let text = format!(
+        "premise\thypothesis\tlabel\n{huge}\tThe judge slept.\tentailment\nA man walks.\tA person moves.\tentailment\n"
+    );
+    let file = write(dir.path(), "huge.tsv", &text);
+    let report = json(&["data", "show", "rte", "--file", file.to_str().unwrap(), "--json"]);
+    let split = &report["splits"][0];
+    assert_eq!((split["rows"].as_u64(), split["over_window"].as_u64()), (Some(2), Some(1)), "{report}");
+    assert!(split["tokens"]["max"].as_u64().unwrap() < 30, "{report}");
+}

@@ -50,6 +50,8 @@ pub struct Tokenizer {
     bos_id: i64,
     pad_id: i64,
     source: PathBuf,
+    /// Bytes of the longest token: no token covers more of a text.
+    max_token_bytes: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -121,7 +123,23 @@ impl Tokenizer {
                 message: format!("the vocabulary has no `{token}` token, which OPT needs"),
             })
         };
-        Ok(Self { bos_id: id(BOS_TOKEN)?, pad_id: id(PAD_TOKEN)?, inner, source: source.into() })
+        // Byte-level BPE spells each byte as one symbol, so a token's length in symbols is its
+        // length in bytes (added tokens such as `</s>` are longer than any text they stand for).
+        let max_token_bytes = inner.get_vocab(false).keys().map(|t| t.chars().count()).max().unwrap_or(1).max(1);
+        Ok(Self { bos_id: id(BOS_TOKEN)?, pad_id: id(PAD_TOKEN)?, inner, source: source.into(), max_token_bytes })
+    }
+
+    /// The start of `text` that holds its first `max_tokens` tokens, so a text of any length is
+    /// tokenized only as far as a length limit can use: every token covers at most
+    /// `max_token_bytes` bytes, and twice that margin keeps the merges at the cut far past the
+    /// tokens kept. `None` when `text` is short enough to encode whole.
+    pub fn prefix_within<'t>(&self, text: &'t str, max_tokens: usize) -> Option<&'t str> {
+        let cap = 2 * (max_tokens + 16) * self.max_token_bytes;
+        if text.len() <= cap {
+            return None;
+        }
+        let end = (0..=cap).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        Some(&text[..end])
     }
 
     /// Token ids of `text`, starting with `</s>`.

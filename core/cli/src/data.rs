@@ -195,9 +195,15 @@ struct SplitSummary {
     split: String,
     rows: usize,
     labels: Vec<LabelShare>,
-    /// Token lengths of the rendered queries (`</s>` included): nearest-rank percentiles.
+    /// Token lengths of the rendered queries (`</s>` included) that fit OPT's window:
+    /// nearest-rank percentiles.
     tokens: Percentiles,
+    /// Rows over OPT's window of [`WINDOW`] tokens (counted without tokenizing them whole).
+    over_window: usize,
 }
+
+/// OPT's context window: longer queries are counted, not measured.
+const WINDOW: usize = 2048;
 
 #[derive(Serialize)]
 struct Percentiles {
@@ -242,9 +248,14 @@ fn summarize(data: &Dataset, split: &str, prompt: &Prompt, tokenizer: &Tokenizer
             fraction: if data.is_empty() { 0.0 } else { count as f64 / data.len() as f64 },
         })
         .collect();
-    let lengths =
-        data.examples.iter().map(|e| prompt.encode(tokenizer, "", e).map(|ids| ids.len())).collect::<Result<_, _>>()?;
-    Ok(SplitSummary { split: split.into(), rows: data.len(), labels, tokens: percentiles(lengths) })
+    let (mut lengths, mut over_window) = (Vec::with_capacity(data.len()), 0);
+    for example in &data.examples {
+        match prompt.encode_capped(tokenizer, example, WINDOW)? {
+            Some(ids) => lengths.push(ids.len()),
+            None => over_window += 1,
+        }
+    }
+    Ok(SplitSummary { split: split.into(), rows: data.len(), labels, tokens: percentiles(lengths), over_window })
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
@@ -290,6 +301,9 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
             t.p99,
             t.max
         );
+        if s.over_window > 0 {
+            outln!("{:<24} {:>8}  rows over {WINDOW} tokens (not in the percentiles)", "", s.over_window);
+        }
     }
     outln!("eval subsets of {}:", task.eval_split);
     for (name, rows) in &report.eval_subsets {

@@ -54,7 +54,8 @@ pub fn epoch_seconds(shape: &Shape, shots: usize, epochs: usize) -> Result<[f64;
 /// The attention mask of a batch padded to full length: ones over each row's real tokens.
 fn real_tokens(b: &Batch, data: &RunData) -> Tensor {
     let device = b.input_ids.device();
-    let lengths: Vec<i64> = b.positions.iter().map(|&p| data.encoded[p].ids.len() as i64).collect();
+    let length = |p: usize| data.encoded.iter().find(|e| e.position == p).map_or(0, |e| e.ids.len() as i64);
+    let lengths: Vec<i64> = b.positions.iter().map(|&p| length(p)).collect();
     let arange = Tensor::arange(b.input_ids.size()[1], (Kind::Int64, device)).unsqueeze(0);
     arange.lt_tensor(&Tensor::from_slice(&lengths).to_device(device).unsqueeze(1)).to_kind(Kind::Int64)
 }

@@ -60,7 +60,8 @@ pub struct SetReport {
     pub in_domain: bool,
     /// Rows shortened from the premise side to fit `max_length`.
     pub truncated: usize,
-    /// Rows dropped because context + query would exceed `max_length`.
+    /// Rows dropped because they cannot fit `max_length` (context + query, or a hypothesis too
+    /// long even with the premise removed).
     pub dropped: usize,
     /// Rows whose scores were NaN or infinite (a diverged model): their predictions mean nothing.
     #[serde(default)]
@@ -157,7 +158,10 @@ fn encode_set(
     let (mut rows, mut truncated, mut dropped) = (vec![], 0, 0);
     for (position, example) in set.data.examples.iter().enumerate() {
         let ids = if options.context.is_empty() {
-            let encoded = prompt.encode_within(tokenizer, "", example, options.max_length)?;
+            let Some(encoded) = prompt.encode_within(tokenizer, "", example, options.max_length)? else {
+                dropped += 1;
+                continue;
+            };
             truncated += usize::from(encoded.truncated_tokens > 0);
             encoded.ids
         } else {

@@ -49,6 +49,9 @@ pub struct DataSummary {
     pub train_positions: Vec<usize>,
     /// Training prompts shortened to fit `train.max_length`.
     pub train_truncated: usize,
+    /// Training rows that cannot fit `train.max_length` even without their premise, left out.
+    #[serde(default)]
+    pub train_dropped: usize,
     /// Rows per eval set.
     pub eval_sizes: Vec<(String, usize)>,
     /// Unlabelled inputs available to objectives that train on them (from the training split,
@@ -69,14 +72,14 @@ impl RunData {
         let task = task::find(&config.task)?;
         let pool = task.train_pool(options)?;
         let positions = sampling::few_shot_positions(pool.len(), config.shots, config.data_seed)?;
-        let train = pool.select(format!("{}-k{}", task.name, config.shots), &positions);
+        let mut train = pool.select(format!("{}-k{}", task.name, config.shots), &positions);
         let prompt = Prompt::new(task.prompt, task.label_names.len(), &config.prompt, tokenizer)?;
-        let (encoded, truncated) = encode(&prompt, tokenizer, &train, config.train.max_length)?;
-        let unlabelled = match &config.train.unlabelled_file {
+        let (encoded, fitted) = encode(&prompt, tokenizer, &mut train, config.train.max_length)?;
+        let mut unlabelled = match &config.train.unlabelled_file {
             None => draw_unlabelled(&pool, &positions, config.train.unlabelled, config.data_seed)?,
             Some(path) => unlabelled_from_file(task, path, &config.train)?,
         };
-        let (unlabelled_encoded, _) = encode(&prompt, tokenizer, &unlabelled, config.train.max_length)?;
+        let (unlabelled_encoded, _) = encode(&prompt, tokenizer, &mut unlabelled, config.train.max_length)?;
         let context = sampling::balanced_demonstrations(&pool, config.shots, config.data_seed)
             .map(|demos| prompt.context(demos.iter().map(|&p| &pool.examples[p])))
             .map_err(|e| e.to_string());
@@ -90,7 +93,8 @@ impl RunData {
         let summary = DataSummary {
             pool_size: pool.len(),
             train_positions: positions,
-            train_truncated: truncated,
+            train_truncated: fitted.truncated,
+            train_dropped: fitted.dropped,
             eval_sizes: eval.iter().map(|s| (s.name.clone(), s.data.len())).collect(),
             unlabelled_inputs: unlabelled.len(),
         };
@@ -139,7 +143,8 @@ impl RunData {
         if let Ok(context) = &self.context {
             data.json["context"] = context.clone().into();
         }
-        let unlabelled: Vec<String> = self.unlabelled.examples.iter().map(|e| self.prompt.query(e)).collect();
+        let unlabelled: Vec<String> =
+            self.unlabelled_encoded.iter().map(|e| self.prompt.query(&self.unlabelled.examples[e.position])).collect();
         data.json["unlabelled"] = unlabelled.into();
         data
     }
@@ -164,20 +169,40 @@ pub fn method_tensors(batch: &Batch, prompts: Vec<String>, hide_labels: bool) ->
 }
 
 /// Encodes every example's prompt within `max_length`; returns them and how many were shortened.
+/// Encodes `data`'s prompts within `max_length` tokens; a shortened premise replaces the
+/// example's own, so the text methods read is the text the ids encode.
 fn encode(
     prompt: &Prompt,
     tokenizer: &Tokenizer,
-    data: &Dataset,
+    data: &mut Dataset,
     max_length: usize,
-) -> Result<(Vec<EncodedExample>, usize)> {
-    let mut truncated = 0;
+) -> Result<(Vec<EncodedExample>, Fitted)> {
+    let mut fitted = Fitted::default();
     let mut encoded = Vec::with_capacity(data.len());
-    for (position, example) in data.examples.iter().enumerate() {
-        let e = prompt.encode_within(tokenizer, "", example, max_length)?;
-        truncated += usize::from(e.truncated_tokens > 0);
+    for (position, example) in data.examples.iter_mut().enumerate() {
+        let Some(e) = prompt.encode_within(tokenizer, "", example, max_length)? else {
+            fitted.dropped += 1;
+            continue;
+        };
+        fitted.truncated += usize::from(e.truncated_tokens > 0);
+        if let Some(premise) = e.premise {
+            example.text1 = premise;
+        }
         encoded.push(EncodedExample { position, ids: e.ids, label: example.label });
     }
-    Ok((encoded, truncated))
+    if fitted.dropped > 0 {
+        tracing::warn!("{}: {} row(s) cannot fit {max_length} tokens and are left out", data.name, fitted.dropped);
+    }
+    Ok((encoded, fitted))
+}
+
+/// How a set's rows were fitted to the length limit.
+#[derive(Debug, Default)]
+struct Fitted {
+    /// Rows shortened from the premise side.
+    truncated: usize,
+    /// Rows that cannot fit even without a premise, left out.
+    dropped: usize,
 }
 
 /// Up to `count` pool examples outside the labelled `taken` positions, drawn as the few-shot

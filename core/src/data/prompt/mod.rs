@@ -57,6 +57,8 @@ pub struct Encoded {
     pub ids: Vec<i64>,
     /// Tokens cut from the premise to fit the length limit (0 when it fit).
     pub truncated_tokens: usize,
+    /// The premise as shortened, when it was: the text the ids encode.
+    pub premise: Option<String>,
 }
 
 impl Prompt {
@@ -115,38 +117,87 @@ impl Prompt {
 
     /// Token ids of `context + query(example)` within `max_length` tokens: when too long, tokens
     /// are cut from the end of the premise (text1) until it fits, and the count is returned.
-    /// An input that cannot fit even with an empty premise is an error.
+    /// `None` when the input cannot fit even with an empty premise (the caller drops and counts
+    /// it, as llmft does). A text of any size costs only what the limit can use: the texts are
+    /// cut to [`Tokenizer::prefix_within`] first.
     pub fn encode_within(
         &self,
         tokenizer: &Tokenizer,
         context: &str,
         example: &Example,
         max_length: usize,
-    ) -> Result<Encoded> {
-        let ids = self.encode(tokenizer, context, example)?;
+    ) -> Result<Option<Encoded>> {
+        let (example, capped) = capped(tokenizer, example, max_length);
+        if capped.hypothesis {
+            return Ok(None);
+        }
+        let ids = self.encode(tokenizer, context, &example)?;
         if ids.len() <= max_length {
-            return Ok(Encoded { ids, truncated_tokens: 0 });
+            return Ok(Some(Encoded { ids, truncated_tokens: 0, premise: None }));
         }
         let premise = tokenizer.encode_plain(&example.text1)?;
         let mut keep = premise.len().saturating_sub(ids.len() - max_length);
         loop {
             let shortened = tokenizer.decode(&premise[..keep])?;
-            let text = format!("{context}{}{}", self.template.render(example, Some(&shortened)), self.prefix);
+            let text = format!("{context}{}{}", self.template.render(&example, Some(&shortened)), self.prefix);
             let ids = tokenizer.encode(&text)?;
             if ids.len() <= max_length {
-                return Ok(Encoded { ids, truncated_tokens: premise.len() - keep });
+                return Ok(Some(Encoded { ids, truncated_tokens: premise.len() - keep, premise: Some(shortened) }));
             }
             if keep == 0 {
-                return Err(Error::Prompt(format!(
-                    "example {} of {} tokens cannot fit {max_length} tokens even with its premise removed",
-                    example.id,
-                    ids.len()
-                )));
+                return Ok(None);
             }
             // Re-tokenising at the cut can merge differently: step down by the overshoot.
             keep = keep.saturating_sub((ids.len() - max_length).max(1));
         }
     }
+
+    /// Token ids of the query, or `None` when it is over `max_tokens` tokens (found without
+    /// tokenizing more than the limit can use).
+    pub fn encode_capped(
+        &self,
+        tokenizer: &Tokenizer,
+        example: &Example,
+        max_tokens: usize,
+    ) -> Result<Option<Vec<i64>>> {
+        let (example, capped) = capped(tokenizer, example, max_tokens);
+        let ids = self.encode(tokenizer, "", &example)?;
+        Ok((!capped.any() && ids.len() <= max_tokens).then_some(ids))
+    }
+}
+
+/// Which texts of an example were cut to the tokenizer's prefix for a limit.
+struct Capped {
+    premise: bool,
+    hypothesis: bool,
+}
+
+impl Capped {
+    fn any(&self) -> bool {
+        self.premise || self.hypothesis
+    }
+}
+
+/// `example` with each text cut to the prefix that holds its first `max_tokens` tokens.
+fn capped<'e>(
+    tokenizer: &Tokenizer,
+    example: &'e Example,
+    max_tokens: usize,
+) -> (std::borrow::Cow<'e, Example>, Capped) {
+    let premise = tokenizer.prefix_within(&example.text1, max_tokens);
+    let hypothesis = example.text2.as_deref().and_then(|t| tokenizer.prefix_within(t, max_tokens));
+    let flags = Capped { premise: premise.is_some(), hypothesis: hypothesis.is_some() };
+    if !flags.any() {
+        return (std::borrow::Cow::Borrowed(example), flags);
+    }
+    let mut cut = example.clone();
+    if let Some(p) = premise {
+        cut.text1 = p.to_string();
+    }
+    if let Some(h) = hypothesis {
+        cut.text2 = Some(h.to_string());
+    }
+    (std::borrow::Cow::Owned(cut), flags)
 }
 
 /// The one token of `word`, or an error naming the word and the tokens it splits into.

@@ -103,12 +103,31 @@ fn over_long_inputs_lose_premise_tokens_and_keep_the_pattern_end() {
     let long =
         Example::new(0, "The doctor saw the lawyer near the library. ".repeat(20), Some("The judge slept.".into()), 0);
     let full = minimal.encode(&tokenizer, "", &long).unwrap();
-    let fitted = minimal.encode_within(&tokenizer, "", &long, 40).unwrap();
+    let fitted = minimal.encode_within(&tokenizer, "", &long, 40).unwrap().unwrap();
     assert!(fitted.ids.len() <= 40 && fitted.truncated_tokens >= full.len() - 40, "{fitted:?}");
     let text = tokenizer.decode(&fitted.ids).unwrap();
     assert!(text.starts_with("The doctor saw") && text.ends_with(" The judge slept. ?"), "{text}");
-    let short = minimal.encode_within(&tokenizer, "", &pair(), 40).unwrap();
+    let short = minimal.encode_within(&tokenizer, "", &pair(), 40).unwrap().unwrap();
     assert_eq!((short.truncated_tokens, short.ids.len()), (0, minimal.encode(&tokenizer, "", &pair()).unwrap().len()));
-    let err = minimal.encode_within(&tokenizer, "", &long, 3).unwrap_err().to_string();
-    assert!(err.contains("cannot fit 3 tokens"), "{err}");
+    assert_eq!(minimal.encode_within(&tokenizer, "", &long, 3).unwrap(), None, "cannot fit 3 tokens");
+}
+
+/// A text of megabytes is tokenized only as far as the limit can use, with the same result as
+/// tokenizing it whole.
+#[test]
+fn huge_texts_are_cut_before_tokenizing() {
+    let tokenizer = tiny::tokenizer().unwrap();
+    let minimal = prompt(PromptFamily::Nli, 2, PatternStyle::Minimal);
+    let sentence = "The doctor saw the lawyer near the library. ";
+    let moderate = Example::new(0, sentence.repeat(400), Some("The judge slept.".into()), 0);
+    let huge = Example::new(0, sentence.repeat(100_000), Some("The judge slept.".into()), 0);
+    assert!(tokenizer.prefix_within(&huge.text1, 64).is_some_and(|p| p.len() < 100_000));
+    let (a, b) =
+        (minimal.encode_within(&tokenizer, "", &moderate, 64), minimal.encode_within(&tokenizer, "", &huge, 64));
+    assert_eq!(a.unwrap().unwrap().ids, b.unwrap().unwrap().ids);
+    assert_eq!(minimal.encode_capped(&tokenizer, &huge, 1000).unwrap(), None);
+    let short = minimal.encode_capped(&tokenizer, &pair(), 1000).unwrap().unwrap();
+    assert_eq!(short, minimal.encode(&tokenizer, "", &pair()).unwrap());
+    let long_hypothesis = Example::new(0, "A.", Some(sentence.repeat(100_000)), 0);
+    assert_eq!(minimal.encode_within(&tokenizer, "", &long_hypothesis, 64).unwrap(), None);
 }
