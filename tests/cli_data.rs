@@ -144,6 +144,21 @@ fn bad_files_are_errors_naming_file_row_and_column() {
     assert!(err.contains("ragged.tsv: row 2: line 3 has 2 fields but the header has 3"), "{err}");
     let err = fails(&["data", "show", "rte", "--file", ragged.to_str().unwrap(), "--columns", "premise=a,question=b"]);
     assert!(err.contains("unknown key `question`"), "{err}");
+    let latin1: [(&str, &[u8], &str); 3] = [
+        ("latin1.csv", b"premise,hypothesis,label\nA,B,0\ncaf\xe9,D,1\n", "line 3, byte 4"),
+        ("latin1.tsv", b"premise\thypothesis\tlabel\nA\tB\t0\ncaf\xe9\tD\t1\n", "line 3, byte 4"),
+        (
+            "latin1.jsonl",
+            b"{\"premise\":\"A\",\"hypothesis\":\"B\",\"label\":0}\n{\"premise\":\"caf\xe9\"}\n",
+            "line 2, byte 16",
+        ),
+    ];
+    for (name, bytes, at) in latin1 {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let err = show(&path, "label=label");
+        assert!(err.contains(&format!("{name}: {at}: not UTF-8")), "{err}");
+    }
 }
 
 #[test]

@@ -207,6 +207,41 @@ fn empty_runs_are_refused_and_a_diverged_model_fails() {
     assert!(diverged.status.code() == Some(1) && stderr.contains("NaN or infinity after 1 optimizer step"), "{stderr}");
     let record = json(&out.path().join(RUN).join("record.json"));
     assert_eq!(record["status"], "failed");
+
+    // Weights that hold NaN: a warning in the record and a failed evaluation naming the tensor,
+    // or, with --strict, a refusal before anything runs.
+    let model = out.path().join("nan-model");
+    let saved = ftlab(&["model", "save", "tiny-opt", model.to_str().unwrap()]);
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    let weights = model.join("model.safetensors");
+    let mut tensors = tch::Tensor::read_safetensors(&weights).unwrap();
+    let poisoned = "model.decoder.layers.0.fc1.bias";
+    for (name, tensor) in &mut tensors {
+        if name == poisoned {
+            *tensor = tensor.full_like(f64::NAN);
+        }
+    }
+    tch::Tensor::write_safetensors(&tensors, &weights).unwrap();
+    let model_arg = model.to_str().unwrap();
+    let args =
+        ["run", "--plugin", "icl", "--model", model_arg, "--shots", "8", "--set", "eval.max_examples=8", "--out"];
+    let args = [&args[..], &[out.path().to_str().unwrap()]].concat();
+    let nan = ftlab(&args);
+    let stderr = String::from_utf8_lossy(&nan.stderr);
+    assert!(
+        nan.status.code() == Some(1) && stderr.contains(&format!("`{poisoned}` holds non-finite values")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("WARN") && !stderr.contains('\u{1b}'), "logs to a pipe carry no colour codes: {stderr}");
+    let name = format!("icl_synthetic-nli_{}_k8_d0_s0", model_arg.replace('/', "_"));
+    let record = json(&out.path().join(name).join("record.json"));
+    assert!(record["warnings"][0].as_str().unwrap().contains(poisoned), "{record}");
+    let strict = ftlab(&[&args[..], &["--strict", "--force"]].concat());
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert!(
+        strict.status.code() == Some(1) && stderr.contains("NaN or infinite values in") && stderr.contains(poisoned),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -238,6 +273,19 @@ fn a_failing_method_is_recorded_as_failed_and_other_runs_are_untouched() {
     assert_eq!(record["status"], "failed");
     assert!(record["error"].as_str().unwrap().contains("`loss`"));
     assert_eq!(std::fs::read(out.path().join(RUN).join("record.json")).unwrap(), good);
+
+    // When even the failure cannot be recorded (here the record's path is taken by a folder),
+    // the method's error is the one reported, and no partial file stays behind.
+    let run = out.path().join("fault_panic_in_loss_synthetic-nli_tiny-opt_k8_d0_s0");
+    std::fs::remove_file(run.join("record.json")).unwrap();
+    std::fs::create_dir(run.join("record.json")).unwrap();
+    let args = ["run", "--plugin", "fault_panic_in_loss", "--shots", "8", "--set", "eval.max_examples=8", "--out"];
+    let unrecorded = ftlab(&[&args[..], &[out.path().to_str().unwrap()]].concat());
+    let stderr = String::from_utf8_lossy(&unrecorded.stderr);
+    assert!(unrecorded.status.code() == Some(1) && stderr.contains("error: method `fault_panic_in_loss`"), "{stderr}");
+    let names: Vec<String> =
+        std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert!(names.iter().all(|n| !n.contains("partial")), "{names:?}");
 }
 
 #[test]

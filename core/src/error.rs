@@ -161,6 +161,14 @@ pub enum Error {
         /// The optimizer step it happened at (1-based).
         step: usize,
     },
+    /// A model's weights hold NaN or infinite values and the run is strict.
+    #[error("model `{model}`: NaN or infinite values in {parameters} (a damaged or diverged checkpoint)")]
+    NonFiniteWeights {
+        /// The model.
+        model: String,
+        /// The parameters, comma separated.
+        parameters: String,
+    },
     /// Evaluation produced NaN or infinite scores: the model (or a method) diverged.
     #[error("eval set `{set}`: {rows} row(s) scored NaN or infinity after {step} optimizer step(s){}", parameter.as_ref().map(|p| format!("; `{p}` holds non-finite values")).unwrap_or_default())]
     NonFiniteScores {

@@ -47,15 +47,21 @@ pub struct RunArgs {
     /// Any setting by its dotted key, repeatable: `--set train.lr=3e-5 --set eval.max_examples=500`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
-    /// Continue an interrupted run from its last checkpoint.
+    /// Continue an interrupted or failed run from its last checkpoint. Only `eval.*`, `out`,
+    /// `train.checkpoint` and `train.eval_every_epoch` may differ from the run's settings (and
+    /// `train.epochs`/`train.max_steps` under a constant schedule); other changes are refused.
     #[arg(long)]
     resume: bool,
-    /// Run again even if the run folder holds a finished run.
+    /// Run again even if the run folder holds a finished run (moved aside to `NAME.N/` when its
+    /// settings differ).
     #[arg(long)]
     force: bool,
     /// Stop after this many epochs (continue later with --resume), e.g. for time-limited jobs.
     #[arg(long)]
     epochs_budget: Option<usize>,
+    /// Refuse a model whose weights hold NaN or infinite values (without it, the record warns).
+    #[arg(long)]
+    strict: bool,
     /// Print the record as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -102,7 +108,8 @@ impl RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = crate::config::load(args.config.as_deref(), &args.overrides()?)?;
-    let options = RunOptions { resume: args.resume, force: args.force, epochs_budget: args.epochs_budget };
+    let options =
+        RunOptions { resume: args.resume, force: args.force, epochs_budget: args.epochs_budget, strict: args.strict };
     eprintln!("run {} → {}", config.run_name(), config.out.join(config.run_name()).display());
     let record = run::run(&config, &options, &Registry::discover())?;
     if args.json {

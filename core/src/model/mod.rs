@@ -70,6 +70,12 @@ pub struct Model {
 }
 
 impl Model {
+    /// The parameters that hold a NaN or an infinity (a damaged or diverged checkpoint).
+    pub fn non_finite_parameters(&self) -> Vec<String> {
+        let finite = |t: &tch::Tensor| bool::try_from(t.isfinite().all()).unwrap_or(false);
+        self.vs.variables().into_iter().filter(|(_, t)| !finite(t)).map(|(name, _)| name).collect()
+    }
+
     /// Loads `spec` (see [`ModelSpec::parse`]).
     pub fn load(spec: &str, options: LoadOptions) -> Result<Self> {
         let files = match ModelSpec::parse(spec)? {

@@ -33,6 +33,15 @@ pub(super) fn execute(
     let device = config.device.resolve()?;
     let model = Model::load(&config.model, LoadOptions { device, dtype: config.dtype, weights_format: None })?;
     record.model = Some(model.origin.clone());
+    let damaged = model.non_finite_parameters();
+    if !damaged.is_empty() {
+        if options.strict {
+            return Err(Error::NonFiniteWeights { model: config.model.clone(), parameters: damaged.join(", ") });
+        }
+        let warning = format!("weights with NaN or infinite values: {}", damaged.join(", "));
+        tracing::warn!("{warning}");
+        record.warnings.push(warning);
+    }
     record.platform = Some(Platform::of(device)?);
     let data = RunData::load(config, &model.tokenizer)?;
     record.data = Some(data.summary.clone());

@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub force: bool,
     /// Stop after this many epochs in this invocation (resume later with `resume`).
     pub epochs_budget: Option<usize>,
+    /// Refuse a model whose weights hold NaN or infinite values (else the record warns).
+    pub strict: bool,
 }
 
 /// A method's provenance in the record.
@@ -125,6 +127,9 @@ pub struct RunRecord {
     pub status: RunStatus,
     /// Why it failed.
     pub error: Option<String>,
+    /// What a reader of the results should know (e.g. weights that held NaN).
+    #[serde(default)]
+    pub warnings: Vec<String>,
     /// The resolved configuration.
     pub config: RunConfig,
     /// Model id, hub revision and weight files.
@@ -171,6 +176,7 @@ impl RunRecord {
             name: config.run_name(),
             status,
             error: None,
+            warnings: Vec::new(),
             config: config.clone(),
             model: None,
             platform: None,

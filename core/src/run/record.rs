@@ -113,3 +113,38 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The project's git revision at build time, for run records.
 pub const GIT_REVISION: &str = env!("BUILT_GIT_REVISION");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_leave_no_partial_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join("record.partial-999");
+        std::fs::write(&stale, "left by a killed writer").unwrap();
+        write_atomically(&dir.path().join("record.json"), b"{}").unwrap();
+        assert!(!stale.exists(), "a successful write removes stale partial files");
+        // A write that cannot land (the target is a folder) removes its own partial file.
+        std::fs::create_dir(dir.path().join("blocked.json")).unwrap();
+        assert!(write_atomically(&dir.path().join("blocked.json"), b"{}").is_err());
+        let names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert!(names.iter().all(|n| !n.contains("partial")), "{names:?}");
+    }
+
+    #[test]
+    fn metrics_are_cut_back_to_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path()).unwrap();
+        let lines = ["{\"epoch\":0}", "{\"epoch\":1}", "{\"epoch\":2}", "{\"epoch\":3,\"st"];
+        std::fs::write(run.metrics(), lines.join("\n")).unwrap();
+        let kept = run.metrics_until(1).unwrap();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(std::fs::read_to_string(run.metrics()).unwrap(), "{\"epoch\":0}\n{\"epoch\":1}\n");
+        // A torn line that is not the last is damage to report, by its line.
+        std::fs::write(run.metrics(), "{\"epoch\":0}\n{\"epo\n{\"epoch\":1}\n").unwrap();
+        let err = run.metrics_until(1).unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl: row 2"), "{err}");
+    }
+}

@@ -65,6 +65,14 @@ pub fn parse_table(bytes: &[u8], path: &Path, format: FileFormat, header: &Heade
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(data_error("the file is empty".into()));
     }
+    if format != FileFormat::Parquet {
+        if let Err(e) = std::str::from_utf8(bytes) {
+            let before = &bytes[..e.valid_up_to()];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let byte = before.len() - before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
+            return Err(data_error(format!("line {line}, byte {byte}: not UTF-8 text (save the file as UTF-8)")));
+        }
+    }
     match format {
         FileFormat::Tsv => parse_delimited(bytes, path, b'\t', header),
         FileFormat::Csv => parse_delimited(bytes, path, b',', header),
