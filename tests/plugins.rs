@@ -3,6 +3,7 @@
 //! panic at load, in a hook, in the loss, a libtorch error — comes back as an error naming the
 //! method and the call, and the host keeps working.
 
+use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -251,4 +252,67 @@ fn scaffolded_plugins_run_from_the_cli() {
     assert!(record["methods"][1]["library"].as_str().unwrap().starts_with(scaffolded().to_str().unwrap()));
     // Only the adapter's four scaling vectors of 256 train.
     assert_eq!(record["trainable_parameters"], 4 * 256);
+}
+
+/// Shared libraries that crash whoever opens them — a constructor that aborts, one that calls a
+/// missing symbol, a forged abi_stable header — are refused with the reason when probed in a
+/// child process; every command goes on, and the verdicts are cached.
+#[test]
+fn libraries_that_crash_when_loaded_are_refused_and_the_host_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plugins, cache, data) = (dir.path().join("plugins"), dir.path().join("cache"), dir.path().join("data"));
+    std::fs::create_dir_all(&plugins).unwrap();
+    let sources = [
+        ("abort", "#include <stdlib.h>\n__attribute__((constructor)) static void boom(void) { abort(); }\n"),
+        (
+            "undefined",
+            "extern void ftlab_no_such_function(void);\n\
+             __attribute__((constructor)) static void call(void) { ftlab_no_such_function(); }\n",
+        ),
+        (
+            "forged",
+            "struct header { char magic[32]; unsigned int major, minor; void *junk[8]; };\n\
+             const struct header _1as_0lib_1header_0root_bmodule_bloader = {\n\
+             \"abi stable library for Rust     \", 0, 11, {(void *)0x10, (void *)0x10, (void *)0x10, (void *)0x10}};\n",
+        ),
+    ];
+    for (name, source) in sources {
+        let c = dir.path().join(format!("{name}.c"));
+        std::fs::write(&c, source).unwrap();
+        let library = plugins.join(format!("{DLL_PREFIX}{name}{DLL_SUFFIX}"));
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+        let status = Command::new(cc).args(["-shared", "-fPIC", "-o"]).arg(&library).arg(&c).status().unwrap();
+        assert!(status.success(), "compiling {name}.c");
+    }
+    let ftlab = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ftlab"))
+            .args(args)
+            .env("FTLAB_PLUGIN_PATH", &plugins)
+            .env("XDG_CACHE_HOME", &cache)
+            .env("XDG_DATA_HOME", &data)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    for round in ["probed", "cached"] {
+        let list = ftlab(&["plugins", "list", "--json"]);
+        assert!(list.status.success(), "{round}: {}", String::from_utf8_lossy(&list.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        let reason = |name: &str| {
+            let row = rows.as_array().unwrap().iter().find(|r| r["library"].as_str().unwrap().contains(name));
+            row.map(|r| r["status"].as_str().unwrap_or_default().to_string()).unwrap_or_default()
+        };
+        assert!(reason("abort").contains("SIGABRT"), "{round}: {rows}");
+        assert!(reason("undefined").contains("ftlab_no_such_function"), "{round}: {rows}");
+        assert!(reason("forged").contains("SIGSEGV") || reason("forged").contains("incompatible"), "{round}: {rows}");
+    }
+    assert!(cache.join("ftlab/plugin-probes.json").is_file());
+    let out = dir.path().join("runs");
+    let run =
+        ftlab(&["run", "--plugin", "pbft", "--shots", "8", "--set", "train.epochs=1", "--out", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let library = plugins.join(format!("{DLL_PREFIX}abort{DLL_SUFFIX}"));
+    let install = ftlab(&["plugins", "install", library.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&install.stderr);
+    assert!(install.status.code() == Some(1) && stderr.contains("SIGABRT"), "{stderr}");
 }

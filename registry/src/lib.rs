@@ -8,18 +8,25 @@
 //! records against the host's, then unique method names. A library that fails is kept in the
 //! listing with its reason and skipped; listing never fails.
 //!
+//! A host that can re-run itself as a prober has each library opened first in a child process
+//! ([`probe`]), so a library that crashes when loaded is refused instead of taking the host
+//! down, and a library is loaded into the host only when one of its methods is used.
+//!
 //! abi_stable's `RootModule::load_from_*` caches one module per interface type, so libraries
 //! are opened with `lib_header_from_path(..)?.init_root_module()` instead, which loads any
 //! number of them. Libraries are never unloaded (their code may back live tensors' deleters).
 
+pub mod probe;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::RStr;
 use ftlab_sdk::abi::{this_abi, AbiInfo, HostRef, MethodBox, MethodInfo, MethodLibraryRef, PluginError};
 use ftlab_sdk::Role;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a library or method cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,6 +78,15 @@ pub enum RegistryError {
         /// The library that declared it first.
         first: PathBuf,
     },
+    /// The library's probe refused it (see [`probe`]): a check failed, or opening it crashed the
+    /// probing process.
+    #[error("{message}")]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why, naming the file.
+        message: String,
+    },
     /// A call into the library failed (it panicked, or returned an error).
     #[error("{0}")]
     Plugin(#[from] PluginError),
@@ -95,7 +111,7 @@ pub enum RegistryError {
 }
 
 /// A method a usable library declares.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MethodDescriptor {
     /// Unique name.
     pub name: String,
@@ -122,7 +138,8 @@ pub struct Library {
     pub path: PathBuf,
     /// Its methods, or why it was refused.
     pub status: Result<Vec<MethodDescriptor>, RegistryError>,
-    module: Option<MethodLibraryRef>,
+    /// The opened library, once the host has opened it.
+    module: OnceLock<MethodLibraryRef>,
 }
 
 impl std::fmt::Debug for Library {
@@ -145,34 +162,58 @@ impl Registry {
 
     /// Scans `dirs` in order (files in each sorted by name); earlier declarations win.
     pub fn from_dirs(dirs: &[PathBuf]) -> Self {
-        let mut registry = Self::default();
+        let mut files: Vec<PathBuf> = Vec::new();
         for dir in dirs {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
-            let mut files: Vec<PathBuf> =
+            let mut found: Vec<PathBuf> =
                 entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_library(p)).collect();
-            files.sort();
-            for file in files {
-                registry.add(&file);
+            found.sort();
+            for file in found {
+                let canonical = file.canonicalize().unwrap_or(file);
+                if !files.contains(&canonical) {
+                    files.push(canonical);
+                }
             }
         }
+        let mut registry = Self::default();
+        registry.add_all(&files);
         registry
     }
 
-    /// Loads and verifies one library file, keeping it (usable or refused) in the listing.
+    /// Verifies one library file, keeping it (usable or refused) in the listing.
     pub fn add(&mut self, path: &Path) -> &Library {
         let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        if let Some(i) = self.libraries.iter().position(|l| l.path == canonical) {
-            return &self.libraries[i];
-        }
-        let library = match open(&canonical) {
-            Ok((module, methods)) => match self.duplicate(&canonical, &methods) {
-                Some(e) => Library { path: canonical, status: Err(e), module: None },
-                None => Library { path: canonical, status: Ok(methods), module: Some(module) },
-            },
-            Err(e) => Library { path: canonical, status: Err(e), module: None },
+        self.add_all(std::slice::from_ref(&canonical));
+        self.libraries.iter().find(|l| l.path == canonical).expect("just added")
+    }
+
+    /// Verifies `paths` (canonical): in a child process when [`probe`] is enabled, else by
+    /// opening each here.
+    fn add_all(&mut self, paths: &[PathBuf]) {
+        let new: Vec<PathBuf> =
+            paths.iter().filter(|p| !self.libraries.iter().any(|l| &l.path == *p)).cloned().collect();
+        let opened: Vec<(Result<Vec<MethodDescriptor>, RegistryError>, Option<MethodLibraryRef>)> = if probe::enabled()
+        {
+            probe::probe(&new).into_iter().map(|status| (status, None)).collect()
+        } else {
+            new.iter()
+                .map(|path| match open(path) {
+                    Ok((module, methods)) => (Ok(methods), Some(module)),
+                    Err(e) => (Err(e), None),
+                })
+                .collect()
         };
-        self.libraries.push(library);
-        self.libraries.last().expect("just pushed")
+        for (path, (status, module)) in new.into_iter().zip(opened) {
+            let status = status.and_then(|methods| match self.duplicate(&path, &methods) {
+                Some(e) => Err(e),
+                None => Ok(methods),
+            });
+            let cell = OnceLock::new();
+            if let (Ok(_), Some(module)) = (&status, module) {
+                let _ = cell.set(module);
+            }
+            self.libraries.push(Library { path, status, module: cell });
+        }
     }
 
     fn duplicate(&self, path: &Path, methods: &[MethodDescriptor]) -> Option<RegistryError> {
@@ -226,14 +267,14 @@ impl Registry {
 
     /// Creates method `name` (of `role`) from JSON hyperparameters, lending it the host.
     pub fn create(&self, name: &str, role: Role, config: &str, host: HostRef<'_>) -> Result<MethodBox, RegistryError> {
-        let module = self.module(self.find(name, role)?);
+        let module = self.module(self.find(name, role)?)?;
         Ok(module.create()(RStr::from_str(name), RStr::from_str(config), host).into_result()?)
     }
 
     /// The hyperparameters (JSON) of adapter `name` that reproduce an exported adapter with
     /// `adapter_config` (the text of its `adapter_config.json`).
     pub fn config_from_export(&self, name: &str, adapter_config: &str) -> Result<serde_json::Value, RegistryError> {
-        let module = self.module(self.find(name, Role::Adapter)?);
+        let module = self.module(self.find(name, Role::Adapter)?)?;
         let config = module.config_from_export()(RStr::from_str(name), RStr::from_str(adapter_config)).into_result()?;
         serde_json::from_str(&config).map_err(|e| {
             RegistryError::Plugin(PluginError {
@@ -245,9 +286,16 @@ impl Registry {
         })
     }
 
-    fn module(&self, descriptor: &MethodDescriptor) -> MethodLibraryRef {
-        (self.libraries.iter().find(|l| l.path == descriptor.library).and_then(|l| l.module))
-            .expect("a usable library keeps its module")
+    /// The opened library of `descriptor`, opened here the first time a method of it is used
+    /// (its probe passed, so opening it is safe).
+    fn module(&self, descriptor: &MethodDescriptor) -> Result<MethodLibraryRef, RegistryError> {
+        let library = (self.libraries.iter().find(|l| l.path == descriptor.library))
+            .expect("a descriptor comes from a listed library");
+        if let Some(module) = library.module.get() {
+            return Ok(*module);
+        }
+        let (module, _) = open(&library.path)?;
+        Ok(*library.module.get_or_init(|| module))
     }
 }
 

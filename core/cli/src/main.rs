@@ -41,6 +41,11 @@ fn main() -> ExitCode {
     }
     let args = Cli::parse();
     init_logging(args.verbose);
+    // Libraries are opened first in a child (`ftlab plugins probe`), so one that crashes when
+    // loaded is refused instead of ending this process.
+    if let Ok(exe) = std::env::current_exe() {
+        ftlab_registry::probe::probe_in_child(exe, &["plugins", "probe"]);
+    }
     match run(args) {
         Ok(code) => code,
         // The reader went away (`| head` where SIGPIPE is ignored): nothing is wrong.

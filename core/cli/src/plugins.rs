@@ -26,6 +26,13 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Open libraries in this process and print one JSON verdict per library (what a host runs
+    /// in a child process before trusting a library; see ftlab_registry::probe).
+    #[command(hide = true)]
+    Probe {
+        /// The library files.
+        paths: Vec<PathBuf>,
+    },
     /// Verify a method library and copy it into the user's plugin folder.
     Install {
         /// The library file (e.g. target/release/libmy_method.so).
@@ -67,6 +74,10 @@ pub fn run(command: PluginsCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginsCommand::List { json } => list(json),
         PluginsCommand::Info { name, json } => info(&name, json),
+        PluginsCommand::Probe { paths } => {
+            ftlab_registry::probe::print_verdicts(&paths).map_err(crate::StdoutError)?;
+            Ok(ExitCode::SUCCESS)
+        }
         PluginsCommand::Install { path } => install(&path),
         PluginsCommand::New { name, role, dir, sdk } => new(&name, role, &dir, sdk),
     }
