@@ -176,10 +176,9 @@ fn run_claimed(cell: &GridCell, exe: &Path, threads: usize) -> Result<CellReport
     end_with_sweep(&mut command);
     let status = command.status().map_err(Error::io(exe))?;
     let record_path = dir.record();
-    let record: Option<RunRecord> = match std::fs::read_to_string(&record_path) {
-        Ok(text) => Some(serde_json::from_str(&text).map_err(Error::json(&record_path))?),
-        Err(_) => None,
-    };
+    // A record that cannot be read (cut short) is no record: the cell is failed below.
+    let record: Option<RunRecord> =
+        std::fs::read_to_string(&record_path).ok().and_then(|text| serde_json::from_str(&text).ok());
     Ok(match record {
         Some(r) if r.status == RunStatus::Completed => report(Outcome::Completed, None),
         Some(r) => report(Outcome::Failed, r.error.or_else(|| Some(format!("status {}", r.status)))),
