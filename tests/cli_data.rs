@@ -185,3 +185,36 @@ fn huge_rows_are_counted_not_tokenized_whole() {
     assert_eq!((split["rows"].as_u64(), split["over_window"].as_u64()), (Some(2), Some(1)), "{report}");
     assert!(split["tokens"]["max"].as_u64().unwrap() < 30, "{report}");
 }
+
+/// GLUE's TSV files are read as GLUE and llmft read them (`quoting=QUOTE_NONE`): a field that
+/// begins with `"` or holds an odd number of quotes is text, and every line is one row.
+#[test]
+fn glue_tsv_quotes_are_text() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/glue/rte_dev.tsv");
+    let columns = "premise=sentence1,hypothesis=sentence2,label=label,id=index";
+    let report = json(&["data", "show", "rte", "--file", file.to_str().unwrap(), "--columns", columns, "--json"]);
+    assert_eq!(report["splits"][0]["rows"], 5, "{report}");
+    let sample = json(&[
+        "data",
+        "sample",
+        "rte",
+        "--file",
+        file.to_str().unwrap(),
+        "--columns",
+        columns,
+        "--k",
+        "5",
+        "--data-seed",
+        "0",
+        "--json",
+    ]);
+    let text = sample.to_string();
+    for quoted in [
+        r#"\"Dana Reeve, the widow"#,
+        r#"\"I have never seen anything like it,\" said the mayor"#,
+        r#"read \"\"closed\"\" and the shop's 12\" pizza"#,
+        r#"A man said: \""#,
+    ] {
+        assert!(text.contains(quoted), "{quoted} not in {text}");
+    }
+}

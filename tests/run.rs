@@ -236,6 +236,8 @@ fn empty_runs_are_refused_and_a_diverged_model_fails() {
     let name = format!("icl_synthetic-nli_{}_k8_d0_s0", model_arg.replace('/', "_"));
     let record = json(&out.path().join(name).join("record.json"));
     assert!(record["warnings"][0].as_str().unwrap().contains(poisoned), "{record}");
+    let coloured = ftlab(&[&args[..], &["--force", "--color", "always"]].concat());
+    assert!(String::from_utf8_lossy(&coloured.stderr).contains('\u{1b}'), "--color always colours logs");
     let strict = ftlab(&[&args[..], &["--strict", "--force"]].concat());
     let stderr = String::from_utf8_lossy(&strict.stderr);
     assert!(

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let args = Cli::parse();
-    init_logging(args.verbose);
+    init_logging(args.verbose, args.color);
     // Libraries are opened first in a child (`ftlab plugins probe`), so one that crashes when
     // loaded is refused instead of ending this process.
     if let Ok(exe) = std::env::current_exe() {
@@ -90,6 +90,9 @@ struct Cli {
     /// More log output (-v: debug, -vv: trace). `FTLAB_LOG` takes a tracing filter too.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Colour in logs: `auto` (only when stderr is a terminal), `always` or `never`.
+    #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
+    color: Color,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,8 +142,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logs go to stderr, filtered by `FTLAB_LOG` (tracing's syntax) or by `-v`.
-fn init_logging(verbose: u8) {
+/// When logs are coloured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Logs go to stderr, filtered by `FTLAB_LOG` (tracing's syntax) or by `-v`; coloured only on a
+/// terminal unless `--color` says otherwise.
+fn init_logging(verbose: u8, color: Color) {
     let default = match verbose {
         0 => "info",
         1 => "debug",
@@ -149,7 +161,11 @@ fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FTLAB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
-    let colour = std::io::stderr().is_terminal();
+    let colour = match color {
+        Color::Auto => std::io::stderr().is_terminal(),
+        Color::Always => true,
+        Color::Never => false,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

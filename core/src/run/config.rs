@@ -190,60 +190,81 @@ impl Default for RunConfig {
     }
 }
 
-impl RunConfig {
-    /// Checks values a type cannot express.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, message: String| Err(Error::RunConfig(format!("`{key}`: {message}")));
-        let t = &self.train;
-        if let Err(e) = crate::data::task::find(&self.task) {
-            return bad("task", e.to_string());
-        }
-        if self.shots == 0 {
-            return bad("shots", "must be at least 1".into());
-        }
+/// A key and what is wrong with its value.
+type Invalid = (&'static str, String);
+
+impl TrainConfig {
+    /// Checks the optimisation settings a type cannot express.
+    fn check(&self) -> std::result::Result<(), Invalid> {
+        let t = self;
         if t.batch_size == 0 || t.grad_accum == 0 || t.batch_size % t.grad_accum != 0 {
-            return bad(
-                "train.batch_size",
-                format!("{} must be positive and divisible by train.grad_accum {}", t.batch_size, t.grad_accum),
-            );
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return bad("train.lr", format!("must be positive, got {}", t.lr));
-        }
-        if !(0.0..1.0).contains(&t.warmup_ratio) {
-            return bad("train.warmup_ratio", format!("must be in [0, 1), got {}", t.warmup_ratio));
-        }
-        if t.grad_clip < 0.0 || t.weight_decay < 0.0 {
-            return bad("train.grad_clip", "grad_clip and weight_decay must not be negative".into());
+            let message =
+                format!("{} must be positive and divisible by train.grad_accum {}", t.batch_size, t.grad_accum);
+            return Err(("train.batch_size", message));
         }
         if t.epochs == 0 && t.max_steps.is_none() || t.max_steps == Some(0) {
-            return bad("train.epochs", "a run trains at least one step (train.epochs or train.max_steps ≥ 1)".into());
+            return Err((
+                "train.epochs",
+                "a run trains at least one step (train.epochs or train.max_steps ≥ 1)".into(),
+            ));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(("train.lr", format!("must be positive, got {}", t.lr)));
+        }
+        if !(0.0..1.0).contains(&t.warmup_ratio) {
+            return Err(("train.warmup_ratio", format!("must be in [0, 1), got {}", t.warmup_ratio)));
+        }
+        if t.grad_clip < 0.0 || t.weight_decay < 0.0 {
+            return Err(("train.grad_clip", "grad_clip and weight_decay must not be negative".into()));
         }
         let (beta1, beta2) = t.betas;
         if !((0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2)) {
-            return bad("train.betas", format!("both must be in [0, 1), got [{beta1}, {beta2}]"));
+            return Err(("train.betas", format!("both must be in [0, 1), got [{beta1}, {beta2}]")));
         }
         if !(t.eps > 0.0 && t.eps.is_finite()) {
-            return bad("train.eps", format!("must be positive, got {}", t.eps));
+            return Err(("train.eps", format!("must be positive, got {}", t.eps)));
         }
         if t.max_length < 8 {
-            return bad("train.max_length", format!("{} tokens cannot hold a prompt", t.max_length));
+            return Err(("train.max_length", format!("{} tokens cannot hold a prompt", t.max_length)));
         }
-        if self.eval.batch_size == 0 {
-            return bad("eval.batch_size", "must be positive".into());
+        Ok(())
+    }
+}
+
+impl EvalConfig {
+    /// Checks the evaluation settings a type cannot express.
+    fn check(&self) -> std::result::Result<(), Invalid> {
+        if self.batch_size == 0 {
+            return Err(("eval.batch_size", "must be positive".into()));
         }
-        if self.eval.max_examples == Some(0) {
-            return bad("eval.max_examples", "0 rows score nothing (omit it to score every row)".into());
+        if self.max_examples == Some(0) {
+            return Err(("eval.max_examples", "0 rows score nothing (omit it to score every row)".into()));
         }
+        if self.icl_method.name.is_empty() {
+            return Err(("eval.icl_method.name", "no objective named for the ICL reference".into()));
+        }
+        Ok(())
+    }
+}
+
+impl RunConfig {
+    /// Checks values a type cannot express; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |(key, message): Invalid| Error::RunConfig(format!("`{key}`: {message}"));
+        if let Err(e) = crate::data::task::find(&self.task) {
+            return Err(bad(("task", e.to_string())));
+        }
+        if self.shots == 0 {
+            return Err(bad(("shots", "must be at least 1".into())));
+        }
+        self.train.check().map_err(bad)?;
+        self.eval.check().map_err(bad)?;
         if self.method.name.is_empty() {
-            return bad("method.name", "no objective named (`--plugin NAME`, or `name` in `[method]`)".into());
-        }
-        if self.eval.icl_method.name.is_empty() {
-            return bad("eval.icl_method.name", "no objective named for the ICL reference".into());
+            return Err(bad(("method.name", "no objective named (`--plugin NAME`, or `name` in `[method]`)".into())));
         }
         for m in std::iter::once(&self.method).chain(&self.adapters) {
             if !m.config.is_object() {
-                return bad(&format!("{}.config", m.name), "must be a table".into());
+                return Err(Error::RunConfig(format!("`{}.config`: must be a table", m.name)));
             }
         }
         Ok(())

@@ -74,8 +74,8 @@ pub fn parse_table(bytes: &[u8], path: &Path, format: FileFormat, header: &Heade
         }
     }
     match format {
-        FileFormat::Tsv => parse_delimited(bytes, path, b'\t', header),
-        FileFormat::Csv => parse_delimited(bytes, path, b',', header),
+        FileFormat::Tsv => parse_delimited(bytes, path, Dialect::GLUE_TSV, header),
+        FileFormat::Csv => parse_delimited(bytes, path, Dialect::CSV, header),
         FileFormat::Jsonl => parse_jsonl(bytes, path),
         FileFormat::Parquet => {
             ParquetReader::new(Cursor::new(bytes)).finish().map_err(|e| data_error(format!("cannot read parquet: {e}")))
@@ -94,14 +94,30 @@ pub fn parquet_rows(path: &Path) -> Result<usize> {
     })
 }
 
-fn parse_delimited(bytes: &[u8], path: &Path, separator: u8, header: &Header) -> Result<DataFrame> {
+/// How a delimited file separates and quotes fields.
+#[derive(Debug, Clone, Copy)]
+struct Dialect {
+    separator: u8,
+    /// The quote character, or none: every byte but the separator and newlines is text.
+    quote: Option<u8>,
+}
+
+impl Dialect {
+    /// GLUE's `.tsv` files (and llmft's reader: `quoting=csv.QUOTE_NONE`): tabs, no quoting, so
+    /// a field may begin with `"` or hold an odd number of them, and those quotes are text.
+    const GLUE_TSV: Dialect = Dialect { separator: b'\t', quote: None };
+    /// RFC 4180: commas, fields optionally in double quotes, `""` for a quote inside one.
+    const CSV: Dialect = Dialect { separator: b',', quote: Some(b'"') };
+}
+
+fn parse_delimited(bytes: &[u8], path: &Path, dialect: Dialect, header: &Header) -> Result<DataFrame> {
     let data_error = |message: String| Error::Data { path: path.into(), row: None, column: None, message };
     let has_header = *header == Header::Present;
     let expected = match header {
         Header::Absent(names) => Some(names.len()),
         Header::Present => None,
     };
-    if let Some(ragged) = first_ragged_record(bytes, separator, has_header, expected) {
+    if let Some(ragged) = first_ragged_record(bytes, dialect, has_header, expected) {
         return Err(Error::Data {
             path: path.into(),
             row: Some(ragged.row),
@@ -115,7 +131,7 @@ fn parse_delimited(bytes: &[u8], path: &Path, separator: u8, header: &Header) ->
             ),
         });
     }
-    let parse = CsvParseOptions::default().with_separator(separator).with_quote_char(Some(b'"'));
+    let parse = CsvParseOptions::default().with_separator(dialect.separator).with_quote_char(dialect.quote);
     let mut frame = CsvReadOptions::default()
         .with_has_header(has_header)
         .with_infer_schema_length(Some(0)) // every column as text: labels are mapped by name or id
@@ -138,9 +154,10 @@ struct Ragged {
     expected: usize,
 }
 
-/// Scans records as polars splits them (a quote opens only at the start of a field; `""`
-/// inside quotes is a literal quote; blank lines are skipped).
-fn first_ragged_record(text: &[u8], separator: u8, has_header: bool, expected: Option<usize>) -> Option<Ragged> {
+/// Scans records as polars splits them (a quote, if the dialect has one, opens only at the
+/// start of a field; `""` inside quotes is a literal quote; blank lines are skipped).
+fn first_ragged_record(text: &[u8], dialect: Dialect, has_header: bool, expected: Option<usize>) -> Option<Ragged> {
+    let separator = dialect.separator;
     let (mut line, mut record_line, mut records) = (1, 1, 0usize);
     let (mut fields, mut at_field_start, mut in_quotes, mut empty) = (1, true, false, true);
     let mut expected = expected;
@@ -154,17 +171,19 @@ fn first_ragged_record(text: &[u8], separator: u8, has_header: bool, expected: O
     while let Some(byte) = bytes.next() {
         if in_quotes {
             match byte {
-                b'"' if bytes.peek() == Some(&b'"') => {
+                b if Some(b) == dialect.quote && bytes.peek() == Some(&b) => {
                     bytes.next();
                 }
-                b'"' => in_quotes = false,
+                b if Some(b) == dialect.quote => in_quotes = false,
                 b'\n' => line += 1,
                 _ => {}
             }
             continue;
         }
         match byte {
-            b'"' if at_field_start => (in_quotes, at_field_start, empty) = (true, false, false),
+            b if at_field_start && Some(b) == dialect.quote => {
+                (in_quotes, at_field_start, empty) = (true, false, false)
+            }
             b'\n' => {
                 if !empty {
                     if let Some(ragged) = finish(fields, record_line, &mut expected) {
@@ -241,15 +260,18 @@ mod tests {
     fn finds_the_first_ragged_record() {
         let tsv = b"a\tb\tc\n1\t2\t3\n\n4\t5\n";
         assert_eq!(
-            first_ragged_record(tsv, b'\t', true, None),
+            first_ragged_record(tsv, Dialect::GLUE_TSV, true, None),
             Some(Ragged { row: 2, line: 4, fields: 2, expected: 3 })
         );
         // A separator inside quotes is not a field boundary; a quote mid-field is literal.
         let csv = b"a,b\n\"x, y\",2\nit's \"fine\",3";
-        assert_eq!(first_ragged_record(csv, b',', true, None), None);
+        assert_eq!(first_ragged_record(csv, Dialect::CSV, true, None), None);
+        // In a GLUE TSV, quotes are text: a field that opens with one does not swallow the tab.
+        let glue = b"a\tb\n\"x\t2\n\"y\"\"\t3\n";
+        assert_eq!(first_ragged_record(glue, Dialect::GLUE_TSV, true, None), None);
         // Header-less: the expected count is given, rows count from the first line.
         assert_eq!(
-            first_ragged_record(b"x\t1\ny", b'\t', false, Some(2)),
+            first_ragged_record(b"x\t1\ny", Dialect::GLUE_TSV, false, Some(2)),
             Some(Ragged { row: 2, line: 2, fields: 1, expected: 2 })
         );
     }
