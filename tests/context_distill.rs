@@ -321,6 +321,10 @@ fn unlabelled_inputs_can_come_from_a_users_file() {
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
     assert_eq!(record["data"]["unlabelled_inputs"], 5);
+    // The record names the file by its content, as coreutils hashes it.
+    let sha256sum = Command::new("sha256sum").arg(&file).output().unwrap();
+    let expected = String::from_utf8_lossy(&sha256sum.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(record["data"]["files"][0]["sha256"], expected.as_str(), "{}", record["data"]);
     let metrics = std::fs::read_to_string(dir.path().join(record["name"].as_str().unwrap()).join("metrics.jsonl"));
     let epoch: serde_json::Value = serde_json::from_str(metrics.unwrap().lines().nth(1).unwrap()).unwrap();
     assert!(epoch["tokens"].as_u64().unwrap() > 5 * 8, "five inputs of 8+ tokens trained on: {epoch}");

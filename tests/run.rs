@@ -111,6 +111,14 @@ fn the_record_names_the_cpu_kernels_and_threads() {
     if cfg!(target_arch = "x86_64") {
         assert!(["DEFAULT", "NO AVX"].contains(&platform["cpu_capability"].as_str().unwrap()), "{platform}");
     }
+    // Provenance: the CPU, libtorch, the code (commit and whether it had local changes).
+    assert!(!platform["cpu_model"].as_str().unwrap().is_empty(), "{platform}");
+    assert!(platform["libtorch"].as_str().unwrap().starts_with("2.13.0"), "{platform}");
+    assert_eq!(record["git_revision"].as_str().unwrap().len(), 40, "{record}");
+    assert!(record["git_dirty"].is_boolean(), "{record}");
+    let table = ftlab(&["results", "table", out.path().to_str().unwrap(), "--rows", "cpu_model,libtorch,git_revision"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(platform["cpu_model"].as_str().unwrap()) && table.contains("2.13.0"), "{table}");
 }
 
 /// The ICL reference is scored by whichever objective `eval.icl_method` names: `pbft` ignores

@@ -113,6 +113,12 @@ pub struct Platform {
     pub cpu_capability: String,
     /// libtorch's intra-op threads (`torch.get_num_threads()`; `OMP_NUM_THREADS` sets it).
     pub threads: usize,
+    /// The host CPU's model name (`/proc/cpuinfo`), or the architecture where it is unknown.
+    #[serde(default)]
+    pub cpu_model: String,
+    /// The libtorch version linked.
+    #[serde(default)]
+    pub libtorch: String,
 }
 
 impl Platform {
@@ -124,8 +130,21 @@ impl Platform {
         };
         let cpu_capability =
             ftlab_torch_ext::cpu_capability().map_err(|e| Error::Device(format!("libtorch's CPU capability: {e}")))?;
-        Ok(Self { device, cpu_capability, threads: tch::get_num_threads().max(1) as usize })
+        Ok(Self {
+            device,
+            cpu_capability,
+            threads: tch::get_num_threads().max(1) as usize,
+            cpu_model: cpu_model(),
+            libtorch: ftlab_sdk::abi::this_abi().libtorch_version.to_string(),
+        })
     }
+}
+
+/// The CPU's model name as the OS reports it.
+fn cpu_model() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name").and_then(|rest| rest.split_once(':')));
+    model.map(|(_, name)| name.trim().to_string()).unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 /// Serde through the names users write (`cuda:1`, `bf16`), so a run config holds typed values

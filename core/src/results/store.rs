@@ -199,6 +199,40 @@ pub const COLUMNS: &[ColumnDef] = &[
         get: |r| Value::Int(r.record.platform.as_ref().map(|p| p.threads as i64)),
     },
     ColumnDef {
+        name: "cpu_model",
+        about: "the host CPU's model name",
+        get: |r| Value::Text(r.record.platform.as_ref().map(|p| p.cpu_model.clone()).filter(|m| !m.is_empty())),
+    },
+    ColumnDef {
+        name: "device",
+        about: "the device the run computed on (cpu, cuda:0)",
+        get: |r| Value::Text(r.record.platform.as_ref().map(|p| p.device.clone())),
+    },
+    ColumnDef {
+        name: "libtorch",
+        about: "the libtorch version linked",
+        get: |r| Value::Text(r.record.platform.as_ref().map(|p| p.libtorch.clone()).filter(|v| !v.is_empty())),
+    },
+    ColumnDef { name: "dtype", about: "compute dtype", get: |r| Value::Text(Some(r.record.config.dtype.to_string())) },
+    ColumnDef {
+        name: "autocast",
+        about: "mixed precision (none, bf16, fp16)",
+        get: |r| Value::Text(Some(format!("{:?}", r.record.config.train.autocast).to_lowercase())),
+    },
+    ColumnDef {
+        name: "ftlab_version",
+        about: "ftlab's version",
+        get: |r| Value::Text(Some(r.record.ftlab_version.clone())),
+    },
+    ColumnDef {
+        name: "git_revision",
+        about: "the ftlab git revision that ran, `+dirty` with uncommitted changes",
+        get: |r| {
+            let dirty = if r.record.git_dirty { "+dirty" } else { "" };
+            Value::Text(Some(format!("{}{dirty}", r.record.git_revision)))
+        },
+    },
+    ColumnDef {
         name: "trainable_parameters",
         about: "trainable scalars",
         get: |r| Value::Int(r.completed().then_some(r.record.trainable_parameters)),

@@ -58,6 +58,28 @@ pub struct DataSummary {
     /// or `train.unlabelled_file`).
     #[serde(default)]
     pub unlabelled_inputs: usize,
+    /// The user's data files the run read, with their SHA-256, so a result names its data.
+    #[serde(default)]
+    pub files: Vec<DataFile>,
+}
+
+/// A data file and its content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// The file as given.
+    pub path: std::path::PathBuf,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+}
+
+impl DataFile {
+    /// Hashes `path`.
+    pub fn of(path: &std::path::Path) -> Result<Self> {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(path).map_err(crate::error::Error::io(path))?;
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self { path: path.into(), sha256 })
+    }
 }
 
 impl RunData {
@@ -93,6 +115,13 @@ impl RunData {
         let summary = DataSummary {
             pool_size: pool.len(),
             train_positions: positions,
+            files: options
+                .local
+                .iter()
+                .map(|l| l.path.as_path())
+                .chain(config.train.unlabelled_file.as_deref())
+                .map(DataFile::of)
+                .collect::<Result<_>>()?,
             train_truncated: fitted.truncated,
             train_dropped: fitted.dropped,
             eval_sizes: eval.iter().map(|s| (s.name.clone(), s.data.len())).collect(),

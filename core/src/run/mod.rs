@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use config::RunConfig;
 
 use self::data::DataSummary;
-use self::record::{RunDir, GIT_REVISION};
+use self::record::{RunDir, GIT_DIRTY, GIT_REVISION};
 use crate::device::Platform;
 use crate::error::{Error, Result};
 use crate::eval::PhaseResources;
@@ -141,6 +141,9 @@ pub struct RunRecord {
     pub methods: Vec<MethodProvenance>,
     /// The ftlab git revision that ran.
     pub git_revision: String,
+    /// Whether the build had uncommitted changes to tracked files.
+    #[serde(default)]
+    pub git_dirty: bool,
     /// ftlab's version.
     pub ftlab_version: String,
     /// Sampling facts.
@@ -182,6 +185,7 @@ impl RunRecord {
             platform: None,
             methods: Vec::new(),
             git_revision: GIT_REVISION.into(),
+            git_dirty: GIT_DIRTY,
             ftlab_version: env!("CARGO_PKG_VERSION").into(),
             data: None,
             trainable_parameters: 0,

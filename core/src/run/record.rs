@@ -114,6 +114,24 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The project's git revision at build time, for run records.
 pub const GIT_REVISION: &str = env!("BUILT_GIT_REVISION");
 
+/// Whether tracked files differed from [`GIT_REVISION`] at build time.
+pub const GIT_DIRTY: bool = const_str_eq(env!("BUILT_GIT_DIRTY"), "true");
+
+const fn const_str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
