@@ -419,3 +419,34 @@ fn lora_runs_export_a_peft_adapter() {
     ]);
     assert!(forward.status.success(), "{}", String::from_utf8_lossy(&forward.stderr));
 }
+
+/// Every kept evaluation (the best and the last) leaves one row per example as parquet, and the
+/// per-subset accuracies recomputed from those rows equal the record's.
+#[test]
+fn per_example_predictions_reproduce_the_records_subset_accuracies() {
+    let out = tempfile::tempdir().unwrap();
+    let result = quick(out.path(), &[]);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    let run = out.path().join(RUN);
+    let kept: std::collections::BTreeSet<String> = std::fs::read_dir(run.join("predictions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let best = format!("epoch-{}", record["best"][0]);
+    assert_eq!(kept, ["epoch-3".to_string(), best].into_iter().collect(), "only the last and the best are kept");
+    let from_rows = ftlab(&["results", "predictions", run.to_str().unwrap(), "--json"]);
+    assert!(from_rows.status.success(), "{}", String::from_utf8_lossy(&from_rows.stderr));
+    let from_rows: serde_json::Value = serde_json::from_slice(&from_rows.stdout).unwrap();
+    let mut compared = 0;
+    for set in record["last"]["report"].as_array().unwrap() {
+        let rows = from_rows["sets"][set["name"].as_str().unwrap()].as_array().unwrap();
+        let accuracy = |subset: &str| rows.iter().find(|r| r["subset"] == subset).map(|r| r["accuracy"].clone());
+        assert_eq!(accuracy("all"), Some(set["scores"]["verbalizer"]["accuracy"].clone()), "{}", set["name"]);
+        for subset in set["subsets"].as_array().unwrap() {
+            assert_eq!(accuracy(subset[0].as_str().unwrap()), Some(subset[1]["verbalizer"]["accuracy"].clone()));
+            compared += 1;
+        }
+    }
+    assert!(compared >= 4, "subsets compared: {compared}");
+}

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use ftlab_core::results::plot::{self, PlotKind, PlotSpec};
 use ftlab_core::results::store::{self, Format};
@@ -26,6 +27,23 @@ pub enum ResultsCommand {
     /// adapter, shots, data_seed, seed, lr, epochs, accuracies, timings, memory, …), to
     /// parquet and/or CSV for pandas, polars or a spreadsheet.
     Export(ExportArgs),
+    /// Accuracy per eval set and subset recomputed from one run's per-example predictions
+    /// (`RUN/predictions/epoch-N/SET.parquet`, written for the best and the last evaluation):
+    /// the starting point of error analysis, e.g. on HANS's heuristics.
+    Predictions(PredictionsArgs),
+}
+
+/// Arguments of `ftlab results predictions`.
+#[derive(Debug, Args)]
+pub struct PredictionsArgs {
+    /// The run folder.
+    run: PathBuf,
+    /// `last`, `best`, or an epoch number (0: before training).
+    #[arg(long, default_value = "last")]
+    epoch: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Output format of `results table`.
@@ -119,6 +137,7 @@ pub fn run(command: ResultsCommand) -> anyhow::Result<ExitCode> {
         ResultsCommand::Table(args) => table(args),
         ResultsCommand::Plot(args) => plot(args),
         ResultsCommand::Export(args) => export(args),
+        ResultsCommand::Predictions(args) => predictions(args),
     }
 }
 
@@ -192,6 +211,54 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         if let Some(path) = path {
             store::export(&frame, path, format)?;
             outln!("{} ({} runs)", path.display(), frame.height());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn predictions(args: PredictionsArgs) -> anyhow::Result<ExitCode> {
+    let folder = args.run.join("predictions");
+    let epochs: Vec<usize> = std::fs::read_dir(&folder)
+        .with_context(|| format!("{}: no predictions (a run writes them when it evaluates)", folder.display()))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("epoch-")?.parse().ok())
+        .collect();
+    let epoch = match args.epoch.as_str() {
+        "last" => epochs.iter().max().copied(),
+        "best" => {
+            let record = args.run.join("record.json");
+            let text = std::fs::read_to_string(&record).with_context(|| format!("reading {}", record.display()))?;
+            let record: serde_json::Value = serde_json::from_str(&text)?;
+            record["best"][0].as_u64().map(|e| e as usize)
+        }
+        n => Some(n.parse().with_context(|| format!("--epoch {n}: expected last, best or a number"))?),
+    }
+    .filter(|e| epochs.contains(e))
+    .with_context(|| format!("no predictions for epoch `{}`; kept: {epochs:?}", args.epoch))?;
+    let epoch_folder = folder.join(format!("epoch-{epoch}"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&epoch_folder)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    let mut report = serde_json::Map::new();
+    for file in &files {
+        let set = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let rows = ftlab_core::eval::predictions::subset_accuracy(file)?;
+        let value = rows.iter().map(|(name, n, acc)| serde_json::json!({"subset": name, "rows": n, "accuracy": acc}));
+        report.insert(set, serde_json::Value::Array(value.collect()));
+    }
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"epoch": epoch, "sets": report}))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("epoch {epoch}");
+    outln!("| eval set | subset | rows | accuracy |");
+    outln!("|---|---|---|---|");
+    for (set, rows) in &report {
+        for row in rows.as_array().into_iter().flatten() {
+            outln!(
+                "| {set} | {} | {} | {:.3} |",
+                row["subset"].as_str().unwrap_or(""),
+                row["rows"],
+                row["accuracy"].as_f64().unwrap_or(f64::NAN)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -70,6 +70,24 @@ pub struct SetReport {
     pub scores: Scores,
     /// Scores per subset, by name.
     pub subsets: Vec<(String, Scores)>,
+    /// Every scored row (written as `predictions/`, not into the record).
+    #[serde(skip)]
+    pub predictions: Vec<Prediction>,
+}
+
+/// One scored row: what error analysis needs (lm-evaluation-harness's `--log_samples`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The example's id in its source.
+    pub id: i64,
+    /// The gold label id.
+    pub gold: usize,
+    /// The predicted label id (argmax over the label words).
+    pub predicted: usize,
+    /// The score of each label word (logits, or the method's class scores).
+    pub scores: Vec<f32>,
+    /// The subsets the row belongs to (e.g. a HANS heuristic and label).
+    pub subsets: Vec<String>,
 }
 
 /// The harness's result.
@@ -88,6 +106,8 @@ struct Predictions {
     rows: Vec<(usize, usize, usize, Option<bool>)>,
     /// Rows whose scores hold a NaN or an infinity.
     non_finite: usize,
+    /// Per scored row, the label words' scores.
+    scores: Vec<Vec<f32>>,
 }
 
 /// Wraps a model as a scorer: logits at each row's last non-pad token, without gradients.
@@ -135,14 +155,32 @@ pub fn evaluate(
             .iter()
             .map(|s| (s.name.clone(), score(&predictions, &s.positions, labels, &options.metrics)))
             .collect();
+        let predictions_non_finite = predictions.non_finite;
+        let mut member: Vec<Vec<String>> = vec![Vec::new(); set.data.len()];
+        for subset in &set.subsets {
+            for &p in &subset.positions {
+                member[p].push(subset.name.clone());
+            }
+        }
+        let rows = predictions.rows.iter().zip(predictions.scores);
+        let predictions = rows
+            .map(|(&(position, gold, predicted, _), scores)| Prediction {
+                id: set.data.examples[position].id,
+                gold,
+                predicted,
+                scores,
+                subsets: std::mem::take(&mut member[position]),
+            })
+            .collect();
         reports.push(SetReport {
             name: set.name.clone(),
             in_domain: set.in_domain,
             truncated,
             dropped,
-            non_finite: predictions.non_finite,
+            non_finite: predictions_non_finite,
             scores,
             subsets,
+            predictions,
         });
     }
     Ok(EvalReport { sets: reports, resources: meter.finish() })
@@ -185,7 +223,7 @@ fn predict(
     scorer: &mut dyn FnMut(&Batch) -> Result<Tensor>,
     meter: &mut PhaseMeter,
 ) -> Result<Predictions> {
-    let (mut rows, mut non_finite) = (Vec::with_capacity(encoded.len()), 0);
+    let (mut rows, mut non_finite, mut scores) = (Vec::with_capacity(encoded.len()), 0, Vec::new());
     for indices in batch::plan(encoded, options.batch_size, BatchOrder::ByLength) {
         let batch = batch::collate(
             tokenizer,
@@ -206,6 +244,8 @@ fn predict(
         let by_class =
             if class_scores { logits.shallow_clone() } else { logits.index_select(1, &batch.verbalizer_ids) };
         let verbalizer: Vec<i64> = Vec::try_from(by_class.argmax(1, false).to_device(Device::Cpu))?;
+        let flat: Vec<f32> = Vec::try_from(by_class.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
+        scores.extend(flat.chunks(prompt.word_ids.len().max(1)).map(<[f32]>::to_vec));
         let full: Option<Vec<i64>> = if class_scores {
             None
         } else {
@@ -218,7 +258,7 @@ fn predict(
         }
         meter.add_tokens(batch.tokens);
     }
-    Ok(Predictions { rows, non_finite })
+    Ok(Predictions { rows, non_finite, scores })
 }
 
 /// Scores the rows at `positions` (rows that were dropped are absent).

@@ -3,8 +3,9 @@
 
 pub mod harness;
 pub mod metrics;
+pub mod predictions;
 pub mod resources;
 
-pub use harness::{evaluate, model_scorer, EvalOptions, EvalReport, Scores, SetReport};
+pub use harness::{evaluate, model_scorer, EvalOptions, EvalReport, Prediction, Scores, SetReport};
 pub use metrics::MetricValues;
 pub use resources::{PhaseMeter, PhaseResources};

@@ -2,6 +2,7 @@
 //! (the methods' precomputation), train (epochs, each evaluated, logged and checkpointed), export
 //! (adapters as files).
 
+use std::path::Path;
 use std::time::Instant;
 
 use ftlab_registry::Registry;
@@ -98,7 +99,7 @@ impl<'a> Session<'a> {
         let mut prepare = data.prepare_data(&model.tokenizer, model.device());
         prepare.json["context"] = data.context_of(config.eval.icl_shots, config.data_seed)?.into();
         config.train.autocast.run(model.device(), || icl.prepare(prepare))?;
-        Ok(evaluate(&mut icl, data, model, config, 0)?.0)
+        Ok(evaluate(&mut icl, data, model, config, 0, Some(&self.dir.predictions().join("icl_reference")))?.0)
     }
 
     /// Training from the checkpoint (with what the run measured and spent before it) or from a
@@ -137,10 +138,26 @@ impl<'a> Session<'a> {
             ran += 1;
         }
         if record.last.is_none() {
-            record.last = Some(self.evaluate(run, optimizer.step, record)?);
+            record.last = Some(self.evaluate(run, optimizer.step, epochs, record)?);
         }
+        let kept = [epochs, best.as_ref().map_or(epochs, |(epoch, _)| *epoch)];
+        self.keep_predictions(&kept)?;
         record.best = best;
         Ok(true)
+    }
+
+    /// Removes the per-example predictions of every epoch but `kept` (the last and the best).
+    fn keep_predictions(&self, kept: &[usize]) -> Result<()> {
+        let folder = self.dir.predictions();
+        let Ok(entries) = std::fs::read_dir(&folder) else { return Ok(()) };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let epoch = name.strip_prefix("epoch-").and_then(|e| e.parse::<usize>().ok());
+            if epoch.is_some_and(|e| !kept.contains(&e)) {
+                std::fs::remove_dir_all(entry.path()).map_err(Error::io(entry.path()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Epochs and optimizer steps in all (none for a method without trainable parameters);
@@ -157,7 +174,7 @@ impl<'a> Session<'a> {
 
     /// The model before training (zero-shot, or in-context for ICL), logged as epoch 0.
     fn zero_shot(&self, run: &mut MethodRun, record: &mut RunRecord) -> Result<Headline> {
-        let headline = self.evaluate(run, 0, record)?;
+        let headline = self.evaluate(run, 0, 0, record)?;
         self.dir.append_metrics(&EpochMetrics {
             epoch: 0,
             step: 0,
@@ -192,7 +209,7 @@ impl<'a> Session<'a> {
             None => used,
         });
         if config.train.eval_every_epoch || epoch + 1 == epochs {
-            let headline = self.evaluate(run, optimizer.step, record)?;
+            let headline = self.evaluate(run, optimizer.step, epoch + 1, record)?;
             if best.as_ref().is_none_or(|(_, b)| headline.acc_in > b.acc_in) {
                 *best = Some((epoch + 1, headline.clone()));
             }
@@ -219,9 +236,11 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// [`evaluate`] after `step` optimizer steps, its time added to the record's.
-    fn evaluate(&self, run: &mut MethodRun, step: usize, record: &mut RunRecord) -> Result<Headline> {
-        let (headline, seconds) = evaluate(run, self.data, self.model, self.config, step)?;
+    /// [`evaluate`] after `step` optimizer steps (`epoch` epochs), its time added to the
+    /// record's and its predictions written to `predictions/epoch-N/`.
+    fn evaluate(&self, run: &mut MethodRun, step: usize, epoch: usize, record: &mut RunRecord) -> Result<Headline> {
+        let folder = self.dir.predictions().join(format!("epoch-{epoch}"));
+        let (headline, seconds) = evaluate(run, self.data, self.model, self.config, step, Some(&folder))?;
         record.timings.eval += seconds;
         Ok(headline)
     }
@@ -248,13 +267,15 @@ fn headline_of(line: &serde_json::Value, dir: &RunDir) -> Result<Option<Headline
 }
 
 /// Scores every eval set with the objective's `predict` (the model after `step` optimizer
-/// steps); returns the headline and seconds. Scores that are NaN or infinite fail the run.
+/// steps), writing each set's per-example predictions into `predictions` when given; returns
+/// the headline and seconds. Scores that are NaN or infinite fail the run.
 fn evaluate(
     run: &mut MethodRun,
     data: &RunData,
     model: &Model,
     config: &RunConfig,
     step: usize,
+    predictions: Option<&Path>,
 ) -> Result<(Headline, f64)> {
     run.set_train(false)?;
     let options = EvalOptions {
@@ -278,6 +299,12 @@ fn evaluate(
             &mut scorer,
         )?);
         bar.inc(1);
+        if let (Some(folder), Some(report)) = (predictions, reports.last()) {
+            for scored in &report.sets {
+                let file = folder.join(format!("{}.parquet", scored.name.replace(['/', '\\'], "_")));
+                crate::eval::predictions::write(&file, &set.data.label_names, &scored.predictions)?;
+            }
+        }
         if let Some(set) = reports.last().and_then(|r| r.sets.iter().find(|s| s.non_finite > 0)) {
             let parameter =
                 model.vs.variables().into_iter().chain(run.trainable()).find_map(|(name, tensor)| {

@@ -33,6 +33,12 @@ impl RunDir {
         self.path.join("metrics.jsonl")
     }
 
+    /// `predictions/`: per-example predictions of the kept evaluations (see
+    /// [`crate::eval::predictions`]).
+    pub fn predictions(&self) -> PathBuf {
+        self.path.join("predictions")
+    }
+
     /// `record.json`: the final record; its presence marks a finished run.
     pub fn record(&self) -> PathBuf {
         self.path.join("record.json")
