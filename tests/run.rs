@@ -449,4 +449,13 @@ fn per_example_predictions_reproduce_the_records_subset_accuracies() {
         }
     }
     assert!(compared >= 4, "subsets compared: {compared}");
+
+    // One run's interval comes from its examples: around its accuracy, and not a point.
+    let args = ["results", "table", out.path().to_str().unwrap(), "--rows", "method", "--metric", "acc_in"];
+    let table = ftlab(&[&args[..], &["--agg", "mean,ci95", "--format", "csv"]].concat());
+    let text = String::from_utf8_lossy(&table.stdout);
+    let values: Vec<f64> =
+        text.lines().nth(1).unwrap().split(',').skip(1).take(3).map(|v| v.parse().unwrap()).collect();
+    let (mean, lo, hi) = (values[0], values[1], values[2]);
+    assert!(lo < mean && mean < hi && hi - lo > 0.05, "{text}");
 }

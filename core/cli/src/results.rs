@@ -60,6 +60,8 @@ enum AggArg {
     Mean,
     Std,
     Max,
+    /// 95% bootstrap interval over seeds and, for accuracies, examples within each run.
+    Ci95,
 }
 
 /// Arguments of `ftlab results table`.
@@ -160,6 +162,7 @@ fn table(args: TableArgs) -> anyhow::Result<ExitCode> {
             AggArg::Mean => Agg::Mean,
             AggArg::Std => Agg::Std,
             AggArg::Max => Agg::Max,
+            AggArg::Ci95 => Agg::Ci95,
         })
         .collect();
     let names = |list: Vec<String>| list.into_iter().filter(|n| !n.trim().is_empty()).collect();

@@ -45,11 +45,25 @@ pub fn write(path: &Path, label_names: &[String], predictions: &[Prediction]) ->
     write_atomically(path, &bytes)
 }
 
+fn read(path: &Path) -> Result<DataFrame> {
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    ParquetReader::new(Cursor::new(bytes)).finish().map_err(|e| Error::Results(format!("{}: {e}", path.display())))
+}
+
+/// Whether each row of a predictions file was predicted correctly.
+pub fn correct(path: &Path) -> Result<Vec<bool>> {
+    correct_in(&read(path)?, path)
+}
+
+fn correct_in(frame: &DataFrame, path: &Path) -> Result<Vec<bool>> {
+    let bad = |e: polars::error::PolarsError| Error::Results(format!("{}: {e}", path.display()));
+    frame.column("correct").and_then(|c| c.bool().map(|b| b.iter().map(|v| v == Some(true)).collect())).map_err(bad)
+}
+
 /// Accuracy per subset (and `all`) from a predictions file: `(name, rows, accuracy)`.
 pub fn subset_accuracy(path: &Path) -> Result<Vec<(String, usize, f64)>> {
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
     let bad = |e: polars::error::PolarsError| Error::Results(format!("{}: {e}", path.display()));
-    let frame = ParquetReader::new(Cursor::new(bytes)).finish().map_err(bad)?;
+    let frame = read(path)?;
     let correct: Vec<bool> = frame
         .column("correct")
         .and_then(|c| c.bool().map(|b| b.iter().map(|v| v == Some(true)).collect()))
