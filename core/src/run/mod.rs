@@ -258,7 +258,9 @@ fn open_folder(config: &RunConfig, options: &RunOptions) -> Result<RunDir> {
             )));
         }
         if !changed_settings(&finished.config, config).is_empty() {
-            let aside = (1..).map(|n| path.with_extension(n.to_string())).find(|p| !p.exists()).unwrap_or_default();
+            // `NAME.N`, appended (a run name may itself hold dots, e.g. `opt-1.3b`).
+            let numbered = |n: usize| std::path::PathBuf::from(format!("{}.{n}", path.display()));
+            let aside = (1..).map(numbered).find(|p| !p.exists()).unwrap_or_default();
             std::fs::rename(&path, &aside).map_err(Error::io(&aside))?;
             tracing::info!("the finished run with other settings is now {}", aside.display());
             return RunDir::create(&path);
@@ -283,7 +285,9 @@ fn open_folder(config: &RunConfig, options: &RunOptions) -> Result<RunDir> {
     for stale in [dir.metrics(), dir.record()] {
         let _ = std::fs::remove_file(stale);
     }
-    let _ = std::fs::remove_dir_all(dir.checkpoint());
+    for stale in [dir.checkpoint(), dir.predictions()] {
+        let _ = std::fs::remove_dir_all(stale);
+    }
     Ok(dir)
 }
 
