@@ -101,7 +101,7 @@ fn users_files_load_through_a_column_mapping() {
     let file = write(
         dir.path(),
         "mine.csv",
-        "s1,s2,gold\nA cat sleeps.,An animal rests.,entailment\nA dog runs.,Nothing moves.,contradiction\nA man eats.,A man sleeps.,1\n",
+        "s1,s2,gold\nA cat sleeps.,An animal rests.,entailment\nA dog runs.,Nothing moves.,contradiction\nA man eats.,A man sleeps.,2\n",
     );
     let columns = "premise=s1,hypothesis=s2,label=gold";
     let report = json(&["data", "show", "mnli", "--file", file.to_str().unwrap(), "--columns", columns, "--json"]);
@@ -134,9 +134,13 @@ fn bad_files_are_errors_naming_file_row_and_column() {
     let missing = write(dir.path(), "missing.tsv", "premise\thypothesis\nA\tB\n");
     let err = show(&missing, "premise=premise");
     assert!(err.contains("missing.tsv: column `label`: no such column"), "{err}");
+    // A label none of the task's leaves its row out, counted; a file of nothing else is an error.
     let unknown = write(dir.path(), "unknown.tsv", "premise\thypothesis\tlabel\nA\tB\t0\nC\tD\tmaybe\n");
+    let shown = succeeds(&["data", "show", "rte", "--file", unknown.to_str().unwrap(), "--columns", "label=label"]);
+    assert!(shown.contains("1  rows left out: label `maybe` is none of the task's"), "{shown}");
+    let unknown = write(dir.path(), "unknown.tsv", "premise\thypothesis\tlabel\nA\tB\tperhaps\nC\tD\tmaybe\n");
     let err = show(&unknown, "label=label");
-    assert!(err.contains("unknown.tsv: row 2, column `label`: unknown label `maybe`"), "{err}");
+    assert!(err.contains("unknown.tsv: row 1, column `label`: unknown label `perhaps`"), "{err}");
     let empty = write(dir.path(), "empty.tsv", "");
     assert!(show(&empty, "label=label").contains("empty.tsv: the file is empty"));
     let ragged = write(dir.path(), "ragged.tsv", "premise\thypothesis\tlabel\nA\tB\t0\nC\tD\n");
@@ -217,4 +221,25 @@ fn glue_tsv_quotes_are_text() {
     ] {
         assert!(text.contains(quoted), "{quoted} not in {text}");
     }
+}
+
+/// A user's MNLI file in GLUE's own format goes through the task's semantics, as the hub rows
+/// do: neutral dropped, contradiction → 1; GLUE's `-` (no gold label) is left out and counted.
+#[test]
+fn a_glue_mnli_file_is_binarized_like_the_hub_split() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/glue/mnli_dev_matched.tsv");
+    let columns = "premise=sentence1,hypothesis=sentence2,label=gold_label,id=index";
+    let args = ["data", "show", "mnli", "--file", file.to_str().unwrap(), "--columns", columns];
+    let report = json(&[&args[..], &["--json"]].concat());
+    let split = &report["splits"][0];
+    assert_eq!(split["rows"], 6, "8 rows, one neutral and one `-` left out: {report}");
+    let labels: Vec<(&str, u64)> = split["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["label"].as_str().unwrap(), l["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(labels, [("entailment", 3), ("contradiction", 3)], "{report}");
+    assert_eq!(split["unknown_labels"]["-"], 1, "{report}");
+    assert!(succeeds(&args).contains("label `-` is none of the task's"));
 }

@@ -1,6 +1,7 @@
 //! `ftlab data list|show|sample`: what tasks exist, what their data looks like after the task's
 //! filtering, and exactly which rows and prompts a few-shot run would use.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -200,6 +201,9 @@ struct SplitSummary {
     tokens: Percentiles,
     /// Rows over OPT's window of [`WINDOW`] tokens (counted without tokenizing them whole).
     over_window: usize,
+    /// Rows of a user's file left out because their label is none of the task's, by label.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    unknown_labels: BTreeMap<String, usize>,
 }
 
 /// OPT's context window: longer queries are counted, not measured.
@@ -255,7 +259,15 @@ fn summarize(data: &Dataset, split: &str, prompt: &Prompt, tokenizer: &Tokenizer
             None => over_window += 1,
         }
     }
-    Ok(SplitSummary { split: split.into(), rows: data.len(), labels, tokens: percentiles(lengths), over_window })
+    let unknown_labels = data.unknown_labels.clone();
+    Ok(SplitSummary {
+        split: split.into(),
+        rows: data.len(),
+        labels,
+        tokens: percentiles(lengths),
+        over_window,
+        unknown_labels,
+    })
 }
 
 fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
@@ -303,6 +315,9 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         );
         if s.over_window > 0 {
             outln!("{:<24} {:>8}  rows over {WINDOW} tokens (not in the percentiles)", "", s.over_window);
+        }
+        for (label, count) in &s.unknown_labels {
+            outln!("{:<24} {:>8}  rows left out: label `{label}` is none of the task's", "", count);
         }
     }
     outln!("eval subsets of {}:", task.eval_split);

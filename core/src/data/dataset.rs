@@ -46,12 +46,16 @@ pub struct Dataset {
     pub label_names: Vec<String>,
     /// The examples, in source order.
     pub examples: Vec<Example>,
+    /// Rows of a user's file left out because their label is none of the task's (GLUE marks
+    /// examples without a gold label `-`): each such label and its count.
+    pub unknown_labels: BTreeMap<String, usize>,
 }
 
 impl Dataset {
     /// A dataset named `name` with the given label names and examples.
     pub fn new(name: impl Into<String>, label_names: &[&str], examples: Vec<Example>) -> Self {
-        Self { name: name.into(), label_names: label_names.iter().map(|s| s.to_string()).collect(), examples }
+        let label_names = label_names.iter().map(|s| s.to_string()).collect();
+        Self { name: name.into(), label_names, examples, unknown_labels: BTreeMap::new() }
     }
 
     /// Number of examples.
@@ -86,19 +90,29 @@ impl Dataset {
                 Some(example)
             })
             .collect();
-        Self::new(self.name, label_names, examples)
+        Self { unknown_labels: self.unknown_labels, ..Self::new(self.name, label_names, examples) }
     }
 
     /// The examples at `positions`, in that order, as a new dataset named `name`.
     pub fn select(&self, name: impl Into<String>, positions: &[usize]) -> Self {
         let examples = positions.iter().filter_map(|&p| self.examples.get(p).cloned()).collect();
-        Self { name: name.into(), label_names: self.label_names.clone(), examples }
+        Self {
+            name: name.into(),
+            label_names: self.label_names.clone(),
+            examples,
+            unknown_labels: self.unknown_labels.clone(),
+        }
     }
 
     /// The examples for which `keep` holds, as a new dataset named `name`.
     pub fn filtered(&self, name: impl Into<String>, keep: impl Fn(&Example) -> bool) -> Self {
         let examples = self.examples.iter().filter(|e| keep(e)).cloned().collect();
-        Self { name: name.into(), label_names: self.label_names.clone(), examples }
+        Self {
+            name: name.into(),
+            label_names: self.label_names.clone(),
+            examples,
+            unknown_labels: self.unknown_labels.clone(),
+        }
     }
 }
 

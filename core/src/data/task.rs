@@ -83,6 +83,24 @@ pub struct TaskDef {
     pub load: fn(split: &str, options: &DataOptions) -> Result<Dataset>,
     /// The subsets of an eval split scored separately.
     pub subsets: fn(name: &str, data: &Dataset, options: &DataOptions) -> Vec<Subset>,
+    /// How a user's file (`--file`) becomes this task's rows.
+    pub file: FileRows,
+}
+
+/// How a user's file becomes a task's rows: `--file` replaces where the rows come from, never
+/// what the task does to them (MNLI's binarization drops neutral and maps contradiction to 1
+/// whether the rows come from the hub or from GLUE's `dev_matched.tsv`).
+#[derive(Debug, Clone, Copy)]
+pub struct FileRows {
+    /// The labels as the task's source files write them (names or ids); `None`: the task's own.
+    pub labels: Option<&'static [&'static str]>,
+    /// The task's processing of the rows read; `None`: the rows as read.
+    pub process: Option<fn(Dataset, &DataOptions) -> Dataset>,
+}
+
+impl FileRows {
+    /// A file's rows are the task's rows, labelled with the task's labels.
+    pub const AS_READ: FileRows = FileRows { labels: None, process: None };
 }
 
 inventory::collect!(TaskDef);
@@ -117,7 +135,12 @@ impl TaskDef {
     /// Loads `split`, or the user's file when one is given (whatever the split).
     pub fn load_split(&self, split: &str, options: &DataOptions) -> Result<Dataset> {
         if let Some(local) = &options.local {
-            return local.load(&format!("{}/{}", self.name, local.path.display()), self.label_names);
+            let name = format!("{}/{}", self.name, local.path.display());
+            let rows = local.load(&name, self.file.labels.unwrap_or(self.label_names))?;
+            return Ok(match self.file.process {
+                Some(process) => process(rows, options),
+                None => rows,
+            });
         }
         if !self.splits.contains(&split) {
             return Err(Error::DataOption(format!(

@@ -155,6 +155,23 @@ pub fn examples_from_frame(
     rows(frame, path, columns, Some(labels))
 }
 
+/// Like [`examples_from_frame`] for a user's file: rows whose label is none of `labels` (GLUE's
+/// `-` for no gold label) are left out and counted by label, as the task's own data would
+/// never hold them. A file where every row is left out is an error naming the first.
+pub fn examples_from_file(
+    frame: &DataFrame,
+    path: &Path,
+    columns: &ColumnMap,
+    labels: &LabelMap,
+) -> Result<(Vec<Example>, BTreeMap<String, usize>)> {
+    let mut unknown = BTreeMap::new();
+    let examples = rows_with(frame, path, columns, Some(labels), Some(&mut unknown))?;
+    if examples.is_empty() && !unknown.is_empty() {
+        return rows(frame, path, columns, Some(labels)).map(|e| (e, unknown));
+    }
+    Ok((examples, unknown))
+}
+
 /// Turns a table into unlabelled inputs (e.g. for context distillation): as
 /// [`examples_from_frame`] without a label column; each example's label is 0 and is never read.
 pub fn inputs_from_frame(frame: &DataFrame, path: &Path, columns: &ColumnMap) -> Result<Vec<Example>> {
@@ -162,6 +179,18 @@ pub fn inputs_from_frame(frame: &DataFrame, path: &Path, columns: &ColumnMap) ->
 }
 
 fn rows(frame: &DataFrame, path: &Path, columns: &ColumnMap, labels: Option<&LabelMap>) -> Result<Vec<Example>> {
+    rows_with(frame, path, columns, labels, None)
+}
+
+/// The rows as examples; with `unknown`, a row whose label is not in `labels` is left out and
+/// counted there instead of being an error.
+fn rows_with(
+    frame: &DataFrame,
+    path: &Path,
+    columns: &ColumnMap,
+    labels: Option<&LabelMap>,
+    mut unknown: Option<&mut BTreeMap<String, usize>>,
+) -> Result<Vec<Example>> {
     if frame.height() == 0 {
         return Err(Error::Data { path: path.into(), row: None, column: None, message: "the file has no rows".into() });
     }
@@ -180,37 +209,57 @@ fn rows(frame: &DataFrame, path: &Path, columns: &ColumnMap, labels: Option<&Lab
             }),
         }
     };
-    (0..frame.height())
-        .map(|row| {
-            let label = match labels {
-                None => 0,
-                Some(labels) => {
-                    let label_cell = cell(&columns.label, row)?;
-                    labels.id_of(&label_cell).ok_or_else(|| Error::Data {
-                        path: path.into(),
-                        row: Some(row + 1),
-                        column: Some(columns.label.clone()),
-                        message: format!("unknown label `{label_cell}`; expected {}", labels.describe()),
-                    })?
+    let mut examples = Vec::with_capacity(frame.height());
+    for row in 0..frame.height() {
+        let label = match labels {
+            None => 0,
+            Some(labels) => {
+                let label_cell = cell(&columns.label, row)?;
+                match (labels.id_of(&label_cell), unknown.as_deref_mut()) {
+                    (Some(id), _) => id,
+                    (None, Some(unknown)) => {
+                        *unknown.entry(label_cell.trim().to_string()).or_default() += 1;
+                        continue;
+                    }
+                    (None, None) => {
+                        return Err(Error::Data {
+                            path: path.into(),
+                            row: Some(row + 1),
+                            column: Some(columns.label.clone()),
+                            message: format!("unknown label `{label_cell}`; expected {}", labels.describe()),
+                        })
+                    }
                 }
-            };
-            let id = match &columns.id {
-                None => row as i64,
-                Some(id) => cell(id, row)?.trim().parse::<i64>().map_err(|_| Error::Data {
-                    path: path.into(),
-                    row: Some(row + 1),
-                    column: Some(id.clone()),
-                    message: "the id is not an integer".into(),
-                })?,
-            };
-            let text2 = columns.text2.as_deref().map(|c| cell(c, row)).transpose()?;
-            let mut example = Example::new(id, cell(&columns.text1, row)?, text2, label);
-            for attribute in &columns.attributes {
-                example.attributes.insert(attribute.clone(), cell(attribute, row)?);
             }
-            Ok(example)
-        })
-        .collect()
+        };
+        examples.push(example_at(path, columns, row, label, &cell)?);
+    }
+    Ok(examples)
+}
+
+/// The example of `row`, its label already read.
+fn example_at(
+    path: &Path,
+    columns: &ColumnMap,
+    row: usize,
+    label: usize,
+    cell: &dyn Fn(&str, usize) -> Result<String>,
+) -> Result<Example> {
+    let id = match &columns.id {
+        None => row as i64,
+        Some(id) => cell(id, row)?.trim().parse::<i64>().map_err(|_| Error::Data {
+            path: path.into(),
+            row: Some(row + 1),
+            column: Some(id.clone()),
+            message: "the id is not an integer".into(),
+        })?,
+    };
+    let text2 = columns.text2.as_deref().map(|c| cell(c, row)).transpose()?;
+    let mut example = Example::new(id, cell(&columns.text1, row)?, text2, label);
+    for attribute in &columns.attributes {
+        example.attributes.insert(attribute.clone(), cell(attribute, row)?);
+    }
+    Ok(example)
 }
 
 #[cfg(test)]

@@ -31,11 +31,13 @@ pub struct LocalSource {
 }
 
 impl LocalSource {
-    /// Reads the file as the examples of a task with `label_names`, named `name`.
+    /// Reads the file as the examples of a task with `label_names`, named `name`; rows whose
+    /// label is none of them are left out and counted in the dataset's `unknown_labels`.
     pub fn load(&self, name: &str, label_names: &[&str]) -> Result<Dataset> {
         let frame = files::read_table(&self.path, FileFormat::from_path(&self.path)?, &self.header)?;
-        let examples = columns::examples_from_frame(&frame, &self.path, &self.columns, &LabelMap::new(label_names))?;
-        Ok(Dataset::new(name, label_names, examples))
+        let labels = LabelMap::new(label_names);
+        let (examples, unknown_labels) = columns::examples_from_file(&frame, &self.path, &self.columns, &labels)?;
+        Ok(Dataset { unknown_labels, ..Dataset::new(name, label_names, examples) })
     }
 
     /// Reads the file's texts as unlabelled inputs (no label column needed).

@@ -68,11 +68,15 @@ fn a_missing_column_names_the_file_and_the_column() {
 }
 
 #[test]
-fn an_unknown_label_names_the_row_and_column() {
+fn rows_with_unknown_labels_are_left_out_and_counted_unless_none_is_known() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "d.tsv", "premise\thypothesis\tlabel\na\tb\t0\nc\td\tneutral\n");
+    let path = write(dir.path(), "d.tsv", "premise\thypothesis\tlabel\na\tb\t0\nc\td\tneutral\ne\tf\tneutral\n");
+    let data = load(&path, "").unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data.unknown_labels, [("neutral".to_string(), 2)].into_iter().collect());
+    let path = write(dir.path(), "e.tsv", "premise\thypothesis\tlabel\nc\td\tneutral\n");
     let err = error(&path, "");
-    assert!(err.contains("d.tsv: row 2, column `label`: unknown label `neutral`"), "{err}");
+    assert!(err.contains("e.tsv: row 1, column `label`: unknown label `neutral`"), "{err}");
     assert!(err.contains("`contradiction`"), "lists the labels: {err}");
 }
 

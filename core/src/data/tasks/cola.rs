@@ -5,7 +5,7 @@
 use crate::data::dataset::Dataset;
 use crate::data::prompt::PromptFamily;
 use crate::data::source::ColumnMap;
-use crate::data::task::{per_label_subsets, DataOptions, Metric, TaskDef};
+use crate::data::task::{per_label_subsets, DataOptions, FileRows, Metric, TaskDef};
 use crate::error::Result;
 
 use super::glue;
@@ -31,5 +31,6 @@ inventory::submit! {
         prompt: PromptFamily::Acceptability,
         load,
         subsets: per_label_subsets,
+        file: FileRows::AS_READ,
     }
 }

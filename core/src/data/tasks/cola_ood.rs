@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::data::dataset::Dataset;
 use crate::data::prompt::PromptFamily;
 use crate::data::source::{self, columns, ColumnMap, FileFormat, Header, LabelMap};
-use crate::data::task::{per_label_subsets, DataOptions, Metric, TaskDef};
+use crate::data::task::{per_label_subsets, DataOptions, FileRows, Metric, TaskDef};
 use crate::error::Result;
 
 use super::cola::LABELS;
@@ -42,5 +42,6 @@ inventory::submit! {
         prompt: PromptFamily::Acceptability,
         load,
         subsets: per_label_subsets,
+        file: FileRows::AS_READ,
     }
 }

@@ -12,7 +12,7 @@
 use crate::data::dataset::{Dataset, Subset};
 use crate::data::prompt::PromptFamily;
 use crate::data::source::{self, columns, ColumnMap, HubFile, LabelMap};
-use crate::data::task::{DataOptions, HansScope, TaskDef};
+use crate::data::task::{DataOptions, FileRows, HansScope, TaskDef};
 use crate::error::Result;
 
 /// HANS's labels (label ids agree with binarized MNLI's: 0 = entailment).
@@ -30,13 +30,19 @@ fn load(split: &str, options: &DataOptions) -> Result<Dataset> {
     let mut map = ColumnMap::pair("premise", "hypothesis", "label");
     map.attributes = vec!["heuristic".into(), "subcase".into()];
     let examples = columns::examples_from_frame(&frame, &path, &map, &LabelMap::new(&LABELS))?;
-    let data = Dataset::new(format!("hans/{split}"), &LABELS, examples);
-    Ok(match options.hans {
-        HansScope::All => data,
-        HansScope::LexicalOverlap => {
-            data.filtered(format!("hans/{split}"), |e| e.attribute("heuristic") == Some("lexical_overlap"))
+    Ok(scoped(Dataset::new(format!("hans/{split}"), &LABELS, examples), options))
+}
+
+/// The heuristics `options.hans` scores (the paper's: lexical overlap only), of rows that
+/// carry a `heuristic` (a user's file whose mapping names none is kept whole).
+fn scoped(data: Dataset, options: &DataOptions) -> Dataset {
+    let labelled = data.examples.iter().any(|e| e.attribute("heuristic").is_some());
+    match options.hans {
+        HansScope::LexicalOverlap if labelled => {
+            data.filtered(data.name.clone(), |e| e.attribute("heuristic") == Some("lexical_overlap"))
         }
-    })
+        _ => data,
+    }
 }
 
 /// Subsets of a HANS-like set (examples with `heuristic` and `subcase` attributes): per
@@ -92,5 +98,6 @@ inventory::submit! {
         prompt: PromptFamily::Nli,
         load,
         subsets,
+        file: FileRows { labels: None, process: Some(scoped) },
     }
 }

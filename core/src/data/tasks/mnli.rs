@@ -9,7 +9,7 @@
 use crate::data::dataset::Dataset;
 use crate::data::prompt::PromptFamily;
 use crate::data::source::ColumnMap;
-use crate::data::task::{per_label_subsets, DataOptions, TaskDef};
+use crate::data::task::{per_label_subsets, DataOptions, FileRows, TaskDef};
 use crate::error::Result;
 
 use super::glue;
@@ -30,6 +30,11 @@ pub fn binarize(data: Dataset) -> Dataset {
         2 => Some(1),
         _ => None,
     })
+}
+
+/// [`binarize`], for rows from a user's file.
+fn binarize_rows(data: Dataset, _options: &DataOptions) -> Dataset {
+    binarize(data)
 }
 
 fn load_binary(split: &str, options: &DataOptions) -> Result<Dataset> {
@@ -56,6 +61,7 @@ inventory::submit! {
         prompt: PromptFamily::Nli,
         load: load_binary,
         subsets: per_label_subsets,
+        file: FileRows { labels: Some(&THREE_CLASSES), process: Some(binarize_rows) },
     }
 }
 
@@ -73,6 +79,7 @@ inventory::submit! {
         prompt: PromptFamily::Nli3,
         load: load_original,
         subsets: per_label_subsets,
+        file: FileRows::AS_READ,
     }
 }
 
@@ -90,5 +97,6 @@ inventory::submit! {
         prompt: PromptFamily::Nli,
         load: load_binary,
         subsets: per_label_subsets,
+        file: FileRows { labels: Some(&THREE_CLASSES), process: Some(binarize_rows) },
     }
 }

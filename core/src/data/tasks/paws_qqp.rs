@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::data::dataset::Dataset;
 use crate::data::prompt::PromptFamily;
 use crate::data::source::{self, columns, ColumnMap, FileFormat, Header, LabelMap};
-use crate::data::task::{per_label_subsets, DataOptions, Metric, TaskDef};
+use crate::data::task::{per_label_subsets, DataOptions, FileRows, Metric, TaskDef};
 use crate::error::{Error, Result};
 
 /// The embedded file.
@@ -59,5 +59,6 @@ inventory::submit! {
         prompt: PromptFamily::Paraphrase,
         load,
         subsets: per_label_subsets,
+        file: FileRows::AS_READ,
     }
 }

@@ -9,7 +9,7 @@ use crate::data::numpy::LegacyRandomState;
 use crate::data::prompt::PromptFamily;
 use crate::data::sampling::SUBSAMPLE_SEED;
 use crate::data::source::ColumnMap;
-use crate::data::task::{per_label_subsets, DataOptions, Metric, TaskDef};
+use crate::data::task::{per_label_subsets, DataOptions, FileRows, Metric, TaskDef};
 use crate::error::{Error, Result};
 
 use super::glue;
@@ -55,5 +55,6 @@ inventory::submit! {
         prompt: PromptFamily::Paraphrase,
         load,
         subsets: per_label_subsets,
+        file: FileRows::AS_READ,
     }
 }

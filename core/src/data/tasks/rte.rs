@@ -4,7 +4,7 @@
 use crate::data::dataset::Dataset;
 use crate::data::prompt::PromptFamily;
 use crate::data::source::ColumnMap;
-use crate::data::task::{per_label_subsets, DataOptions, TaskDef};
+use crate::data::task::{per_label_subsets, DataOptions, FileRows, TaskDef};
 use crate::error::Result;
 
 use super::glue;
@@ -29,5 +29,6 @@ inventory::submit! {
         prompt: PromptFamily::Nli,
         load,
         subsets: per_label_subsets,
+        file: FileRows::AS_READ,
     }
 }

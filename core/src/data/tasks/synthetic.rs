@@ -5,7 +5,7 @@
 use crate::data::dataset::{Dataset, Subset};
 use crate::data::prompt::PromptFamily;
 use crate::data::synthetic::{self, LABEL_NAMES};
-use crate::data::task::{per_label_subsets, DataOptions, TaskDef};
+use crate::data::task::{per_label_subsets, DataOptions, FileRows, TaskDef};
 use crate::error::Result;
 
 use super::hans::heuristic_subsets;
@@ -36,6 +36,7 @@ inventory::submit! {
         prompt: PromptFamily::Nli,
         load: load_in_domain,
         subsets: per_label_subsets,
+        file: FileRows::AS_READ,
     }
 }
 
@@ -53,5 +54,6 @@ inventory::submit! {
         prompt: PromptFamily::Nli,
         load: load_ood,
         subsets: ood_subsets,
+        file: FileRows::AS_READ,
     }
 }
