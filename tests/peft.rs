@@ -72,6 +72,12 @@ fn peft_made_adapter_loads_and_merged_matches_peft() {
     check_merged_against_peft(&fixture("peft/from-peft"), "from-peft");
 }
 
+/// rsLoRA (`use_rslora`: scaling alpha/√r, here 8/2 instead of 8/4) as PEFT computes it.
+#[test]
+fn peft_rslora_adapter_matches_peft() {
+    check_merged_against_peft(&fixture("peft/rslora"), "rslora");
+}
+
 #[test]
 fn cli_model_forward_applies_a_peft_adapter() {
     let out = tempfile::tempdir().unwrap();
@@ -183,7 +189,7 @@ fn import_refuses_what_ftlab_does_not_implement() {
     let model = base_model();
     let cases: [(&str, serde_json::Value, &str); 6] = [
         ("use_dora", serde_json::json!(true), "use_dora"),
-        ("use_rslora", serde_json::json!(true), "use_rslora"),
+        ("use_rslora", serde_json::json!("yes"), "use_rslora"),
         ("rank_pattern", serde_json::json!({"q_proj": 8}), "rank_pattern"),
         ("target_modules", serde_json::json!(".*proj"), "pattern"),
         ("target_modules", serde_json::json!(["q_proj", "lm_head"]), "lm_head"),

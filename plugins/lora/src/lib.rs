@@ -5,7 +5,8 @@
 //! function. Only A and B train (the host freezes the base). They are named as PEFT names them
 //! minus `base_model.model.` — `model.decoder.layers.{i}.self_attn.q_proj.lora_A.weight` — and
 //! a run's adapter is saved as, and loaded from, a PEFT adapter (`peft_type = "LORA"`, see
-//! [`peft`]); merged, it adds `(alpha / r)·B·A` to each adapted weight.
+//! [`peft`]); merged, it adds `(alpha / r)·B·A` to each adapted weight. With `rslora` the
+//! factor is `alpha / √r`, as PEFT's `use_rslora`.
 
 mod peft;
 
@@ -25,11 +26,15 @@ pub struct Config {
     /// Linears adapted in every layer (`target_modules`): any of q_proj, k_proj, v_proj,
     /// out_proj, fc1, fc2; default q_proj and v_proj, as in the LoRA paper.
     pub targets: Vec<String>,
+    /// Rank-stabilised LoRA (Kalajdzievski, 2023, <https://arxiv.org/abs/2312.03732>): scale by
+    /// `alpha / √r` instead of `alpha / r` (`use_rslora`); default off.
+    #[serde(default)]
+    pub rslora: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { r: 8, alpha: 16.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()] }
+        Self { r: 8, alpha: 16.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()], rslora: false }
     }
 }
 
@@ -44,9 +49,10 @@ pub struct Lora {
 }
 
 impl Lora {
-    /// `alpha / r`, the factor every update is scaled by.
+    /// `alpha / r` (or `alpha / √r` with rsLoRA), the factor every update is scaled by.
     fn scale(&self) -> f64 {
-        self.config.alpha / self.config.r as f64
+        let r = self.config.r as f64;
+        self.config.alpha / if self.config.rslora { r.sqrt() } else { r }
     }
 
     /// Each adapted module's parameter path (`model.decoder.layers.{i}.<module>`) with its A and B.

@@ -1,7 +1,7 @@
 //! The `lora` adapter as HF PEFT writes it (peft 0.21): `adapter_config.json` with
 //! `peft_type = "LORA"` and `adapter_model.safetensors` holding
 //! `base_model.model.<module>.lora_{A,B}.weight`. Settings whose semantics this plugin does not
-//! implement (DoRA, rsLoRA, per-module ranks, `fan_in_fan_out`, trained biases, extra saved
+//! implement (DoRA, per-module ranks, `fan_in_fan_out`, trained biases, extra saved
 //! modules, layer subsets) are refused by key on import, never dropped.
 
 use ftlab_sdk::peft::{self, bad_key, get, require_default, PREFIX};
@@ -12,9 +12,8 @@ use crate::{Config, Lora};
 
 /// Keys whose non-default values change what the adapter computes, with the defaults this
 /// plugin implements.
-const FIXED: [(&str, Value); 12] = [
+const FIXED: [(&str, Value); 11] = [
     ("use_dora", Value::Bool(false)),
-    ("use_rslora", Value::Bool(false)),
     ("fan_in_fan_out", Value::Bool(false)),
     ("lora_bias", Value::Bool(false)),
     ("layers_to_transform", Value::Null),
@@ -43,7 +42,12 @@ pub fn config(c: &Value) -> Result<Config> {
     let dropout = get(c, "lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
     let targets =
         peft::target_sites("target_modules", get(c, "target_modules"))?.iter().map(|s| s.name().to_string()).collect();
-    Ok(Config { r, alpha, dropout, targets })
+    let rslora = match get(c, "use_rslora") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(bad_key("use_rslora", format!("expected true or false, got {other}"))),
+    };
+    Ok(Config { r, alpha, dropout, targets, rslora })
 }
 
 /// PEFT's two files for `lora`'s current weights (config keys as PEFT writes them).
@@ -71,7 +75,7 @@ pub fn export(lora: &Lora) -> Export {
         "target_modules": c.targets,
         "task_type": "CAUSAL_LM",
         "use_dora": false,
-        "use_rslora": false,
+        "use_rslora": c.rslora,
     });
     let mut tensors = Vec::new();
     for (path, a, b) in lora.modules() {
