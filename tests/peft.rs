@@ -52,7 +52,11 @@ fn logits(model: &Model, ids: &Tensor, mask: &Tensor) -> Tensor {
 /// Merges the adapter in `dir` into the base model through its plugin (found by `peft_type`),
 /// and compares with PEFT's logits `peft/<name>.logits.safetensors`.
 fn check_merged_against_peft(dir: &Path, name: &str) {
-    let model = base_model();
+    check_merged_against_peft_on(&base_model(), dir, name)
+}
+
+/// [`check_merged_against_peft`] on another base model.
+fn check_merged_against_peft_on(model: &Model, dir: &Path, name: &str) {
     let [ids, mask, expected] = reference(name);
     let base = logits(&model, &ids, &mask);
     assert!(relative_error(&base, &expected, &mask) > 0.05, "{name}: the adapter should change the logits");
@@ -76,6 +80,22 @@ fn peft_made_adapter_loads_and_merged_matches_peft() {
 #[test]
 fn peft_rslora_adapter_matches_peft() {
     check_merged_against_peft(&fixture("peft/rslora"), "rslora");
+}
+
+/// On the post-LN model with projections (opt-350m's shape): only layer 1 adapted
+/// (`layers_to_transform`), `v_proj` at rank 2 (`rank_pattern`) and `fc1` at alpha 3
+/// (`alpha_pattern`), as PEFT computes it; and exported back with the same settings.
+#[test]
+fn peft_layer_and_pattern_options_match_peft() {
+    let model = Model::load(fixture("opt-post-ln").to_str().unwrap(), LoadOptions::default()).unwrap();
+    check_merged_against_peft_on(&model, &fixture("peft/patterns"), "patterns");
+    let files = AdapterFiles::load(&fixture("peft/patterns")).unwrap();
+    let config = common::registry(&["lora"]).config_from_export("lora", &files.config.to_string()).unwrap();
+    assert_eq!(config["layers"], serde_json::json!([1]));
+    assert_eq!(
+        (config["rank_pattern"]["v_proj"].as_i64(), config["alpha_pattern"]["fc1"].as_f64()),
+        (Some(2), Some(3.0))
+    );
 }
 
 #[test]
@@ -190,7 +210,7 @@ fn import_refuses_what_ftlab_does_not_implement() {
     let cases: [(&str, serde_json::Value, &str); 6] = [
         ("use_dora", serde_json::json!(true), "use_dora"),
         ("use_rslora", serde_json::json!("yes"), "use_rslora"),
-        ("rank_pattern", serde_json::json!({"q_proj": 8}), "rank_pattern"),
+        ("rank_pattern", serde_json::json!({".*q_proj": 8}), "regular expression"),
         ("target_modules", serde_json::json!(".*proj"), "pattern"),
         ("target_modules", serde_json::json!(["q_proj", "lm_head"]), "lm_head"),
         ("peft_type", serde_json::json!("IA3"), "LORA (lora)"),

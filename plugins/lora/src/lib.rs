@@ -30,17 +30,58 @@ pub struct Config {
     /// `alpha / √r` instead of `alpha / r` (`use_rslora`); default off.
     #[serde(default)]
     pub rslora: bool,
+    /// Only these decoder layers are adapted (`layers_to_transform`); default all.
+    #[serde(default)]
+    pub layers: Option<Vec<i64>>,
+    /// Ranks of particular modules (`rank_pattern`): a key is a module's path or its end, e.g.
+    /// `v_proj` or `layers.1.self_attn.q_proj`.
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, i64>,
+    /// Alphas of particular modules (`alpha_pattern`), keyed as `rank_pattern`.
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f64>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { r: 8, alpha: 16.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()], rslora: false }
+        Self {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: vec!["q_proj".into(), "v_proj".into()],
+            rslora: false,
+            layers: None,
+            rank_pattern: BTreeMap::new(),
+            alpha_pattern: BTreeMap::new(),
+        }
     }
+}
+
+impl Config {
+    /// The value of the first key of `pattern` that names `path` (the path itself or its end
+    /// after a `.`), as PEFT matches non-regex pattern keys.
+    fn pattern<T: Copy>(pattern: &BTreeMap<String, T>, path: &str) -> Option<T> {
+        pattern.iter().find(|(key, _)| path == *key || path.ends_with(&format!(".{key}"))).map(|(_, v)| *v)
+    }
+
+    /// The rank and the update's scale of the module at `path`.
+    fn rank_and_scale(&self, path: &str) -> (i64, f64) {
+        let r = Self::pattern(&self.rank_pattern, path).unwrap_or(self.r);
+        let alpha = Self::pattern(&self.alpha_pattern, path).unwrap_or(self.alpha);
+        (r, alpha / if self.rslora { (r as f64).sqrt() } else { r as f64 })
+    }
+}
+
+/// One adapted linear: A, B and the factor its update is scaled by.
+struct Pair {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
 }
 
 /// A and B of every adapted linear, by (layer, site).
 pub struct Lora {
-    pairs: BTreeMap<(i64, Site), (Tensor, Tensor)>,
+    pairs: BTreeMap<(i64, Site), Pair>,
     config: Config,
     targets: Vec<Site>,
     /// The base model's name, PEFT's `base_model_name_or_path`.
@@ -49,15 +90,9 @@ pub struct Lora {
 }
 
 impl Lora {
-    /// `alpha / r` (or `alpha / √r` with rsLoRA), the factor every update is scaled by.
-    fn scale(&self) -> f64 {
-        let r = self.config.r as f64;
-        self.config.alpha / if self.config.rslora { r.sqrt() } else { r }
-    }
-
     /// Each adapted module's parameter path (`model.decoder.layers.{i}.<module>`) with its A and B.
     fn modules(&self) -> impl Iterator<Item = (String, &Tensor, &Tensor)> {
-        self.pairs.iter().map(|(&(layer, site), (a, b))| (site.path(layer), a, b))
+        self.pairs.iter().map(|(&(layer, site), p)| (site.path(layer), &p.a, &p.b))
     }
 }
 
@@ -79,8 +114,15 @@ impl Method for Lora {
         let names = config.targets.iter().map(|t| ftlab_sdk::serde_json::Value::from(t.as_str())).collect();
         let targets = ftlab_sdk::peft::target_sites("targets", Some(&ftlab_sdk::serde_json::Value::Array(names)))?;
         let model = host.model()?;
+        if let Some(layer) = config.layers.iter().flatten().find(|&&l| !(0..model.num_hidden_layers).contains(&l)) {
+            return Err(Error::msg(format!(
+                "layers: {layer} is not a layer of a {}-layer model",
+                model.num_hidden_layers
+            )));
+        }
         let mut pairs = BTreeMap::new();
-        for layer in 0..model.num_hidden_layers {
+        let adapted = |layer: &i64| config.layers.as_ref().is_none_or(|layers| layers.contains(layer));
+        for layer in (0..model.num_hidden_layers).filter(adapted) {
             for &site in &targets {
                 let (fan_in, fan_out) = match site {
                     Site::Fc1 => (model.hidden_size, model.ffn_dim),
@@ -88,13 +130,14 @@ impl Method for Lora {
                     _ => (model.hidden_size, model.hidden_size),
                 };
                 let path = site.path(layer);
-                let a = host.parameter(
-                    &format!("{path}.lora_A.weight"),
-                    &[config.r, fan_in],
-                    Init::KaimingUniform { fan_in },
-                )?;
-                let b = host.parameter(&format!("{path}.lora_B.weight"), &[fan_out, config.r], Init::Zeros)?;
-                pairs.insert((layer, site), (a, b));
+                let (r, scale) = config.rank_and_scale(&path);
+                if r <= 0 {
+                    return Err(Error::msg(format!("rank_pattern gives {path} rank {r}; ranks must be positive")));
+                }
+                let a =
+                    host.parameter(&format!("{path}.lora_A.weight"), &[r, fan_in], Init::KaimingUniform { fan_in })?;
+                let b = host.parameter(&format!("{path}.lora_B.weight"), &[fan_out, r], Init::Zeros)?;
+                pairs.insert((layer, site), Pair { a, b, scale });
             }
         }
         Ok(Self { pairs, config, targets, base_model: model.name, train: false })
@@ -113,9 +156,12 @@ impl Method for Lora {
     }
 
     fn merged_deltas(&self) -> Result<Vec<(String, Tensor)>> {
-        let delta = |a: &Tensor, b: &Tensor| b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * self.scale();
-        Ok(self.modules().map(|(path, a, b)| (format!("{path}.weight"), delta(a, b).detach())).collect())
-        // (out, in)
+        let delta = |p: &Pair| p.b.to_kind(Kind::Float).matmul(&p.a.to_kind(Kind::Float)) * p.scale; // (out, in)
+        Ok(self
+            .pairs
+            .iter()
+            .map(|(&(layer, site), p)| (format!("{}.weight", site.path(layer)), delta(p).detach()))
+            .collect())
     }
 
     fn sites(&self) -> Vec<Site> {
@@ -123,9 +169,9 @@ impl Method for Lora {
     }
 
     fn linear(&self, layer: i64, site: Site, input: &Tensor, output: Tensor) -> Result<Tensor> {
-        let Some((a, b)) = self.pairs.get(&(layer, site)) else { return Ok(output) };
+        let Some(p) = self.pairs.get(&(layer, site)) else { return Ok(output) };
         let x = input.dropout(self.config.dropout, self.train); // (B, T, in)
-        Ok(output + x.matmul(&a.tr()).matmul(&b.tr()) * self.scale())
+        Ok(output + x.matmul(&p.a.tr()).matmul(&p.b.tr()) * p.scale)
     }
 
     fn set_train(&mut self, train: bool) {

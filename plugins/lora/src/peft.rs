@@ -1,8 +1,8 @@
 //! The `lora` adapter as HF PEFT writes it (peft 0.21): `adapter_config.json` with
 //! `peft_type = "LORA"` and `adapter_model.safetensors` holding
 //! `base_model.model.<module>.lora_{A,B}.weight`. Settings whose semantics this plugin does not
-//! implement (DoRA, per-module ranks, `fan_in_fan_out`, trained biases, extra saved
-//! modules, layer subsets) are refused by key on import, never dropped.
+//! implement (DoRA, `fan_in_fan_out`, trained biases, extra saved modules, regular-expression
+//! patterns) are refused by key on import, never dropped.
 
 use ftlab_sdk::peft::{self, bad_key, get, require_default, PREFIX};
 use ftlab_sdk::prelude::*;
@@ -12,18 +12,15 @@ use crate::{Config, Lora};
 
 /// Keys whose non-default values change what the adapter computes, with the defaults this
 /// plugin implements.
-const FIXED: [(&str, Value); 11] = [
+const FIXED: [(&str, Value); 8] = [
     ("use_dora", Value::Bool(false)),
     ("fan_in_fan_out", Value::Bool(false)),
     ("lora_bias", Value::Bool(false)),
-    ("layers_to_transform", Value::Null),
     ("layer_replication", Value::Null),
     ("modules_to_save", Value::Null),
     ("trainable_token_indices", Value::Null),
     ("target_parameters", Value::Null),
     ("exclude_modules", Value::Null),
-    ("rank_pattern", Value::Null),
-    ("alpha_pattern", Value::Null),
 ];
 
 /// The hyperparameters of a PEFT LoRA adapter's `adapter_config.json`.
@@ -47,14 +44,55 @@ pub fn config(c: &Value) -> Result<Config> {
         Some(Value::Bool(b)) => *b,
         Some(other) => return Err(bad_key("use_rslora", format!("expected true or false, got {other}"))),
     };
-    Ok(Config { r, alpha, dropout, targets, rslora })
+    let layers = match get(c, "layers_to_transform") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => {
+            Some(vec![n.as_i64().ok_or_else(|| bad_key("layers_to_transform", format!("{n} is not a layer")))?])
+        }
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .map(|v| v.as_i64().ok_or_else(|| bad_key("layers_to_transform", format!("{v} is not a layer"))))
+                .collect::<Result<_>>()?,
+        ),
+        Some(other) => return Err(bad_key("layers_to_transform", format!("expected a layer or a list, got {other}"))),
+    };
+    if layers.is_some() && get(c, "layers_pattern").is_some_and(|p| !p.is_null()) {
+        // OPT's layers are found by their own name; a pattern for another layout changes nothing here.
+        let pattern = get(c, "layers_pattern").cloned().unwrap_or_default();
+        if pattern != Value::from("layers") && pattern != Value::Array(vec![Value::from("layers")]) {
+            return Err(bad_key("layers_pattern", format!("{pattern}: OPT's decoder layers are `layers`")));
+        }
+    }
+    let rank_pattern = pattern(c, "rank_pattern", Value::as_i64)?;
+    let alpha_pattern = pattern(c, "alpha_pattern", Value::as_f64)?;
+    Ok(Config { r, alpha, dropout, targets, rslora, layers, rank_pattern, alpha_pattern })
+}
+
+/// A PEFT pattern (`rank_pattern`, `alpha_pattern`): module keys to numbers. Keys are matched
+/// as a module's path or its end; a regular expression cannot be, and is refused.
+fn pattern<T>(c: &Value, key: &str, number: fn(&Value) -> Option<T>) -> Result<std::collections::BTreeMap<String, T>> {
+    let Some(Value::Object(map)) = get(c, key).filter(|v| !v.is_null()) else {
+        return match get(c, key) {
+            None | Some(Value::Null) => Ok(Default::default()),
+            Some(other) => Err(bad_key(key, format!("expected a table of module → number, got {other}"))),
+        };
+    };
+    map.iter()
+        .map(|(module, value)| {
+            if module.contains(|ch: char| "*+?[](){}|^$\\".contains(ch)) {
+                return Err(bad_key(key, format!("`{module}` is a regular expression; name modules by path (`layers.1.self_attn.q_proj`) or name (`q_proj`)")));
+            }
+            let value = number(value).ok_or_else(|| bad_key(key, format!("`{module}`: {value} is not a number")))?;
+            Ok((module.clone(), value))
+        })
+        .collect()
 }
 
 /// PEFT's two files for `lora`'s current weights (config keys as PEFT writes them).
 pub fn export(lora: &Lora) -> Export {
     let c = &lora.config;
     let config = json!({
-        "alpha_pattern": {},
+        "alpha_pattern": c.alpha_pattern,
         "auto_mapping": null,
         "base_model_name_or_path": lora.base_model,
         "bias": "none",
@@ -63,14 +101,14 @@ pub fn export(lora: &Lora) -> Export {
         "init_lora_weights": true,
         "layer_replication": null,
         "layers_pattern": null,
-        "layers_to_transform": null,
+        "layers_to_transform": c.layers,
         "lora_alpha": peft::number(c.alpha),
         "lora_bias": false,
         "lora_dropout": c.dropout,
         "modules_to_save": null,
         "peft_type": "LORA",
         "r": c.r,
-        "rank_pattern": {},
+        "rank_pattern": c.rank_pattern,
         "revision": null,
         "target_modules": c.targets,
         "task_type": "CAUSAL_LM",
