@@ -82,6 +82,12 @@ fn peft_rslora_adapter_matches_peft() {
     check_merged_against_peft(&fixture("peft/rslora"), "rslora");
 }
 
+/// `lora_bias`: B's bias, scaled with the update, as PEFT computes it.
+#[test]
+fn peft_lora_bias_adapter_matches_peft() {
+    check_merged_against_peft(&fixture("peft/lora-bias"), "lora-bias");
+}
+
 /// On the post-LN model with projections (opt-350m's shape): only layer 1 adapted
 /// (`layers_to_transform`), `v_proj` at rank 2 (`rank_pattern`) and `fc1` at alpha 3
 /// (`alpha_pattern`), as PEFT computes it; and exported back with the same settings.

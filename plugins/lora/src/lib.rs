@@ -40,6 +40,9 @@ pub struct Config {
     /// Alphas of particular modules (`alpha_pattern`), keyed as `rank_pattern`.
     #[serde(default)]
     pub alpha_pattern: BTreeMap<String, f64>,
+    /// B has a trainable bias, scaled with the update (`lora_bias`); default off.
+    #[serde(default)]
+    pub bias: bool,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             layers: None,
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
+            bias: false,
         }
     }
 }
@@ -72,10 +76,11 @@ impl Config {
     }
 }
 
-/// One adapted linear: A, B and the factor its update is scaled by.
+/// One adapted linear: A, B (and B's bias, with `bias`) and the factor its update is scaled by.
 struct Pair {
     a: Tensor,
     b: Tensor,
+    bias: Option<Tensor>,
     scale: f64,
 }
 
@@ -90,9 +95,14 @@ pub struct Lora {
 }
 
 impl Lora {
-    /// Each adapted module's parameter path (`model.decoder.layers.{i}.<module>`) with its A and B.
-    fn modules(&self) -> impl Iterator<Item = (String, &Tensor, &Tensor)> {
-        self.pairs.iter().map(|(&(layer, site), p)| (site.path(layer), &p.a, &p.b))
+    /// Every trainable tensor by its name (`model.decoder.layers.{i}.<module>.lora_A.weight`,
+    /// `….lora_B.weight`, `….lora_B.bias`).
+    fn tensors(&self) -> impl Iterator<Item = (String, &Tensor)> {
+        self.pairs.iter().flat_map(|(&(layer, site), p)| {
+            let path = site.path(layer);
+            let bias = p.bias.as_ref().map(|bias| (format!("{path}.lora_B.bias"), bias));
+            [(format!("{path}.lora_A.weight"), &p.a), (format!("{path}.lora_B.weight"), &p.b)].into_iter().chain(bias)
+        })
     }
 }
 
@@ -137,7 +147,11 @@ impl Method for Lora {
                 let a =
                     host.parameter(&format!("{path}.lora_A.weight"), &[r, fan_in], Init::KaimingUniform { fan_in })?;
                 let b = host.parameter(&format!("{path}.lora_B.weight"), &[fan_out, r], Init::Zeros)?;
-                pairs.insert((layer, site), Pair { a, b, scale });
+                let bias = match config.bias {
+                    true => Some(host.parameter(&format!("{path}.lora_B.bias"), &[fan_out], Init::Zeros)?),
+                    false => None,
+                };
+                pairs.insert((layer, site), Pair { a, b, bias, scale });
             }
         }
         Ok(Self { pairs, config, targets, base_model: model.name, train: false })
@@ -156,12 +170,16 @@ impl Method for Lora {
     }
 
     fn merged_deltas(&self) -> Result<Vec<(String, Tensor)>> {
-        let delta = |p: &Pair| p.b.to_kind(Kind::Float).matmul(&p.a.to_kind(Kind::Float)) * p.scale; // (out, in)
-        Ok(self
-            .pairs
-            .iter()
-            .map(|(&(layer, site), p)| (format!("{}.weight", site.path(layer)), delta(p).detach()))
-            .collect())
+        let mut deltas = Vec::new();
+        for (&(layer, site), p) in &self.pairs {
+            let path = site.path(layer);
+            let weight = p.b.to_kind(Kind::Float).matmul(&p.a.to_kind(Kind::Float)) * p.scale; // (out, in)
+            deltas.push((format!("{path}.weight"), weight.detach()));
+            if let Some(bias) = &p.bias {
+                deltas.push((format!("{path}.bias"), (bias.to_kind(Kind::Float) * p.scale).detach()));
+            }
+        }
+        Ok(deltas)
     }
 
     fn sites(&self) -> Vec<Site> {
@@ -171,7 +189,12 @@ impl Method for Lora {
     fn linear(&self, layer: i64, site: Site, input: &Tensor, output: Tensor) -> Result<Tensor> {
         let Some(p) = self.pairs.get(&(layer, site)) else { return Ok(output) };
         let x = input.dropout(self.config.dropout, self.train); // (B, T, in)
-        Ok(output + x.matmul(&p.a.tr()).matmul(&p.b.tr()) * p.scale)
+        let update = x.matmul(&p.a.tr()).matmul(&p.b.tr());
+        let update = match &p.bias {
+            Some(bias) => update + bias,
+            None => update,
+        };
+        Ok(output + update * p.scale)
     }
 
     fn set_train(&mut self, train: bool) {

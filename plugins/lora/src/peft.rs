@@ -1,8 +1,8 @@
 //! The `lora` adapter as HF PEFT writes it (peft 0.21): `adapter_config.json` with
 //! `peft_type = "LORA"` and `adapter_model.safetensors` holding
 //! `base_model.model.<module>.lora_{A,B}.weight`. Settings whose semantics this plugin does not
-//! implement (DoRA, `fan_in_fan_out`, trained biases, extra saved modules, regular-expression
-//! patterns) are refused by key on import, never dropped.
+//! implement (DoRA, `fan_in_fan_out`, trained base biases, extra saved modules,
+//! regular-expression patterns) are refused by key on import, never dropped.
 
 use ftlab_sdk::peft::{self, bad_key, get, require_default, PREFIX};
 use ftlab_sdk::prelude::*;
@@ -12,10 +12,9 @@ use crate::{Config, Lora};
 
 /// Keys whose non-default values change what the adapter computes, with the defaults this
 /// plugin implements.
-const FIXED: [(&str, Value); 8] = [
+const FIXED: [(&str, Value); 7] = [
     ("use_dora", Value::Bool(false)),
     ("fan_in_fan_out", Value::Bool(false)),
-    ("lora_bias", Value::Bool(false)),
     ("layer_replication", Value::Null),
     ("modules_to_save", Value::Null),
     ("trainable_token_indices", Value::Null),
@@ -39,11 +38,12 @@ pub fn config(c: &Value) -> Result<Config> {
     let dropout = get(c, "lora_dropout").and_then(Value::as_f64).unwrap_or(0.0);
     let targets =
         peft::target_sites("target_modules", get(c, "target_modules"))?.iter().map(|s| s.name().to_string()).collect();
-    let rslora = match get(c, "use_rslora") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(bad_key("use_rslora", format!("expected true or false, got {other}"))),
+    let flag = |key: &str| match get(c, key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(bad_key(key, format!("expected true or false, got {other}"))),
     };
+    let (rslora, bias) = (flag("use_rslora")?, flag("lora_bias")?);
     let layers = match get(c, "layers_to_transform") {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => {
@@ -65,7 +65,7 @@ pub fn config(c: &Value) -> Result<Config> {
     }
     let rank_pattern = pattern(c, "rank_pattern", Value::as_i64)?;
     let alpha_pattern = pattern(c, "alpha_pattern", Value::as_f64)?;
-    Ok(Config { r, alpha, dropout, targets, rslora, layers, rank_pattern, alpha_pattern })
+    Ok(Config { r, alpha, dropout, targets, rslora, layers, rank_pattern, alpha_pattern, bias })
 }
 
 /// A PEFT pattern (`rank_pattern`, `alpha_pattern`): module keys to numbers. Keys are matched
@@ -103,7 +103,7 @@ pub fn export(lora: &Lora) -> Export {
         "layers_pattern": null,
         "layers_to_transform": c.layers,
         "lora_alpha": peft::number(c.alpha),
-        "lora_bias": false,
+        "lora_bias": c.bias,
         "lora_dropout": c.dropout,
         "modules_to_save": null,
         "peft_type": "LORA",
@@ -115,27 +115,18 @@ pub fn export(lora: &Lora) -> Export {
         "use_dora": false,
         "use_rslora": c.rslora,
     });
-    let mut tensors = Vec::new();
-    for (path, a, b) in lora.modules() {
-        tensors.push((format!("{PREFIX}{path}.lora_A.weight"), a.detach().copy()));
-        tensors.push((format!("{PREFIX}{path}.lora_B.weight"), b.detach().copy()));
-    }
+    let tensors = lora.tensors().map(|(name, t)| (format!("{PREFIX}{name}"), t.detach().copy())).collect();
     Export { config, tensors }
 }
 
 /// Copies an adapter's A and B into `lora`'s parameters: every tensor must be one of them, with
 /// its shape, and none may be missing.
 pub fn import(lora: &mut Lora, weights: &Tensors) -> Result<()> {
-    let mut wanted: std::collections::BTreeMap<String, Tensor> = lora
-        .modules()
-        .flat_map(|(path, a, b)| {
-            [(format!("{PREFIX}{path}.lora_A.weight"), a), (format!("{PREFIX}{path}.lora_B.weight"), b)]
-        })
-        .map(|(name, t)| (name, t.shallow_clone()))
-        .collect();
+    let mut wanted: std::collections::BTreeMap<String, Tensor> =
+        lora.tensors().map(|(name, t)| (format!("{PREFIX}{name}"), t.shallow_clone())).collect();
     for (name, tensor) in &weights.tensors {
         let mut param = wanted.remove(name).ok_or_else(|| {
-            Error::msg(format!("unexpected tensor `{name}`: not the A or B of a module this adapter targets"))
+            Error::msg(format!("unexpected tensor `{name}`: not an A, B or B bias of a module this adapter targets"))
         })?;
         if param.size() != tensor.size() {
             let (found, expected) = (tensor.size(), param.size());
