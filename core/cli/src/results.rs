@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use ftlab_core::eval::predictions;
 use ftlab_core::results::plot::{self, PlotKind, PlotSpec};
 use ftlab_core::results::store::{self, Format};
 use ftlab_core::results::table::{self, Agg, TableFormat, TableSpec};
@@ -221,10 +222,8 @@ fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 fn predictions(args: PredictionsArgs) -> anyhow::Result<ExitCode> {
     let folder = args.run.join("predictions");
-    let epochs: Vec<usize> = std::fs::read_dir(&folder)
-        .with_context(|| format!("{}: no predictions (a run writes them when it evaluates)", folder.display()))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("epoch-")?.parse().ok())
-        .collect();
+    let epochs = predictions::epochs(&folder)
+        .with_context(|| format!("{}: no predictions (a run writes them when it evaluates)", folder.display()))?;
     let epoch = match args.epoch.as_str() {
         "last" => epochs.iter().max().copied(),
         "best" => {
@@ -237,13 +236,13 @@ fn predictions(args: PredictionsArgs) -> anyhow::Result<ExitCode> {
     }
     .filter(|e| epochs.contains(e))
     .with_context(|| format!("no predictions for epoch `{}`; kept: {epochs:?}", args.epoch))?;
-    let epoch_folder = folder.join(format!("epoch-{epoch}"));
+    let epoch_folder = predictions::epoch_folder(&folder, epoch);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&epoch_folder)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     files.sort();
     let mut report = serde_json::Map::new();
     for file in &files {
         let set = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let rows = ftlab_core::eval::predictions::subset_accuracy(file)?;
+        let rows = predictions::subset_accuracy(file)?;
         let value = rows.iter().map(|(name, n, acc)| serde_json::json!({"subset": name, "rows": n, "accuracy": acc}));
         report.insert(set, serde_json::Value::Array(value.collect()));
     }

@@ -101,13 +101,23 @@ pub struct EvalReport {
 
 /// What one eval set's rows became.
 struct Predictions {
-    /// Per scored row: (position in the set, gold label, verbalizer prediction, full-vocab hit
-    /// when the scorer gave vocabulary logits).
-    rows: Vec<(usize, usize, usize, Option<bool>)>,
+    /// Every scored row.
+    rows: Vec<ScoredRow>,
     /// Rows whose scores hold a NaN or an infinity.
     non_finite: usize,
-    /// Per scored row, the label words' scores.
-    scores: Vec<Vec<f32>>,
+}
+
+/// One scored row of a set.
+struct ScoredRow {
+    /// Position in the set.
+    position: usize,
+    gold: usize,
+    /// The verbalizer's prediction.
+    predicted: usize,
+    /// Whether the gold label word won over the whole vocabulary (vocabulary logits only).
+    full_vocab_hit: Option<bool>,
+    /// The label words' scores.
+    scores: Vec<f32>,
 }
 
 /// Wraps a model as a scorer: logits at each row's last non-pad token, without gradients.
@@ -155,21 +165,20 @@ pub fn evaluate(
             .iter()
             .map(|s| (s.name.clone(), score(&predictions, &s.positions, labels, &options.metrics)))
             .collect();
-        let predictions_non_finite = predictions.non_finite;
         let mut member: Vec<Vec<String>> = vec![Vec::new(); set.data.len()];
         for subset in &set.subsets {
             for &p in &subset.positions {
                 member[p].push(subset.name.clone());
             }
         }
-        let rows = predictions.rows.iter().zip(predictions.scores);
-        let predictions = rows
-            .map(|(&(position, gold, predicted, _), scores)| Prediction {
-                id: set.data.examples[position].id,
-                gold,
-                predicted,
-                scores,
-                subsets: std::mem::take(&mut member[position]),
+        let non_finite = predictions.non_finite;
+        let predictions = (predictions.rows.into_iter())
+            .map(|row| Prediction {
+                id: set.data.examples[row.position].id,
+                gold: row.gold,
+                predicted: row.predicted,
+                scores: row.scores,
+                subsets: std::mem::take(&mut member[row.position]),
             })
             .collect();
         reports.push(SetReport {
@@ -177,7 +186,7 @@ pub fn evaluate(
             in_domain: set.in_domain,
             truncated,
             dropped,
-            non_finite: predictions_non_finite,
+            non_finite,
             scores,
             subsets,
             predictions,
@@ -223,7 +232,7 @@ fn predict(
     scorer: &mut dyn FnMut(&Batch) -> Result<Tensor>,
     meter: &mut PhaseMeter,
 ) -> Result<Predictions> {
-    let (mut rows, mut non_finite, mut scores) = (Vec::with_capacity(encoded.len()), 0, Vec::new());
+    let (mut rows, mut non_finite) = (Vec::with_capacity(encoded.len()), 0);
     for indices in batch::plan(encoded, options.batch_size, BatchOrder::ByLength) {
         let batch = batch::collate(
             tokenizer,
@@ -245,7 +254,7 @@ fn predict(
             if class_scores { logits.shallow_clone() } else { logits.index_select(1, &batch.verbalizer_ids) };
         let verbalizer: Vec<i64> = Vec::try_from(by_class.argmax(1, false).to_device(Device::Cpu))?;
         let flat: Vec<f32> = Vec::try_from(by_class.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1))?;
-        scores.extend(flat.chunks(prompt.word_ids.len().max(1)).map(<[f32]>::to_vec));
+        let mut scores = flat.chunks(prompt.word_ids.len().max(1));
         let full: Option<Vec<i64>> = if class_scores {
             None
         } else {
@@ -254,22 +263,22 @@ fn predict(
         for (row, &position) in batch.positions.iter().enumerate() {
             let gold = batch.label_ids[row];
             let hit = full.as_ref().map(|full| prompt.word_ids.get(gold) == Some(&full[row]));
-            rows.push((position, gold, verbalizer[row] as usize, hit));
+            let scores = scores.next().map(<[f32]>::to_vec).unwrap_or_default();
+            rows.push(ScoredRow { position, gold, predicted: verbalizer[row] as usize, full_vocab_hit: hit, scores });
         }
         meter.add_tokens(batch.tokens);
     }
-    Ok(Predictions { rows, non_finite, scores })
+    Ok(Predictions { rows, non_finite })
 }
 
 /// Scores the rows at `positions` (rows that were dropped are absent).
 fn score(predictions: &Predictions, positions: &[usize], labels: usize, metrics: &[Metric]) -> Scores {
     let wanted: std::collections::HashSet<usize> = positions.iter().copied().collect();
-    let rows: Vec<&(usize, usize, usize, Option<bool>)> =
-        predictions.rows.iter().filter(|r| wanted.contains(&r.0)).collect();
-    let gold: Vec<usize> = rows.iter().map(|r| r.1).collect();
-    let predicted: Vec<usize> = rows.iter().map(|r| r.2).collect();
+    let rows: Vec<&ScoredRow> = predictions.rows.iter().filter(|r| wanted.contains(&r.position)).collect();
+    let gold: Vec<usize> = rows.iter().map(|r| r.gold).collect();
+    let predicted: Vec<usize> = rows.iter().map(|r| r.predicted).collect();
     let (f1, mcc) = (metrics.contains(&Metric::MacroF1), metrics.contains(&Metric::Matthews));
-    let hits: Option<Vec<bool>> = rows.iter().map(|r| r.3).collect();
+    let hits: Option<Vec<bool>> = rows.iter().map(|r| r.full_vocab_hit).collect();
     Scores {
         examples: rows.len(),
         verbalizer: MetricValues::of(&gold, &predicted, labels, f1, mcc),

@@ -20,6 +20,7 @@ use std::str::FromStr;
 
 use super::store::{ResultRow, Value};
 use crate::error::{Error, Result};
+use crate::eval::predictions;
 
 /// An aggregation over the runs of a cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,17 +262,10 @@ fn examples_of(run: &ResultRow, metric: &str) -> Option<Vec<Vec<bool>>> {
         _ => return None,
     };
     let folder = run.dir.join("predictions");
-    let last = std::fs::read_dir(&folder)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("epoch-")?.parse::<usize>().ok())
-        .max()?;
+    let last = predictions::epoch_folder(&folder, predictions::epochs(&folder).ok()?.into_iter().max()?);
     let report = run.record.last.as_ref()?.report.as_array()?;
     let sets = report.iter().filter(|set| set["in_domain"].as_bool() == Some(in_domain));
-    sets.map(|set| {
-        let name = set["name"].as_str()?.replace(['/', '\\'], "_");
-        crate::eval::predictions::correct(&folder.join(format!("epoch-{last}/{name}.parquet"))).ok()
-    })
-    .collect()
+    sets.map(|set| predictions::correct(&predictions::set_file(&last, set["name"].as_str()?)).ok()).collect()
 }
 
 /// Costs are better low; everything else (accuracies) high.

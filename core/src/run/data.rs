@@ -75,10 +75,7 @@ pub struct DataFile {
 impl DataFile {
     /// Hashes `path`.
     pub fn of(path: &std::path::Path) -> Result<Self> {
-        use sha2::{Digest, Sha256};
-        let bytes = std::fs::read(path).map_err(crate::error::Error::io(path))?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Self { path: path.into(), sha256 })
+        Ok(Self { path: path.into(), sha256: super::record::sha256_of(path)? })
     }
 }
 

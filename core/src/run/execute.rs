@@ -7,18 +7,17 @@ use std::time::Instant;
 
 use ftlab_registry::Registry;
 use ftlab_sdk::{Inputs, Role};
-use sha2::{Digest, Sha256};
 
 use super::data::RunData;
 use super::optim::AdamW;
-use super::record::RunDir;
+use super::record::{sha256_of, RunDir};
 use super::train::{self, EpochMetrics, Progress};
 use super::{Headline, MethodProvenance, RunConfig, RunOptions, RunRecord, Timings};
 use crate::data::dataset::EvalSet;
 use crate::device::Platform;
 use crate::error::{Error, Result};
 use crate::eval::harness::{self, EvalOptions, EvalReport};
-use crate::eval::PhaseMeter;
+use crate::eval::{predictions, PhaseMeter};
 use crate::methods::MethodRun;
 use crate::model::{LoadOptions, Model};
 
@@ -149,13 +148,9 @@ impl<'a> Session<'a> {
     /// Removes the per-example predictions of every epoch but `kept` (the last and the best).
     fn keep_predictions(&self, kept: &[usize]) -> Result<()> {
         let folder = self.dir.predictions();
-        let Ok(entries) = std::fs::read_dir(&folder) else { return Ok(()) };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let epoch = name.strip_prefix("epoch-").and_then(|e| e.parse::<usize>().ok());
-            if epoch.is_some_and(|e| !kept.contains(&e)) {
-                std::fs::remove_dir_all(entry.path()).map_err(Error::io(entry.path()))?;
-            }
+        for epoch in predictions::epochs(&folder).unwrap_or_default().into_iter().filter(|e| !kept.contains(e)) {
+            let stale = predictions::epoch_folder(&folder, epoch);
+            std::fs::remove_dir_all(&stale).map_err(Error::io(stale))?;
         }
         Ok(())
     }
@@ -239,7 +234,7 @@ impl<'a> Session<'a> {
     /// [`evaluate`] after `step` optimizer steps (`epoch` epochs), its time added to the
     /// record's and its predictions written to `predictions/epoch-N/`.
     fn evaluate(&self, run: &mut MethodRun, step: usize, epoch: usize, record: &mut RunRecord) -> Result<Headline> {
-        let folder = self.dir.predictions().join(format!("epoch-{epoch}"));
+        let folder = predictions::epoch_folder(&self.dir.predictions(), epoch);
         let (headline, seconds) = evaluate(run, self.data, self.model, self.config, step, Some(&folder))?;
         record.timings.eval += seconds;
         Ok(headline)
@@ -267,7 +262,7 @@ fn headline_of(line: &serde_json::Value, dir: &RunDir) -> Result<Option<Headline
 }
 
 /// Scores every eval set with the objective's `predict` (the model after `step` optimizer
-/// steps), writing each set's per-example predictions into `predictions` when given; returns
+/// steps), writing each set's per-example predictions into `written_to` when given; returns
 /// the headline and seconds. Scores that are NaN or infinite fail the run.
 fn evaluate(
     run: &mut MethodRun,
@@ -275,7 +270,7 @@ fn evaluate(
     model: &Model,
     config: &RunConfig,
     step: usize,
-    predictions: Option<&Path>,
+    written_to: Option<&Path>,
 ) -> Result<(Headline, f64)> {
     run.set_train(false)?;
     let options = EvalOptions {
@@ -299,10 +294,10 @@ fn evaluate(
             &mut scorer,
         )?);
         bar.inc(1);
-        if let (Some(folder), Some(report)) = (predictions, reports.last()) {
+        if let (Some(folder), Some(report)) = (written_to, reports.last()) {
             for scored in &report.sets {
-                let file = folder.join(format!("{}.parquet", scored.name.replace(['/', '\\'], "_")));
-                crate::eval::predictions::write(&file, &set.data.label_names, &scored.predictions)?;
+                let file = predictions::set_file(folder, &scored.name);
+                predictions::write(&file, &set.data.label_names, &scored.predictions)?;
             }
         }
         if let Some(set) = reports.last().and_then(|r| r.sets.iter().find(|s| s.non_finite > 0)) {
@@ -333,14 +328,12 @@ fn provenance(config: &RunConfig, registry: &Registry) -> Result<Vec<MethodProve
     roles
         .map(|(m, role)| {
             let d = registry.find(&m.name, role)?;
-            let bytes = std::fs::read(&d.library).map_err(Error::io(&d.library))?;
-            let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
             Ok(MethodProvenance {
                 name: d.name.clone(),
                 role,
                 version: d.version.clone(),
                 library: d.library.clone(),
-                sha256,
+                sha256: sha256_of(&d.library)?,
             })
         })
         .collect()

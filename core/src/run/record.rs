@@ -117,6 +117,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The SHA-256 of the file at `path`, in hex: how a record names the exact libraries and data
+/// files a run read.
+pub fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The project's git revision at build time, for run records.
 pub const GIT_REVISION: &str = env!("BUILT_GIT_REVISION");
 
