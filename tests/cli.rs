@@ -139,6 +139,40 @@ fn model_save_round_trips_the_embedded_model() {
     }
 }
 
+/// A folder as `save_pretrained` writes it (no tokenizer files) runs on token ids; text needs
+/// `--tokenizer`, and without one the error names the folder, the files and the flag.
+#[test]
+fn a_model_folder_without_a_tokenizer_runs_on_ids_and_borrows_one_for_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("weights-only");
+    assert!(ftlab(&["model", "save", "tiny-opt", folder.to_str().unwrap()]).status.success());
+    std::fs::remove_file(folder.join("tokenizer.json")).unwrap();
+    let folder = folder.to_str().unwrap();
+    let run = |args: &[&str], name: &str| {
+        let output = dir.path().join(name);
+        let out = ftlab(&[args, &["--out", output.to_str().unwrap()]].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Tensor::read_safetensors(&output).unwrap().into_iter().find(|(n, _)| n == "logits").unwrap().1
+    };
+    let text = ["model", "forward", "tiny-opt", "--text", "The cat sat on the mat."];
+    let embedded = run(&text, "a.safetensors");
+    // Token ids from a file, through the folder that has no tokenizer and through the original.
+    let ids = Tensor::from_slice(&[2i64, 100, 200, 300, 50, 7]).view([1, -1]);
+    let input = dir.path().join("ids.safetensors");
+    Tensor::write_safetensors(&[("input_ids", &ids)], &input).unwrap();
+    let by_ids = run(&["model", "forward", folder, "--input", input.to_str().unwrap()], "b.safetensors");
+    let by_ids_embedded = run(&["model", "forward", "tiny-opt", "--input", input.to_str().unwrap()], "c.safetensors");
+    assert!(by_ids.equal(&by_ids_embedded), "the folder's weights are the embedded model's");
+    let borrowed = run(
+        &["model", "forward", folder, "--tokenizer", "tiny-opt", "--text", "The cat sat on the mat."],
+        "d.safetensors",
+    );
+    assert!(borrowed.equal(&embedded), "--tokenizer supplies the embedded tokenizer");
+    let out = dir.path().join("e.safetensors");
+    let err = fails(&["model", "forward", folder, "--text", "hi", "--out", out.to_str().unwrap()]);
+    assert!(err.contains("weights-only") && err.contains("tokenizer.json") && err.contains("--tokenizer"), "{err}");
+}
+
 #[test]
 fn bad_model_folders_name_the_file_and_key() {
     let dir = model_copy("opt-pre-ln");

@@ -84,9 +84,15 @@ fn sample_prints_numpy_indices_and_the_prompts_a_run_uses() {
     assert_eq!(first["label_word"], if positions[0] % 2 == 0 { " Yes" } else { " No" });
     let icl = report["icl_positions"].as_array().unwrap();
     assert_eq!(icl.len(), 4);
+    // llmft's separator: a backslash and an `n`, twice (what its bash scripts delivered).
     let context = report["icl_context"].as_str().unwrap();
-    assert_eq!(context.matches("\n\n").count(), 4);
-    assert_eq!(context.matches(" ? Yes\n\n").count(), 2, "balanced: {context}");
+    assert_eq!(context.matches("\\n\\n").count(), 4);
+    assert_eq!(context.matches(" ? Yes\\n\\n").count(), 2, "balanced: {context}");
+    let readable =
+        json(&["data", "sample", "synthetic-nli", "--k", "4", "--data-seed", "0", "--compat", "clean", "--json"]);
+    assert_eq!((report["compat"].as_str(), readable["compat"].as_str()), (Some("llmft"), Some("clean")));
+    let context = readable["icl_context"].as_str().unwrap();
+    assert_eq!(context.matches(" ? Yes\n\n").count(), 2, "real newlines: {context}");
 
     let text = succeeds(&["data", "sample", "synthetic-nli", "--k", "3", "--data-seed", "1", "--style", "gpt3"]);
     assert!(text.contains("question:") && text.contains("answer:"), "{text}");

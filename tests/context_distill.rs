@@ -7,13 +7,13 @@
 use std::process::Command;
 
 use ftlab_core::data::batch::{self, BatchOrder, EncodedExample};
-use ftlab_core::data::prompt::{Prompt, PromptFamily, PromptSpec};
+use ftlab_core::data::prompt::{Compat, Prompt, PromptFamily, PromptSpec};
 use ftlab_core::data::synthetic::{self, SyntheticConfig};
 use ftlab_core::data::Dataset;
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{tiny, LoadOptions, Model, OptConfig};
 use ftlab_core::run::config::TrainConfig;
-use ftlab_core::run::data::method_tensors;
+use ftlab_core::run::data::{method_tensors, Queries};
 use ftlab_core::run::optim::AdamW;
 use ftlab_core::tokenizer::Tokenizer;
 use ftlab_registry::Registry;
@@ -42,7 +42,11 @@ struct Toy {
 impl Toy {
     fn new() -> Self {
         let model = Model::embedded(LoadOptions::default()).unwrap();
-        let prompt = Prompt::new(PromptFamily::Nli, 2, &PromptSpec::default(), &model.tokenizer).unwrap();
+        // DESIGN.md's readable prompt: with llmft's, every teacher query ends in the same space
+        // token, after which the random model's two label words are near-ties whose argmax
+        // (the agreement measured here) no distillation can pin down.
+        let spec = PromptSpec { compat: Compat::Clean, ..PromptSpec::default() };
+        let prompt = Prompt::new(PromptFamily::Nli, 2, &spec, &model.tokenizer).unwrap();
         let all = synthetic::in_domain(&SyntheticConfig { train: 96, ..Default::default() }, "train");
         let slice = |name: &str, range: std::ops::Range<usize>| all.select(name, &range.collect::<Vec<_>>());
         let (labelled, unlabelled, held_out) =
@@ -69,15 +73,15 @@ impl Toy {
         let encoded: Vec<EncodedExample> = (data.examples.iter().enumerate())
             .map(|(position, e)| EncodedExample {
                 position,
-                ids: self.prompt.encode(&self.model.tokenizer, "", e).unwrap(),
+                ids: self.prompt.encode(&self.model.tokenizer, e).unwrap(),
                 label: e.label,
             })
             .collect();
         let order = BatchOrder::Shuffled { seed: 0 };
         (batch::batches(&self.model.tokenizer, &encoded, &self.prompt.word_ids, 8, order, Device::Cpu).into_iter())
             .map(|b| {
-                let prompts = b.positions.iter().map(|&p| self.prompt.query(&data.examples[p])).collect();
-                method_tensors(&b, prompts, hide_labels)
+                let rows = b.positions.iter().map(|&p| &data.examples[p]).collect();
+                method_tensors(&b, Queries::of(&self.prompt, rows), hide_labels)
             })
             .collect()
     }
@@ -87,15 +91,19 @@ impl Toy {
     /// held-out ones, so the teacher's targets exist for both.
     fn prepare_data(&self) -> Tensors {
         let mut data = self.batches(&self.labelled, false).remove(0);
-        let queries = |d: &Dataset| d.examples.iter().map(|e| self.prompt.query(e)).collect::<Vec<_>>();
+        let queries = |d: &Dataset| Queries::of(&self.prompt, d.examples.iter().collect());
         let demonstrations: Vec<String> = self.labelled.examples.iter().map(|e| self.prompt.demonstration(e)).collect();
-        let unlabelled = [queries(&self.unlabelled), queries(&self.held_out)].concat();
+        let (labelled, unlabelled, held_out) =
+            (queries(&self.labelled), queries(&self.unlabelled), queries(&self.held_out));
         data.json = json!({
-            "prompts": queries(&self.labelled),
+            "prompts": labelled.prompts,
+            "icl_prompts": labelled.icl,
             "demonstrations": demonstrations,
+            "demonstration_prompts": labelled.prompts,
             "labels_of_demonstrations": self.labelled.examples.iter().map(|e| e.label).collect::<Vec<_>>(),
             "separator": self.prompt.separator,
-            "unlabelled": unlabelled,
+            "unlabelled": ([unlabelled.prompts, held_out.prompts].concat()),
+            "unlabelled_icl": ([unlabelled.icl, held_out.icl].concat()),
         });
         data
     }
@@ -325,6 +333,13 @@ fn unlabelled_inputs_can_come_from_a_users_file() {
     let sha256sum = Command::new("sha256sum").arg(&file).output().unwrap();
     let expected = String::from_utf8_lossy(&sha256sum.stdout).split_whitespace().next().unwrap_or_default().to_string();
     assert_eq!(record["data"]["files"][0]["sha256"], expected.as_str(), "{}", record["data"]);
+    let table = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+        .args(["results", "table", "--rows", "data_version", "--cols", ""])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(&format!("sha256:{}", &expected[..12])), "{table}");
     let metrics = std::fs::read_to_string(dir.path().join(record["name"].as_str().unwrap()).join("metrics.jsonl"));
     let epoch: serde_json::Value = serde_json::from_str(metrics.unwrap().lines().nth(1).unwrap()).unwrap();
     assert!(epoch["tokens"].as_u64().unwrap() > 5 * 8, "five inputs of 8+ tokens trained on: {epoch}");

@@ -14,7 +14,7 @@ use ftlab_core::methods::hooks::AdapterHooks;
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model};
 use ftlab_core::run::config::{Schedule, TrainConfig};
-use ftlab_core::run::data::{method_tensors, RunData};
+use ftlab_core::run::data::{method_tensors, Queries, RunData};
 use ftlab_core::run::optim::AdamW;
 use ftlab_core::run::{train, RunConfig};
 use ftlab_registry::Registry;
@@ -27,19 +27,19 @@ mod common;
 use common::serial;
 
 fn registry() -> Registry {
-    common::registry(&["vanilla_ft", "pbft", "icl", "bitfit", "lora"])
+    common::registry(&["vanilla_ft", "pbft", "icl", "bitfit", "lora", "ia3"])
 }
 
-/// One padded batch and its rendered prompts.
+/// One padded batch and its rendered queries.
 struct Rows {
     batch: batch::Batch,
-    prompts: Vec<String>,
+    queries: Queries,
 }
 
 impl Rows {
     /// The batch as the runtime hands it to a method (see `ftlab_sdk::Batch`).
     fn tensors(&self) -> Tensors {
-        method_tensors(&self.batch, self.prompts.clone(), false)
+        method_tensors(&self.batch, self.queries.clone(), false)
     }
 }
 
@@ -73,9 +73,8 @@ impl Toy {
         let batches = batch::batches(&model.tokenizer, &run_data.encoded, word_ids, 8, order, Device::Cpu)
             .into_iter()
             .map(|batch| {
-                let prompts =
-                    batch.positions.iter().map(|&p| run_data.prompt.query(&run_data.train.examples[p])).collect();
-                Rows { batch, prompts }
+                let rows = batch.positions.iter().map(|&p| &run_data.train.examples[p]).collect();
+                Rows { queries: Queries::of(&run_data.prompt, rows), batch }
             })
             .collect();
         Self { model, config, run_data, batches }
@@ -191,6 +190,37 @@ fn pbft_learns_with_bitfit() {
 #[test]
 fn pbft_learns_with_lora() {
     learns("pbft", Some("lora"), 1e-2, 30);
+}
+
+#[test]
+fn pbft_learns_with_ia3() {
+    learns("pbft", Some("ia3"), 1e-1, 100);
+}
+
+/// (IA)³ trains only its vectors (all ones at first, so the model starts as the base one), and
+/// merged into the weights (rows and bias scaled, or `fc2`'s columns) the plain model computes
+/// what the hooked one does.
+#[test]
+fn ia3_freezes_the_base_and_merges_exactly() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    let before = toy.snapshot();
+    let mut run = toy.run(MethodSpec::named("pbft"), &[MethodSpec::named("ia3")]);
+    let trainable = run.trainable();
+    assert_eq!(trainable.len(), 4 * 3, "k_proj, v_proj and fc2 of 4 layers");
+    let shape = |name: &str| trainable.iter().find(|(n, _)| n == name).map(|(_, t)| t.size()).unwrap();
+    assert_eq!(shape("ia3.model.decoder.layers.0.self_attn.k_proj.ia3_l"), [64, 1]);
+    assert_eq!(shape("ia3.model.decoder.layers.3.fc2.ia3_l"), [1, 256]);
+    assert_eq!(max_diff(&logits(&run, &toy.batches[0], true), &logits(&run, &toy.batches[0], false)), 0.0);
+    train(&mut run, &toy, 5, 3e-2);
+    for (name, old) in &before {
+        assert!(toy.model.vs.variables()[name].equal(old), "{name} changed under ia3");
+    }
+    let hooked = logits(&run, &toy.batches[0], true);
+    assert!(max_diff(&hooked, &logits(&run, &toy.batches[0], false)) > 1e-3, "training should move the vectors");
+    run.adapters[0].merge_into(&toy.model).unwrap();
+    let diff = max_diff(&hooked, &logits(&run, &toy.batches[0], false));
+    assert!(diff < 1e-5, "merged vs hooked (IA)³ logits differ by {diff}");
 }
 
 /// The non-default options: llmft's head, pbft over the verbalizer only, LoRA on the other
@@ -366,6 +396,31 @@ fn peft_adapter_runs_in_the_lora_plugin_as_in_peft() {
     }
 }
 
+/// `base_bias = "lora_only"` (PEFT's `bias`) trains exactly the adapted linears' biases beside A
+/// and B, and they move; every other base tensor stays frozen.
+#[test]
+fn lora_trains_the_base_biases_it_saves() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    let before = toy.snapshot();
+    let lora = spec("lora", json!({"r": 2, "targets": ["q_proj", "fc1"], "base_bias": "lora_only"}));
+    let mut run = toy.run(MethodSpec::named("pbft"), std::slice::from_ref(&lora));
+    let base: Vec<String> = run.trainable().into_iter().map(|(n, _)| n).filter(|n| !n.starts_with("lora.")).collect();
+    let expected: Vec<String> = (0..4)
+        .flat_map(|l| {
+            [format!("model.decoder.layers.{l}.fc1.bias"), format!("model.decoder.layers.{l}.self_attn.q_proj.bias")]
+        })
+        .collect();
+    let mut sorted = expected.clone();
+    sorted.sort();
+    assert_eq!(base, sorted);
+    train(&mut run, &toy, 3, 1e-2);
+    for (name, old) in &before {
+        let moved = !toy.model.vs.variables()[name].equal(old);
+        assert_eq!(moved, expected.contains(name), "{name}: trained {moved}");
+    }
+}
+
 #[test]
 fn lora_refuses_unknown_targets_listing_the_valid_ones() {
     let _serial = serial();
@@ -376,25 +431,44 @@ fn lora_refuses_unknown_targets_listing_the_valid_ones() {
     assert!(err.contains("o_proj") && err.contains("q_proj, k_proj, v_proj, out_proj, fc1, fc2"), "{err}");
 }
 
-/// What the runtime hands `prepare`: the training set and a balanced, shuffled context.
-fn prepare_data(toy: &Toy, shots: usize) -> Tensors {
-    let context = toy.run_data.context_of(shots, 0).unwrap();
+/// What the runtime hands `prepare`: the training set and `context`.
+fn prepare_data(toy: &Toy, context: &str) -> Tensors {
     let mut data = toy.batches[0].tensors();
     data.json = json!({ "prompts": [], "context": context, "separator": toy.run_data.prompt.separator });
     data
 }
 
+/// ICL reads `context + query` as llmft encodes it, one string (so BPE merges across the
+/// boundary), and the cached context gives the same logits as the uncached path and as the model
+/// run on that one encoding. The demonstrations are separated by a space, as llmft's CoLA runs
+/// do, so that the embedded tokenizer merges it with each query's first word (` The`).
 #[test]
 fn icl_with_the_cached_context_equals_icl_without_it() {
     let _serial = serial();
     let toy = Toy::new(32);
+    let separator = &toy.run_data.prompt.separator;
+    let context = toy.run_data.context_of(8, 0).unwrap().replace(separator.as_str(), " ");
+    let tokenizer = &toy.model.tokenizer;
+    let context_ids = tokenizer.encode(&context).unwrap();
+    let (mut reference, mut merged) = (Vec::new(), 0);
+    for rows in &toy.batches {
+        for &p in &rows.batch.positions {
+            let ids = toy.run_data.prompt.encode_icl(tokenizer, &context, &toy.run_data.train.examples[p]).unwrap();
+            merged += usize::from(!ids.starts_with(&context_ids));
+            let input = Tensor::from_slice(&ids).view([1, -1]);
+            let forward = ForwardInput { input_ids: Some(&input), logits: LogitsAt::LastToken, ..Default::default() };
+            reference.push(tch::no_grad(|| toy.model.net.forward(forward)).unwrap().logits.unwrap());
+        }
+    }
+    assert!(merged > 0, "a trailing space merges with a query's first word");
+    let reference = Tensor::cat(&reference, 0);
     let mut scores = Vec::new();
     for cache_context in [true, false] {
         let mut run = toy.run(spec("icl", json!({ "cache_context": cache_context })), &[]);
         assert!(run.trainable().is_empty(), "icl trains nothing");
         let err = run.loss(toy.batches[0].tensors()).unwrap_err().to_string();
         assert!(err.contains("icl") && err.contains("loss"), "{err}");
-        run.prepare(prepare_data(&toy, 8)).unwrap();
+        run.prepare(prepare_data(&toy, &context)).unwrap();
         assert_eq!(run.state.caches.len(), usize::from(cache_context));
         let batch: Vec<Tensor> = toy.batches.iter().map(|rows| run.predict(rows.tensors()).unwrap()).collect();
         scores.push(Tensor::cat(&batch, 0));
@@ -403,5 +477,7 @@ fn icl_with_the_cached_context_equals_icl_without_it() {
     let diff = max_diff(&scores[0], &scores[1]);
     eprintln!("cached vs uncached ICL logits: max difference {diff:e}");
     assert!(diff < 1e-5, "cached vs uncached ICL logits differ by {diff}");
+    let diff = max_diff(&scores[1], &reference);
+    assert!(diff < 1e-5, "ICL logits differ from the model's on llmft's one-string encoding by {diff}");
     assert!(scores[0].abs().max().double_value(&[]) > 0.0);
 }

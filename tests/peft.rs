@@ -1,16 +1,17 @@
-//! LoRA adapters in HF PEFT's format, checked against PyPI `peft` both ways (fixtures from
-//! `fixtures/make_peft_fixtures.py` on the tiny `opt-pre-ln` model):
+//! Adapters in HF PEFT's format (LoRA with every option PEFT writes for OPT, (IA)³), checked
+//! against PyPI `peft` both ways on the tiny pre-LN `opt-pre-ln` and post-LN + projection
+//! `opt-post-ln` models (fixtures from `fixtures/make_peft_fixtures.py`):
 //! - an adapter PEFT made loads, merges, and gives PEFT's logits (library and CLI);
-//! - an adapter ftlab exports from known weights is what PEFT's `save_pretrained` wrote for the
-//!   same weights (`peft/known`): tensor names, values and config values — and its logits
-//!   equal PEFT's;
+//! - an adapter ftlab exports (from known weights, or after loading PEFT's) is what PEFT's
+//!   `save_pretrained` wrote for the same weights: tensor names, values and config values;
 //! - settings ftlab does not implement are refused, naming the key.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ftlab_core::methods::export::{merge_adapter_dir, AdapterFiles, CONFIG_FILE, WEIGHTS_FILE};
-use ftlab_core::methods::{MethodRun, MethodSpec};
+use ftlab_core::methods::export::{adapter_spec, merge_adapter_dir, AdapterFiles, CONFIG_FILE, WEIGHTS_FILE};
+use ftlab_core::methods::host::HostState;
+use ftlab_core::methods::{load_adapters, MethodRun, MethodSpec};
 use ftlab_core::model::{ForwardInput, LoadOptions, Model, Site};
 use ftlab_sdk::TaskInfo;
 use tch::{Kind, Tensor};
@@ -22,6 +23,9 @@ mod common;
 /// every kernel set and thread count (`scripts/test-numerics`). 1e-4 leaves three orders of
 /// magnitude for that, while a wrong scaling or target moves the logits by more than 5e-2.
 const TOLERANCE: f64 = 1e-4;
+
+/// The plugins whose adapters PEFT writes.
+const PEFT_PLUGINS: &[&str] = &["lora", "ia3"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
@@ -60,7 +64,7 @@ fn check_merged_against_peft_on(model: &Model, dir: &Path, name: &str) {
     let [ids, mask, expected] = reference(name);
     let base = logits(&model, &ids, &mask);
     assert!(relative_error(&base, &expected, &mask) > 0.05, "{name}: the adapter should change the logits");
-    merge_adapter_dir(&model, &common::registry(&["lora"]), dir).unwrap();
+    merge_adapter_dir(&model, &common::registry(PEFT_PLUGINS), dir).unwrap();
     let err = relative_error(&logits(&model, &ids, &mask), &expected, &mask);
     eprintln!("numerics: peft.relative_error {err:e} <{TOLERANCE:e}");
     assert!(err < TOLERANCE, "{name}: merged logits vs PEFT's: relative error {err}");
@@ -102,6 +106,94 @@ fn peft_layer_and_pattern_options_match_peft() {
         (config["rank_pattern"]["v_proj"].as_i64(), config["alpha_pattern"]["fc1"].as_f64()),
         (Some(2), Some(3.0))
     );
+}
+
+/// PEFT's `bias = "all"` / `"lora_only"` and `modules_to_save`, on both model shapes: the base
+/// tensors PEFT trained and saved with the adapter replace the base's (PEFT's logits), and
+/// ftlab's export of the loaded adapter is PEFT's file again (names — `base_layer.` for an
+/// adapted linear's bias — values, `bias` and `modules_to_save`).
+#[test]
+fn peft_base_biases_and_saved_modules_round_trip() {
+    for (base, shape) in [("opt-pre-ln", ""), ("opt-post-ln", "-post-ln")] {
+        for option in ["bias-all", "bias-lora-only", "modules-to-save"] {
+            let name = format!("{option}{shape}");
+            check_merged_against_peft_on(&load(base), &fixture(&format!("peft/{name}")), &name);
+            let peft = exports_as_peft(base, &name);
+            assert!(peft.tensors.iter().any(|(n, _)| !n.contains("lora_")), "{name}: PEFT saved base tensors");
+        }
+    }
+}
+
+/// (IA)³ as PEFT computes it, on both model shapes: PEFT's adapter (keys, values and `fc2`'s
+/// input rescaled) merged gives PEFT's logits, and ftlab's export of it is PEFT's file again.
+#[test]
+fn peft_ia3_adapter_matches_peft_both_ways() {
+    for (base, name) in [("opt-pre-ln", "ia3"), ("opt-post-ln", "ia3-post-ln")] {
+        check_merged_against_peft_on(&load(base), &fixture(&format!("peft/{name}")), name);
+        let peft = exports_as_peft(base, name);
+        assert_eq!(peft.tensors.len(), 2 * 3, "{name}: one vector per layer and target");
+    }
+}
+
+/// The fixture model `base`.
+fn load(base: &str) -> Model {
+    Model::load(fixture(base).to_str().unwrap(), LoadOptions::default()).unwrap()
+}
+
+/// Loads PEFT's adapter `peft/<name>` into its plugin on `base` and exports it again: the export
+/// is PEFT's file (see [`assert_same_as_peft`]), so `PeftModel.from_pretrained` reads it as
+/// PEFT's own. Returns PEFT's files.
+fn exports_as_peft(base: &str, name: &str) -> AdapterFiles {
+    let dir = fixture(&format!("peft/{name}"));
+    let (model, registry) = (load(base), common::registry(PEFT_PLUGINS));
+    let spec = adapter_spec(&registry, &AdapterFiles::load(&dir).unwrap(), &dir).unwrap();
+    let task = TaskInfo { name: String::new(), label_words: vec![], label_token_ids: vec![] };
+    let mut adapters = load_adapters(&model, &registry, &[spec], &mut HostState::new(task, 0)).unwrap();
+    adapters[0].import(AdapterFiles::load(&dir).unwrap()).unwrap();
+    assert_same_as_peft(adapters[0].export().unwrap().unwrap(), base, name)
+}
+
+/// Checks that `ours` (an export on `base`) is PEFT's `peft/<name>`: every config key ftlab
+/// writes holds PEFT's value (module lists in any order; PEFT records the path it was given
+/// where ours names the run's model) and every tensor is PEFT's, name and value. Returns PEFT's.
+fn assert_same_as_peft(ours: AdapterFiles, base: &str, name: &str) -> AdapterFiles {
+    let peft = AdapterFiles::load(&fixture(&format!("peft/{name}"))).unwrap();
+    let sorted = |v: &serde_json::Value| {
+        let mut items: Vec<String> = v.as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+        items.sort();
+        items
+    };
+    for (key, value) in ours.config.as_object().unwrap() {
+        match key.as_str() {
+            "target_modules" | "feedforward_modules" => {
+                assert_eq!(sorted(value), sorted(&peft.config[key]), "{name}: {key}")
+            }
+            "base_model_name_or_path" => assert!(value.as_str().unwrap().ends_with(base), "{name}: {value}"),
+            _ => assert_eq!(value, &peft.config[key], "{name}: adapter_config.json key `{key}`: ours vs PEFT's"),
+        }
+    }
+    let by_name = |t: &[(String, Tensor)]| {
+        let mut t: Vec<(String, Tensor)> = t.iter().map(|(n, v)| (n.clone(), v.shallow_clone())).collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (ours, theirs) = (by_name(&ours.tensors), by_name(&peft.tensors));
+    let names = |t: &[(String, Tensor)]| t.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&ours), names(&theirs), "{name}: tensor names");
+    for ((n, a), (_, b)) in ours.iter().zip(&theirs) {
+        assert!(a.equal(b), "{name}: `{n}` differs from PEFT's");
+    }
+    peft
+}
+
+/// OPT ties `embed_tokens` and `lm_head`: a saved copy of either cannot be represented.
+#[test]
+fn tied_modules_cannot_be_saved_apart() {
+    for module in ["lm_head", "embed_tokens"] {
+        let dir = edited_copy(|c| c["modules_to_save"] = serde_json::json!([module]));
+        let err = merge_adapter_dir(&base_model(), &common::registry(&["lora"]), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("modules_to_save") && err.contains(module) && err.contains("tie"), "{err}");
+    }
 }
 
 #[test]
@@ -156,40 +248,28 @@ fn known_adapter(model: &Model) -> MethodRun<'_> {
 /// The `lora` plugin's export of `known_adapter` is what PEFT's `save_pretrained` wrote for the
 /// same weights (`peft/known`, made by the Python script): the same tensor names and values, and
 /// every config key ftlab writes holds PEFT's value — so `PeftModel.from_pretrained` reads it as
-/// PEFT's own. Merged back, the export gives PEFT's logits.
+/// PEFT's own. Merged back, the export gives PEFT's logits. On both model shapes (`known`,
+/// `known-post-ln`).
 #[test]
 fn exported_adapter_is_what_peft_saves() {
-    let reference = fixture("peft/known");
-    let out = tempfile::tempdir().unwrap();
-    let model = base_model();
-    let folders = known_adapter(&model).export_adapters(out.path()).unwrap();
-    let (ours, peft) = (AdapterFiles::load(&folders[0]).unwrap(), AdapterFiles::load(&reference).unwrap());
-    let sorted = |v: &serde_json::Value| {
-        let mut names: Vec<String> = v.as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
-        names.sort();
-        names
-    };
-    for (key, value) in ours.config.as_object().unwrap() {
-        match key.as_str() {
-            "target_modules" => assert_eq!(sorted(value), sorted(&peft.config[key]), "target_modules"),
-            // PEFT records the path it was given; ours names the run's model.
-            "base_model_name_or_path" => assert!(value.as_str().unwrap().ends_with("opt-pre-ln"), "{value}"),
-            _ => assert_eq!(value, &peft.config[key], "adapter_config.json key `{key}`: ours vs PEFT's"),
-        }
+    for (base, name) in [("opt-pre-ln", "known"), ("opt-post-ln", "known-post-ln")] {
+        let load = || Model::load(fixture(base).to_str().unwrap(), LoadOptions::default()).unwrap();
+        exported_adapter_is_what_peft_saves_on(&load(), base, name);
+        let out = tempfile::tempdir().unwrap();
+        let folders = known_adapter(&load()).export_adapters(out.path()).unwrap();
+        check_merged_against_peft_on(&load(), &folders[0], name);
     }
+}
+
+fn exported_adapter_is_what_peft_saves_on(model: &Model, base: &str, name: &str) {
+    let out = tempfile::tempdir().unwrap();
+    let folders = known_adapter(model).export_adapters(out.path()).unwrap();
+    let ours = AdapterFiles::load(&folders[0]).unwrap();
     for key in ["peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "task_type"] {
         assert!(ours.config.get(key).is_some(), "the export should state `{key}`");
     }
-    let (mut ours, mut theirs) = (ours.tensors, peft.tensors);
-    ours.sort_by(|a, b| a.0.cmp(&b.0));
-    theirs.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(ours.len(), 2 * 3 * 2);
-    assert_eq!(ours.len(), theirs.len());
-    for ((name, ours), (their_name, theirs)) in ours.iter().zip(&theirs) {
-        assert_eq!(name, their_name);
-        assert!(ours.equal(theirs), "{name} differs from PEFT's");
-    }
-    check_merged_against_peft(&folders[0], "known");
+    assert_eq!(ours.tensors.len(), 2 * 3 * 2);
+    assert_same_as_peft(ours, base, name);
 }
 
 /// Writes `peft/from-peft` into a temporary folder with `edit` applied to its config.
@@ -213,13 +293,14 @@ fn merge_edited(model: &Model, edit: impl FnOnce(&mut serde_json::Value)) -> Opt
 #[test]
 fn import_refuses_what_ftlab_does_not_implement() {
     let model = base_model();
-    let cases: [(&str, serde_json::Value, &str); 6] = [
+    let cases: [(&str, serde_json::Value, &str); 7] = [
+        ("bias", serde_json::json!("some"), "lora_only"),
         ("use_dora", serde_json::json!(true), "use_dora"),
         ("use_rslora", serde_json::json!("yes"), "use_rslora"),
         ("rank_pattern", serde_json::json!({".*q_proj": 8}), "regular expression"),
         ("target_modules", serde_json::json!(".*proj"), "pattern"),
         ("target_modules", serde_json::json!(["q_proj", "lm_head"]), "lm_head"),
-        ("peft_type", serde_json::json!("IA3"), "LORA (lora)"),
+        ("peft_type", serde_json::json!("BOFT"), "LORA (lora)"),
     ];
     for (key, value, expected) in cases {
         let err = merge_edited(&model, |c| c[key] = value.clone()).expect("refused");

@@ -116,9 +116,18 @@ fn the_record_names_the_cpu_kernels_and_threads() {
     assert!(platform["libtorch"].as_str().unwrap().starts_with("2.13.0"), "{platform}");
     assert_eq!(record["git_revision"].as_str().unwrap().len(), 40, "{record}");
     assert!(record["git_dirty"].is_boolean(), "{record}");
-    let table = ftlab(&["results", "table", out.path().to_str().unwrap(), "--rows", "cpu_model,libtorch,git_revision"]);
+    // The prompt conventions are in the config: llmft's by default.
+    assert_eq!(record["config"]["prompt"]["compat"], "llmft", "{record}");
+    let rows = "cpu_model,libtorch,git_revision,prompt_compat,plugins";
+    let table = ftlab(&["results", "table", out.path().to_str().unwrap(), "--rows", rows]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains(platform["cpu_model"].as_str().unwrap()) && table.contains("2.13.0"), "{table}");
+    assert!(table.contains("llmft"), "{table}");
+    let sha = record["methods"][0]["sha256"].as_str().unwrap();
+    assert!(
+        table.contains(&format!("pbft@{}#{}", record["methods"][0]["version"].as_str().unwrap(), &sha[..12])),
+        "{table}"
+    );
 }
 
 /// The ICL reference is scored by whichever objective `eval.icl_method` names: `pbft` ignores

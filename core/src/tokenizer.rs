@@ -44,9 +44,16 @@ pub struct Batch {
     pub attention_mask: Tensor,
 }
 
-/// An OPT tokenizer.
+/// An OPT tokenizer, or the place of one that a model folder lacks.
+///
+/// `model.save_pretrained` writes no tokenizer files, and such a folder must still load for
+/// everything that reads no text (token ids in, logits out), as in transformers, where the
+/// tokenizer is loaded separately. An absent tokenizer knows OPT's special ids (from the
+/// model's config) and fails only where text must be encoded or decoded, naming the folder, the
+/// files looked for and `--tokenizer`.
 pub struct Tokenizer {
-    inner: HfTokenizer,
+    /// `None` for a folder without tokenizer files.
+    inner: Option<HfTokenizer>,
     bos_id: i64,
     pad_id: i64,
     source: PathBuf,
@@ -126,7 +133,39 @@ impl Tokenizer {
         // Byte-level BPE spells each byte as one symbol, so a token's length in symbols is its
         // length in bytes (added tokens such as `</s>` are longer than any text they stand for).
         let max_token_bytes = inner.get_vocab(false).keys().map(|t| t.chars().count()).max().unwrap_or(1).max(1);
-        Ok(Self { bos_id: id(BOS_TOKEN)?, pad_id: id(PAD_TOKEN)?, inner, source: source.into(), max_token_bytes })
+        Ok(Self {
+            bos_id: id(BOS_TOKEN)?,
+            pad_id: id(PAD_TOKEN)?,
+            inner: Some(inner),
+            source: source.into(),
+            max_token_bytes,
+        })
+    }
+
+    /// The tokenizer of a model folder `dir` that has no tokenizer files: OPT's special ids from
+    /// the model's config, and an error wherever text must be encoded.
+    pub fn absent(dir: &Path, bos_id: i64, pad_id: i64) -> Self {
+        Self { inner: None, bos_id, pad_id, source: dir.into(), max_token_bytes: 1 }
+    }
+
+    /// Whether `dir` holds tokenizer files (`tokenizer.json`, `vocab.json` or `merges.txt`).
+    pub fn files_in(dir: &Path) -> bool {
+        ["tokenizer.json", "vocab.json", "merges.txt"].iter().any(|f| dir.join(f).is_file())
+    }
+
+    /// Whether this is a real tokenizer (not [`Tokenizer::absent`]).
+    pub fn is_present(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The tokenizer, or an error naming the folder that has none.
+    fn hf(&self) -> Result<&HfTokenizer> {
+        self.inner.as_ref().ok_or_else(|| Error::Tokenizer {
+            path: self.source.clone(),
+            message: "this model folder has no tokenizer (looked for tokenizer.json, or vocab.json + merges.txt); \
+                      text needs one: pass `--tokenizer MODEL` (a folder or hub id), or set `tokenizer` in the experiment"
+                .into(),
+        })
     }
 
     /// The start of `text` that holds its first `max_tokens` tokens, so a text of any length is
@@ -144,25 +183,26 @@ impl Tokenizer {
 
     /// Token ids of `text`, starting with `</s>`.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        let encoding = self.inner.encode(text, true).map_err(|e| tokenizer_error(&self.source, e))?;
+        let encoding = self.hf()?.encode(text, true).map_err(|e| tokenizer_error(&self.source, e))?;
         Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
     }
 
     /// Token ids of `text` with no `</s>` added (for continuations such as a label word).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<i64>> {
-        let encoding = self.inner.encode(text, false).map_err(|e| tokenizer_error(&self.source, e))?;
+        let encoding = self.hf()?.encode(text, false).map_err(|e| tokenizer_error(&self.source, e))?;
         Ok(encoding.get_ids().iter().map(|&i| i64::from(i)).collect())
     }
 
     /// The token strings of `ids` (byte-level symbols, e.g. `Ġhello`).
     pub fn tokens(&self, ids: &[i64]) -> Vec<String> {
-        ids.iter().map(|&i| self.inner.id_to_token(i as u32).unwrap_or_default()).collect()
+        let token = |i: i64| self.inner.as_ref().and_then(|t| t.id_to_token(i as u32)).unwrap_or_default();
+        ids.iter().map(|&i| token(i)).collect()
     }
 
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[i64]) -> Result<String> {
         let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        self.inner.decode(&ids, true).map_err(|e| tokenizer_error(&self.source, e))
+        self.hf()?.decode(&ids, true).map_err(|e| tokenizer_error(&self.source, e))
     }
 
     /// Encodes texts into a padded batch on `device`.
@@ -199,12 +239,12 @@ impl Tokenizer {
 
     /// Id of a token string, if in the vocabulary.
     pub fn token_to_id(&self, token: &str) -> Option<i64> {
-        self.inner.token_to_id(token).map(i64::from)
+        self.inner.as_ref().and_then(|t| t.token_to_id(token)).map(i64::from)
     }
 
-    /// Number of tokens, special ones included.
+    /// Number of tokens, special ones included (0 when absent).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.inner.as_ref().map_or(0, |t| t.get_vocab_size(true))
     }
 
     /// `</s>`'s id (2 in OPT).
@@ -219,7 +259,7 @@ impl Tokenizer {
 
     /// Writes `tokenizer.json` (e.g. to ship the embedded tokenizer beside a model).
     pub fn save(&self, path: &Path) -> Result<()> {
-        self.inner.save(path, true).map_err(|e| tokenizer_error(path, e))
+        self.hf()?.save(path, true).map_err(|e| tokenizer_error(path, e))
     }
 }
 

@@ -43,6 +43,11 @@ pub struct ForwardRequest {
     /// Keys/values of a prefix returned by an earlier call (batch 1 is broadcast to the batch).
     #[serde(default)]
     pub past: Option<u64>,
+    /// Read only the first `past_len` positions of `past`: a context encoded alone can end in
+    /// tokens that BPE merges differently once a query follows, so a caller reuses the longest
+    /// prefix the joint encoding shares with it (see [`crate::context::after_context`]).
+    #[serde(default)]
+    pub past_len: Option<usize>,
     /// Keep this call's keys/values and return their id.
     #[serde(default)]
     pub keep_cache: bool,
@@ -65,6 +70,7 @@ impl Default for ForwardRequest {
             grad: true,
             train: None,
             past: None,
+            past_len: None,
             keep_cache: false,
             model: None,
         }
@@ -103,6 +109,11 @@ pub enum Init {
         /// Input features of the layer.
         fan_in: i64,
     },
+    /// Not a new tensor: the base model's own parameter of that name (an HF checkpoint key,
+    /// e.g. `model.decoder.layers.0.fc1.bias`, see [`ModelInfo::parameters`]), shared, for
+    /// adapters whose export carries base tensors (PEFT's `bias = "all"`, `modules_to_save`).
+    /// It trains when an adapter's `trains` says so; writing into it changes the model.
+    Base,
 }
 
 /// Requests other than forward and parameter creation (the JSON of [`crate::abi::HostObject::call`]).
@@ -192,6 +203,9 @@ pub struct ModelInfo {
     pub ffn_dim: i64,
     /// Longest sequence.
     pub max_position_embeddings: i64,
+    /// The base model's parameters (HF checkpoint keys) and their shapes.
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, Vec<i64>>,
     /// Padding id.
     pub pad_token_id: i64,
 }

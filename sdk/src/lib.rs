@@ -13,6 +13,7 @@
 //! becomes an error value naming the method and the call.
 
 pub mod abi;
+pub mod context;
 mod error;
 pub mod export;
 pub mod host;

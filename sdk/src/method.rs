@@ -91,13 +91,18 @@ impl Site {
 /// A batch handed to `loss` and `predict`. Tensors: `input_ids` and `attention_mask` (int64
 /// `[B, T]`, right-padded, `</s>` first), `labels` (int64 `[B]`, class indices),
 /// `label_token_ids` (int64 `[B]`, each row's gold verbalizer token) and `verbalizer_ids`
-/// (int64 `[C]`). JSON: `{"prompts": [...]}`, each row's rendered prompt (no label word).
+/// (int64 `[C]`). JSON: `prompts`, each row rendered as a fine-tuning query (no label word), and
+/// `icl_prompts`, each row rendered as an in-context query, to follow a context. The two differ
+/// where the prompt's compat says so (llmft's minimal in-context query ends in a space); encode
+/// `context + icl_prompt` as one string, as llmft does.
 ///
 /// The data handed to `prepare` has the same tensors for the whole training set, and JSON with
-/// `prompts`, `demonstrations` (each training example rendered as an in-context demonstration,
-/// label word included), `separator` (between demonstrations), `context` (the run's in-context
-/// demonstrations, balanced and shuffled as the protocol prescribes, ending with the separator)
-/// and `unlabelled` (prompts of unlabelled task inputs, when the run has any).
+/// `prompts` and `icl_prompts`, `demonstrations` (each training example rendered as an
+/// in-context demonstration, label word included), `demonstration_prompts` (their fine-tuning
+/// queries, equal to `prompts`), `separator` (between demonstrations), `context` (the run's
+/// in-context demonstrations, balanced and shuffled as the protocol prescribes, ending with the
+/// separator) and `unlabelled` / `unlabelled_icl` (unlabelled task inputs as fine-tuning and
+/// in-context queries, when the run has any).
 pub type Batch = Tensors;
 
 impl Tensors {

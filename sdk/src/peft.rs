@@ -4,10 +4,13 @@
 //! [`crate::Method::config_from_export`] and [`crate::Method::export`] use them; the host only
 //! moves the files.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
+use tch::Tensor;
 
 use crate::method::Site;
-use crate::{Error, Result};
+use crate::{Error, Result, Tensors};
 
 /// What PEFT prepends to the wrapped model's parameter names in its weights file.
 pub const PREFIX: &str = "base_model.model.";
@@ -66,6 +69,33 @@ pub fn target_sites(key: &str, value: Option<&Value>) -> Result<Vec<Site>> {
         return Err(bad_key(key, format!("no modules listed; valid: {}", valid())));
     }
     Ok(sites)
+}
+
+/// Copies the tensors of an adapter's weights file (`base_model.model.<name>`) into `params`
+/// (the method's tensors by name): every tensor must be one of them, with its shape, and none
+/// may be missing. Nothing is copied until all are checked, so a refused adapter changes
+/// nothing (a method's tensors may be the base model's own, e.g. LoRA's saved biases).
+pub fn import<'a>(params: impl Iterator<Item = (String, &'a Tensor)>, weights: &Tensors) -> Result<()> {
+    let mut wanted: BTreeMap<String, Tensor> =
+        params.map(|(name, t)| (format!("{PREFIX}{name}"), t.shallow_clone())).collect();
+    let mut copies = Vec::with_capacity(weights.tensors.len());
+    for (name, tensor) in &weights.tensors {
+        let param = wanted.remove(name).ok_or_else(|| {
+            Error::msg(format!("unexpected tensor `{name}`: the adapter's config implies no such tensor"))
+        })?;
+        if param.size() != tensor.size() {
+            let (found, expected) = (tensor.size(), param.size());
+            return Err(Error::msg(format!("tensor `{name}` has shape {found:?}, the config implies {expected:?}")));
+        }
+        copies.push((param, tensor));
+    }
+    if let Some(missing) = wanted.keys().next() {
+        return Err(Error::msg(format!("missing tensor `{missing}`")));
+    }
+    for (mut param, tensor) in copies {
+        tch::no_grad(|| param.f_copy_(&tensor.to_kind(param.kind()).to_device(param.device())))?;
+    }
+    Ok(())
 }
 
 /// A number PEFT writes as an integer when it is one (`lora_alpha = 16`, not `16.0`).

@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use ftlab_core::data::source::{ColumnMap, Header, LocalSource};
 use ftlab_core::data::synthetic::SyntheticConfig;
-use ftlab_core::data::{sampling, task, DataOptions, Dataset, HansScope, PatternStyle, Prompt, PromptSpec, TaskDef};
-use ftlab_core::model::{self, ModelSpec};
+use ftlab_core::data::{
+    sampling, task, Compat, DataOptions, Dataset, HansScope, PatternStyle, Prompt, PromptSpec, TaskDef,
+};
+use ftlab_core::model;
 use ftlab_core::tokenizer::Tokenizer;
 use serde::Serialize;
 
@@ -54,6 +56,11 @@ pub struct PromptArgs {
     /// Pattern style: minimal, gpt3 or eval-harness.
     #[arg(long, default_value = "minimal", value_parser = parse_style)]
     style: PatternStyle,
+    /// Conventions: `llmft` (the exact text llmft's published runs fed the model: literal `\n`
+    /// two-character sequences, llmft's spaces) or `clean` (real newlines, as DESIGN.md writes the
+    /// patterns).
+    #[arg(long, default_value = "llmft", value_parser = parse_compat)]
+    compat: Compat,
     /// Tokenizer of this model: `tiny-opt`, a model folder, or a hub id already in the HF cache.
     #[arg(long, default_value = "tiny-opt")]
     model: String,
@@ -94,6 +101,10 @@ fn parse_style(s: &str) -> Result<PatternStyle, String> {
     PatternStyle::from_name(s).ok_or_else(|| format!("unknown style `{s}`: use minimal, gpt3 or eval-harness"))
 }
 
+fn parse_compat(s: &str) -> Result<Compat, String> {
+    Compat::from_name(s).ok_or_else(|| format!("unknown compat `{s}`: use llmft or clean"))
+}
+
 pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
     match command {
         DataCommand::List { json } => list(json),
@@ -124,26 +135,11 @@ impl SourceArgs {
 
 impl PromptArgs {
     fn prompt(&self, task: &TaskDef) -> anyhow::Result<(Tokenizer, Prompt)> {
-        let tokenizer = load_tokenizer(&self.model)?;
-        let spec = PromptSpec { style: self.style, ..PromptSpec::default() };
+        let tokenizer = model::load_tokenizer(&self.model)?;
+        let spec = PromptSpec { style: self.style, compat: self.compat, ..PromptSpec::default() };
         let prompt = Prompt::new(task.prompt, task.label_names.len(), &spec, &tokenizer)?;
         Ok((tokenizer, prompt))
     }
-}
-
-/// A model's tokenizer alone: no weights are read, nothing is downloaded.
-fn load_tokenizer(spec: &str) -> anyhow::Result<Tokenizer> {
-    Ok(match ModelSpec::parse(spec)? {
-        ModelSpec::Embedded => model::tiny::tokenizer()?,
-        ModelSpec::Dir(dir) => Tokenizer::from_dir(&dir)?,
-        ModelSpec::Hub { repo, revision } => {
-            let hub = ftlab_core::hub::Hub::from_env();
-            let Some(snapshot) = hub.snapshot(ftlab_core::hub::RepoKind::Model, &repo, &revision) else {
-                bail!("model `{repo}` is not in the HF cache at {}: fetch its vocab.json and merges.txt first (e.g. `huggingface-cli download {repo} vocab.json merges.txt`)", hub.cache.display());
-            };
-            Tokenizer::from_dir(&snapshot)?
-        }
-    })
 }
 
 #[derive(Serialize)]
@@ -224,6 +220,8 @@ struct ShowReport {
     task: String,
     tokenizer: String,
     style: &'static str,
+    /// The prompt conventions (`llmft` or `clean`).
+    compat: &'static str,
     splits: Vec<SplitSummary>,
     eval_subsets: Vec<(String, usize)>,
 }
@@ -289,6 +287,7 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         task: task.name.into(),
         tokenizer: args.prompt.model.clone(),
         style: args.prompt.style.name(),
+        compat: args.prompt.compat.name(),
         splits: summaries,
         eval_subsets,
     };
@@ -296,7 +295,13 @@ fn show(args: ShowArgs) -> anyhow::Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    outln!("task {} (tokens: {} tokenizer, {} pattern)", report.task, report.tokenizer, report.style);
+    outln!(
+        "task {} (tokens: {} tokenizer, {} pattern, {} compat)",
+        report.task,
+        report.tokenizer,
+        report.style,
+        report.compat
+    );
     outln!("{:<24} {:>8}  {:<44} tokens p50/p90/p95/p99/max", "split", "rows", "labels");
     for s in &report.splits {
         let labels: Vec<String> =
@@ -344,6 +349,8 @@ struct SampleReport {
     k: usize,
     data_seed: u32,
     style: &'static str,
+    /// The prompt conventions (`llmft` or `clean`).
+    compat: &'static str,
     /// `np.random.seed(data_seed); np.random.choice(pool_size, k, replace=False)`, in order.
     train: Vec<SampledRow>,
     /// Class-balanced, shuffled demonstrations (positions in context order).
@@ -387,6 +394,7 @@ fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
         k: args.k,
         data_seed: args.data_seed,
         style: args.prompt.style.name(),
+        compat: args.prompt.compat.name(),
         train,
         icl_positions,
         icl_context,
@@ -402,13 +410,14 @@ fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
 
 fn print_sample(report: &SampleReport) -> anyhow::Result<()> {
     outln!(
-        "{} k={} data_seed={}: pool {} ({} rows), {} pattern",
+        "{} k={} data_seed={}: pool {} ({} rows), {} pattern, {} compat",
         report.task,
         report.k,
         report.data_seed,
         report.pool,
         report.pool_size,
-        report.style
+        report.style,
+        report.compat
     );
     outln!(
         "training set (np.random.choice order): positions {:?}",

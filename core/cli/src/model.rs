@@ -56,6 +56,10 @@ pub struct LoadArgs {
     /// Which weights file to read when a folder holds several: safetensors or bin.
     #[arg(long, value_parser = parse_format)]
     pub weights: Option<WeightsFormat>,
+    /// The tokenizer of this model (a folder or hub id), for a model folder without tokenizer
+    /// files (what `save_pretrained` writes); only text input needs one.
+    #[arg(long)]
+    pub tokenizer: Option<String>,
 }
 
 impl LoadArgs {
@@ -158,7 +162,12 @@ fn human_bytes(bytes: i64) -> String {
 
 /// `spec` loaded as `load` says, with the PEFT adapter in `adapter` merged into its weights.
 fn load_merged(spec: &str, adapter: Option<&Path>, load: &LoadArgs) -> anyhow::Result<Model> {
-    let model = Model::load(spec, load.options()?).with_context(|| format!("loading model `{spec}`"))?;
+    let mut model = Model::load(spec, load.options()?).with_context(|| format!("loading model `{spec}`"))?;
+    if let Some(tokenizer) = &load.tokenizer {
+        let tokenizer =
+            ftlab_core::model::load_tokenizer(tokenizer).with_context(|| format!("loading tokenizer `{tokenizer}`"))?;
+        model.set_tokenizer(tokenizer)?;
+    }
     if let Some(dir) = adapter {
         ftlab_core::methods::export::merge_adapter_dir(&model, &Registry::discover(), dir)
             .with_context(|| format!("merging adapter {} into `{spec}`", dir.display()))?;

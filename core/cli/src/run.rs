@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// Model: `tiny-opt`, a folder, or a hub id such as facebook/opt-125m.
     #[arg(long)]
     model: Option<String>,
+    /// Tokenizer (a folder or hub id) for a model folder that has none, e.g. one written by
+    /// `save_pretrained`.
+    #[arg(long)]
+    tokenizer: Option<String>,
     /// Task (`ftlab data list`).
     #[arg(long)]
     task: Option<String>,
@@ -83,6 +87,9 @@ impl RunArgs {
         }
         if let Some(v) = &self.model {
             put("--model", "model", v.clone().into());
+        }
+        if let Some(v) = &self.tokenizer {
+            put("--tokenizer", "tokenizer", v.clone().into());
         }
         if let Some(v) = &self.task {
             put("--task", "task", v.clone().into());

@@ -38,7 +38,7 @@ pub fn scoring_times(shape: &Shape, objectives: &[MethodSpec], shots: usize, que
         .iter()
         .enumerate()
         .map(|(position, e)| {
-            Ok(EncodedExample { position, ids: data.prompt.encode(&model.tokenizer, "", e)?, label: e.label })
+            Ok(EncodedExample { position, ids: data.prompt.encode(&model.tokenizer, e)?, label: e.label })
         })
         .collect::<Result<_>>()?;
     let device = model.device();

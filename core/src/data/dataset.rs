@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::source::HubSnapshot;
+
 /// One labelled example.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Example {
@@ -49,13 +51,17 @@ pub struct Dataset {
     /// Rows of a user's file left out because their label is none of the task's (GLUE marks
     /// examples without a gold label `-`): each such label and its count.
     pub unknown_labels: BTreeMap<String, usize>,
+    /// The hub files the rows were read from, at the commits read (empty for a user's file,
+    /// which the record names by its SHA-256, and for embedded data).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hub_files: Vec<HubSnapshot>,
 }
 
 impl Dataset {
     /// A dataset named `name` with the given label names and examples.
     pub fn new(name: impl Into<String>, label_names: &[&str], examples: Vec<Example>) -> Self {
         let label_names = label_names.iter().map(|s| s.to_string()).collect();
-        Self { name: name.into(), label_names, examples, unknown_labels: BTreeMap::new() }
+        Self { name: name.into(), label_names, examples, unknown_labels: BTreeMap::new(), hub_files: Vec::new() }
     }
 
     /// Number of examples.
@@ -90,7 +96,11 @@ impl Dataset {
                 Some(example)
             })
             .collect();
-        Self { unknown_labels: self.unknown_labels, ..Self::new(self.name, label_names, examples) }
+        Self {
+            unknown_labels: self.unknown_labels,
+            hub_files: self.hub_files,
+            ..Self::new(self.name, label_names, examples)
+        }
     }
 
     /// The examples at `positions`, in that order, as a new dataset named `name`.
@@ -101,6 +111,7 @@ impl Dataset {
             label_names: self.label_names.clone(),
             examples,
             unknown_labels: self.unknown_labels.clone(),
+            hub_files: self.hub_files.clone(),
         }
     }
 
@@ -112,6 +123,7 @@ impl Dataset {
             label_names: self.label_names.clone(),
             examples,
             unknown_labels: self.unknown_labels.clone(),
+            hub_files: self.hub_files.clone(),
         }
     }
 }

@@ -20,5 +20,5 @@ pub mod task;
 pub mod tasks;
 
 pub use dataset::{Dataset, EvalSet, Example, Subset};
-pub use prompt::{PatternStyle, Prompt, PromptFamily, PromptSpec};
+pub use prompt::{Compat, PatternStyle, Prompt, PromptFamily, PromptSpec};
 pub use task::{DataOptions, HansScope, Metric, TaskDef};

@@ -95,7 +95,7 @@ pub struct FileRows {
     /// The labels as the task's source files write them (names or ids); `None`: the task's own.
     pub labels: Option<&'static [&'static str]>,
     /// The task's processing of the rows read; `None`: the rows as read.
-    pub process: Option<fn(Dataset, &DataOptions) -> Dataset>,
+    pub process: Option<fn(Dataset, &DataOptions) -> Result<Dataset>>,
 }
 
 impl FileRows {
@@ -138,7 +138,7 @@ impl TaskDef {
             let name = format!("{}/{}", self.name, local.path.display());
             let rows = local.load(&name, self.file.labels.unwrap_or(self.label_names))?;
             return Ok(match self.file.process {
-                Some(process) => process(rows, options),
+                Some(process) => process(rows, options)?,
                 None => rows,
             });
         }

@@ -205,14 +205,14 @@ fn encode_set(
     let (mut rows, mut truncated, mut dropped) = (vec![], 0, 0);
     for (position, example) in set.data.examples.iter().enumerate() {
         let ids = if options.context.is_empty() {
-            let Some(encoded) = prompt.encode_within(tokenizer, "", example, options.max_length)? else {
+            let Some(encoded) = prompt.encode_within(tokenizer, example, options.max_length)? else {
                 dropped += 1;
                 continue;
             };
             truncated += usize::from(encoded.truncated_tokens > 0);
             encoded.ids
         } else {
-            let ids = prompt.encode(tokenizer, &options.context, example)?;
+            let ids = prompt.encode_icl(tokenizer, &options.context, example)?;
             if ids.len() > options.max_length {
                 dropped += 1;
                 continue;

@@ -101,7 +101,14 @@ impl RunHost<'_> {
                 if *owner != options.model {
                     return Err(format!("kept cache {id} was made by another model than this forward's"));
                 }
-                Some(if cache.batch_size() == 1 && batch > 1 { cache.expand(batch) } else { cache.shallow_clone() })
+                let cache = match options.past_len {
+                    Some(len) if len as i64 > cache.len() => {
+                        return Err(format!("past_len {len} is over kept cache {id}'s {} positions", cache.len()))
+                    }
+                    Some(len) => cache.prefix(len as i64),
+                    None => cache.shallow_clone(),
+                };
+                Some(if cache.batch_size() == 1 && batch > 1 { cache.expand(batch) } else { cache })
             }
             None => None,
         };
@@ -142,6 +149,7 @@ impl RunHost<'_> {
     fn new_parameter(&mut self, name: &str, shape: &[i64], init: &str) -> Result<Tensor, String> {
         let init: Init = serde_json::from_str(init).map_err(|e| format!("parameter `{name}`: init: {e}"))?;
         let init = match init {
+            Init::Base => return base_parameter(self.model, name, shape),
             Init::Zeros => nn::Init::Const(0.0),
             Init::Ones => nn::Init::Const(1.0),
             Init::Normal { std } => nn::Init::Randn { mean: 0.0, stdev: std },
@@ -249,7 +257,17 @@ fn info(model: &Model) -> ModelInfo {
         ffn_dim: c.ffn_dim,
         max_position_embeddings: c.max_position_embeddings,
         pad_token_id: c.pad_token_id,
+        parameters: model.vs.variables().into_iter().map(|(name, t)| (name, t.size())).collect(),
     }
+}
+
+/// The base model's parameter `name`, shared, if `shape` is its shape.
+fn base_parameter(model: &Model, name: &str, shape: &[i64]) -> Result<Tensor, String> {
+    let tensor = model.vs.variables().remove(name).ok_or_else(|| format!("the model has no parameter `{name}`"))?;
+    if tensor.size() != shape {
+        return Err(format!("base parameter `{name}` has shape {:?}, not {shape:?}", tensor.size()));
+    }
+    Ok(tensor)
 }
 
 impl HostObject for RunHost<'_> {

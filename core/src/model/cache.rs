@@ -35,6 +35,11 @@ impl KvCache {
         KvCache { layers: self.layers.iter().map(|(k, v)| (grow(k), grow(v))).collect() }
     }
 
+    /// The first `len` positions, without copying (a view).
+    pub fn prefix(&self, len: i64) -> KvCache {
+        KvCache { layers: self.layers.iter().map(|(k, v)| (k.narrow(2, 0, len), v.narrow(2, 0, len))).collect() }
+    }
+
     /// A copy that shares storage with this cache (tensors are reference counted).
     pub fn shallow_clone(&self) -> KvCache {
         KvCache { layers: self.layers.iter().map(|(k, v)| (k.shallow_clone(), v.shallow_clone())).collect() }

@@ -89,7 +89,11 @@ impl Model {
     /// Loads a model from files found on disk.
     pub fn from_files(id: &str, files: &ModelFiles, options: LoadOptions) -> Result<Self> {
         let config = OptConfig::from_file(&files.config)?;
-        let tokenizer = Tokenizer::from_dir(&files.tokenizer_dir)?;
+        let tokenizer = if Tokenizer::files_in(&files.tokenizer_dir) {
+            Tokenizer::from_dir(&files.tokenizer_dir)?
+        } else {
+            Tokenizer::absent(&files.tokenizer_dir, config.bos_token_id, config.pad_token_id)
+        };
         // Zero init: every value is overwritten by the checkpoint, and zeros are free to make.
         let (vs, net) = Self::build(&OptConfig { init_std: 0.0, ..config.clone() }, options);
         checkpoint::load_into(&vs, &files.weights)?;
@@ -123,19 +127,21 @@ impl Model {
     }
 
     fn checked(vs: VarStore, net: OptForCausalLM, tokenizer: Tokenizer, origin: ModelOrigin) -> Result<Self> {
-        if tokenizer.vocab_size() as i64 > net.config.vocab_size {
-            return Err(Error::Input(format!(
-                "model `{}`: the tokenizer has {} tokens but the embedding only {} rows",
-                origin.id,
-                tokenizer.vocab_size(),
-                net.config.vocab_size
-            )));
-        }
+        fits(&origin.id, &tokenizer, &net)?;
         Ok(Self { vs, net, tokenizer, origin })
     }
 
+    /// Uses `tokenizer` (e.g. `--tokenizer`, for a folder without tokenizer files), checking
+    /// that the embedding has a row for every token.
+    pub fn set_tokenizer(&mut self, tokenizer: Tokenizer) -> Result<()> {
+        fits(&self.origin.id, &tokenizer, &self.net)?;
+        self.tokenizer = tokenizer;
+        Ok(())
+    }
+
     /// Writes the model as an HF folder — `config.json`, `model.safetensors` (HF key names, the
-    /// compute dtype) and `tokenizer.json` — that [`Model::load`] and `transformers` read.
+    /// compute dtype) and `tokenizer.json` (when it has a tokenizer) — that [`Model::load`] and
+    /// `transformers` read.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let config = dir.join("config.json");
@@ -143,6 +149,9 @@ impl Model {
         std::fs::write(&config, text).map_err(Error::io(&config))?;
         let weights = dir.join("model.safetensors");
         self.vs.save(&weights)?;
+        if !self.tokenizer.is_present() {
+            return Ok(());
+        }
         self.tokenizer.save(&dir.join("tokenizer.json"))
     }
 
@@ -150,4 +159,36 @@ impl Model {
     pub fn device(&self) -> Device {
         self.vs.device()
     }
+}
+
+/// A model's tokenizer alone (`--tokenizer`, `ftlab data`): the embedded one, a folder's, or a
+/// hub model's from the HF cache. No weights are read and nothing is downloaded.
+pub fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
+    match ModelSpec::parse(spec)? {
+        ModelSpec::Embedded => tiny::tokenizer(),
+        ModelSpec::Dir(dir) => Tokenizer::from_dir(&dir),
+        ModelSpec::Hub { repo, revision } => {
+            let hub = crate::hub::Hub::from_env();
+            let snapshot = hub.snapshot(crate::hub::RepoKind::Model, &repo, &revision).ok_or_else(|| {
+                Error::Input(format!(
+                    "model `{repo}` is not in the HF cache at {}: fetch its vocab.json and merges.txt first \
+                     (e.g. `huggingface-cli download {repo} vocab.json merges.txt`)",
+                    hub.cache.display()
+                ))
+            })?;
+            Tokenizer::from_dir(&snapshot)
+        }
+    }
+}
+
+/// Checks that `net`'s embedding has a row for each of `tokenizer`'s tokens.
+fn fits(id: &str, tokenizer: &Tokenizer, net: &OptForCausalLM) -> Result<()> {
+    if tokenizer.vocab_size() as i64 > net.config.vocab_size {
+        return Err(Error::Input(format!(
+            "model `{id}`: the tokenizer has {} tokens but the embedding only {} rows",
+            tokenizer.vocab_size(),
+            net.config.vocab_size
+        )));
+    }
+    Ok(())
 }

@@ -213,6 +213,36 @@ pub const COLUMNS: &[ColumnDef] = &[
         about: "the libtorch version linked",
         get: |r| Value::Text(r.record.platform.as_ref().map(|p| p.libtorch.clone()).filter(|v| !v.is_empty())),
     },
+    ColumnDef {
+        name: "plugins",
+        about: "the method libraries that ran: name@version#SHA-256 (first 12), joined by +",
+        get: |r| {
+            let methods = r.record.methods.iter().map(|m| format!("{}@{}#{:.12}", m.name, m.version, m.sha256));
+            Value::Text(Some(methods.collect::<Vec<_>>().join("+")).filter(|s| !s.is_empty()))
+        },
+    },
+    ColumnDef {
+        name: "prompt_style",
+        about: "pattern style (minimal, gpt3, eval-harness)",
+        get: |r| Value::Text(Some(r.record.config.prompt.style.name().into())),
+    },
+    ColumnDef {
+        name: "prompt_compat",
+        about: "prompt conventions (llmft: byte-identical to llmft's runs; clean: real newlines)",
+        get: |r| Value::Text(Some(r.record.config.prompt.compat.name().into())),
+    },
+    ColumnDef {
+        name: "data_version",
+        about: "the data read: hub commits (first 12 characters) or the user's files' SHA-256 (first 12)",
+        get: |r| {
+            let data = r.record.data.as_ref();
+            let hub = data.into_iter().flat_map(|d| &d.hub_files).map(|f| format!("{}@{:.12}", f.repo, f.commit));
+            let files = data.into_iter().flat_map(|d| &d.files).map(|f| format!("sha256:{:.12}", f.sha256));
+            let mut all: Vec<String> = hub.chain(files).collect();
+            all.dedup();
+            Value::Text((!all.is_empty()).then(|| all.join(",")))
+        },
+    },
     ColumnDef { name: "dtype", about: "compute dtype", get: |r| Value::Text(Some(r.record.config.dtype.to_string())) },
     ColumnDef {
         name: "autocast",

@@ -20,6 +20,10 @@ use crate::methods::MethodSpec;
 pub struct RunConfig {
     /// The model: `tiny-opt` (embedded), a folder, or a hub id such as `facebook/opt-125m`.
     pub model: String,
+    /// Where the tokenizer comes from when the model folder has none (a folder or hub id, e.g.
+    /// the base model of a folder written by `save_pretrained`); unset: beside the weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
     /// The task (`ftlab data list`); `synthetic-nli` is embedded.
     pub task: String,
     /// Size k of the few-shot training set, drawn uniformly without replacement as llmft does.
@@ -178,6 +182,7 @@ impl Default for RunConfig {
             shots: 128,
             data_seed: 0,
             seed: 0,
+            tokenizer: None,
             device: DeviceSpec::Auto,
             dtype: Dtype::F32,
             out: PathBuf::from("runs"),

@@ -6,10 +6,10 @@ use tch::Device;
 
 use super::config::{RunConfig, TrainConfig};
 use crate::data::batch::{self, Batch, EncodedExample};
-use crate::data::dataset::{Dataset, EvalSet};
+use crate::data::dataset::{Dataset, EvalSet, Example};
 use crate::data::prompt::Prompt;
 use crate::data::sampling;
-use crate::data::source::{ColumnMap, Header, LocalSource};
+use crate::data::source::{ColumnMap, Header, HubSnapshot, LocalSource};
 use crate::data::task::{self, DataOptions, TaskDef};
 use crate::error::Result;
 use crate::tokenizer::{Padding, Tokenizer};
@@ -61,6 +61,9 @@ pub struct DataSummary {
     /// The user's data files the run read, with their SHA-256, so a result names its data.
     #[serde(default)]
     pub files: Vec<DataFile>,
+    /// The hub files the run read (training pool and eval sets), at the commits read.
+    #[serde(default)]
+    pub hub_files: Vec<HubSnapshot>,
 }
 
 /// A data file and its content hash.
@@ -123,6 +126,13 @@ impl RunData {
             train_dropped: fitted.dropped,
             eval_sizes: eval.iter().map(|s| (s.name.clone(), s.data.len())).collect(),
             unlabelled_inputs: unlabelled.len(),
+            hub_files: {
+                let mut all: Vec<HubSnapshot> =
+                    (pool.hub_files.iter()).chain(eval.iter().flat_map(|s| &s.data.hub_files)).cloned().collect();
+                all.sort();
+                all.dedup();
+                all
+            },
         };
         Ok(Self { task, prompt, train, encoded, unlabelled, unlabelled_encoded, pool, context, eval, summary })
     }
@@ -150,11 +160,11 @@ impl RunData {
         Ok(self.prompt.context(demos.iter().map(|&p| &self.pool.examples[p])))
     }
 
-    /// A batch as methods take it: its tensors and each row's rendered prompt. With
+    /// A batch as methods take it: its tensors and each row's rendered prompts. With
     /// `hide_labels` (unlabelled inputs) the label tensors hold -1.
     pub fn method_batch(&self, batch: &Batch, examples: &Dataset, hide_labels: bool) -> Tensors {
-        let prompts = batch.positions.iter().map(|&p| self.prompt.query(&examples.examples[p])).collect();
-        method_tensors(batch, prompts, hide_labels)
+        let rows: Vec<&Example> = batch.positions.iter().map(|&p| &examples.examples[p]).collect();
+        method_tensors(batch, Queries::of(&self.prompt, rows), hide_labels)
     }
 
     /// The whole training set for a method's `prepare`, with the demonstrations and context.
@@ -164,21 +174,43 @@ impl RunData {
         let mut data = self.method_batch(&batch, &self.train, false);
         let demonstrations: Vec<String> = self.train.examples.iter().map(|e| self.prompt.demonstration(e)).collect();
         data.json["demonstrations"] = demonstrations.into();
+        data.json["demonstration_prompts"] = data.json["prompts"].clone();
         data.json["labels_of_demonstrations"] = self.train.examples.iter().map(|e| e.label).collect::<Vec<_>>().into();
         data.json["separator"] = self.prompt.separator.clone().into();
         if let Ok(context) = &self.context {
             data.json["context"] = context.clone().into();
         }
-        let unlabelled: Vec<String> =
-            self.unlabelled_encoded.iter().map(|e| self.prompt.query(&self.unlabelled.examples[e.position])).collect();
-        data.json["unlabelled"] = unlabelled.into();
+        let unlabelled = self.unlabelled_encoded.iter().map(|e| &self.unlabelled.examples[e.position]);
+        let unlabelled = Queries::of(&self.prompt, unlabelled.collect());
+        data.json["unlabelled"] = unlabelled.prompts.into();
+        data.json["unlabelled_icl"] = unlabelled.icl.into();
         data
     }
 }
 
-/// The tensors and JSON a method receives for `batch` (see `ftlab_sdk::Batch`): `prompts` are
-/// the rows' rendered prompts; with `hide_labels` (unlabelled inputs) the label tensors hold -1.
-pub fn method_tensors(batch: &Batch, prompts: Vec<String>, hide_labels: bool) -> Tensors {
+/// Rows rendered as fine-tuning queries (`prompts`) and as in-context queries (`icl_prompts`,
+/// read after a context; they differ only where the prompt's compat says so).
+#[derive(Debug, Clone)]
+pub struct Queries {
+    /// What fine-tuning and zero-shot scoring read.
+    pub prompts: Vec<String>,
+    /// What an in-context query reads after its context.
+    pub icl: Vec<String>,
+}
+
+impl Queries {
+    /// `rows` rendered with `prompt`.
+    pub fn of(prompt: &Prompt, rows: Vec<&Example>) -> Self {
+        Self {
+            prompts: rows.iter().map(|e| prompt.query(e)).collect(),
+            icl: rows.iter().map(|e| prompt.icl_query(e)).collect(),
+        }
+    }
+}
+
+/// The tensors and JSON a method receives for `batch` (see `ftlab_sdk::Batch`): the rows'
+/// `prompts` and `icl_prompts`; with `hide_labels` (unlabelled inputs) the label tensors hold -1.
+pub fn method_tensors(batch: &Batch, queries: Queries, hide_labels: bool) -> Tensors {
     let (labels, gold_words) = if hide_labels {
         (batch.labels.full_like(-1), batch.label_token_ids.full_like(-1))
     } else {
@@ -190,7 +222,7 @@ pub fn method_tensors(batch: &Batch, prompts: Vec<String>, hide_labels: bool) ->
         .with("labels", labels)
         .with("label_token_ids", gold_words)
         .with("verbalizer_ids", batch.verbalizer_ids.shallow_clone());
-    tensors.json = serde_json::json!({ "prompts": prompts });
+    tensors.json = serde_json::json!({ "prompts": queries.prompts, "icl_prompts": queries.icl });
     tensors
 }
 
@@ -206,7 +238,7 @@ fn encode(
     let mut fitted = Fitted::default();
     let mut encoded = Vec::with_capacity(data.len());
     for (position, example) in data.examples.iter_mut().enumerate() {
-        let Some(e) = prompt.encode_within(tokenizer, "", example, max_length)? else {
+        let Some(e) = prompt.encode_within(tokenizer, example, max_length)? else {
             fitted.dropped += 1;
             continue;
         };

@@ -31,7 +31,10 @@ pub(super) fn execute(
 ) -> Result<bool> {
     let start = Instant::now();
     let device = config.device.resolve()?;
-    let model = Model::load(&config.model, LoadOptions { device, dtype: config.dtype, weights_format: None })?;
+    let mut model = Model::load(&config.model, LoadOptions { device, dtype: config.dtype, weights_format: None })?;
+    if let Some(spec) = &config.tokenizer {
+        model.set_tokenizer(crate::model::load_tokenizer(spec)?)?;
+    }
     record.model = Some(model.origin.clone());
     let damaged = model.non_finite_parameters();
     if !damaged.is_empty() {

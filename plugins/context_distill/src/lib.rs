@@ -26,7 +26,7 @@ use std::time::Instant;
 use ftlab_sdk::prelude::*;
 
 use targets::{agreement, distill_loss, Targets};
-use teacher::{Pool, Teacher};
+use teacher::{Input, Pool, Teacher};
 
 /// Which distributions the KL compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -188,7 +188,7 @@ impl Method for ContextDistill {
             host.free_model(id)?;
         }
         let targets = targets?;
-        self.rows = inputs.into_iter().zip(0..).collect();
+        self.rows = inputs.into_iter().map(|input| input.prompt).zip(0..).collect();
         self.targets = Some(targets);
         host.log("teacher_seconds", start.elapsed().as_secs_f64())
     }
@@ -219,16 +219,25 @@ impl Method for ContextDistill {
 
 impl ContextDistill {
     /// The distinct inputs x to distil on, in order of first appearance.
-    fn inputs(&self, data: &Tensors) -> Result<Vec<String>> {
-        let key = match self.config.inputs {
-            Source::Unlabelled => "unlabelled",
-            Source::Labelled => "prompts",
+    fn inputs(&self, data: &Tensors) -> Result<Vec<Input>> {
+        let (key, icl_key) = match self.config.inputs {
+            Source::Unlabelled => ("unlabelled", "unlabelled_icl"),
+            Source::Labelled => ("prompts", "icl_prompts"),
         };
-        let all = data.strings(key).map_err(|e| {
-            Error::msg(format!("{e}: the runtime supplied no `{key}` inputs (set `inputs` or `train.unlabelled`)"))
-        })?;
+        let strings = |key: &str| {
+            data.strings(key).map_err(|e| {
+                Error::msg(format!("{e}: the runtime supplied no `{key}` inputs (set `inputs` or `train.unlabelled`)"))
+            })
+        };
+        let (prompts, icl) = (strings(key)?, strings(icl_key)?);
+        if prompts.len() != icl.len() {
+            return Err(Error::msg(format!("{} `{key}` but {} `{icl_key}`", prompts.len(), icl.len())));
+        }
         let mut seen = std::collections::HashSet::new();
-        let inputs: Vec<String> = all.into_iter().filter(|p| seen.insert(p.clone())).collect();
+        let inputs: Vec<Input> = (prompts.into_iter().zip(icl))
+            .filter(|(prompt, _)| seen.insert(prompt.clone()))
+            .map(|(prompt, icl)| Input { prompt, icl })
+            .collect();
         if inputs.is_empty() {
             return Err(Error::msg(format!("no `{key}` inputs to distil on")));
         }

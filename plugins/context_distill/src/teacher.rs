@@ -2,10 +2,12 @@
 //! before each input. Its next-token distributions are computed once, in batches, before
 //! training, and kept as compact [`Targets`].
 //!
-//! Context and query are tokenised separately (the context with `</s>`, the query without), so
-//! a shared context's kept keys/values and the same context re-encoded per input see identical
-//! tokens — as the `icl` plugin does.
+//! Each teacher input is `context + in-context query` encoded as one string, as llmft encodes
+//! it; a shared context's kept keys/values serve the prefix the joint encodings share with it
+//! (`ftlab_sdk::context`), so cached and uncached teachers read the same tokens — as the `icl`
+//! plugin does.
 
+use ftlab_sdk::context::after_context;
 use ftlab_sdk::prelude::*;
 use ftlab_sdk::tch::Device;
 
@@ -23,6 +25,8 @@ const SHARED_STREAM: u64 = u64::MAX;
 pub struct Pool {
     /// Each labelled example rendered with its label word.
     pub demonstrations: Vec<String>,
+    /// Each one's fine-tuning query: an input equal to one reads that demonstration's answer.
+    pub prompts: Vec<String>,
     /// Their labels, in `0..num_labels`.
     pub labels: Vec<usize>,
     /// What follows each demonstration in a context.
@@ -32,17 +36,20 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// The pool in a `prepare` payload (`demonstrations`, `labels_of_demonstrations`, `separator`).
+    /// The pool in a `prepare` payload (`demonstrations`, `demonstration_prompts`,
+    /// `labels_of_demonstrations`, `separator`).
     pub fn from_data(data: &Tensors, num_labels: usize) -> Result<Self> {
         let demonstrations = data.strings("demonstrations")?;
+        let prompts = data.strings("demonstration_prompts")?;
         let labels: Vec<i64> = ftlab_sdk::serde_json::from_value(
             data.json.get("labels_of_demonstrations").cloned().ok_or("no `labels_of_demonstrations` in the data")?,
         )?;
-        if labels.len() != demonstrations.len() {
+        if labels.len() != demonstrations.len() || prompts.len() != demonstrations.len() {
             return Err(Error::msg(format!(
-                "{} demonstrations but {} labels_of_demonstrations",
+                "{} demonstrations but {} labels_of_demonstrations and {} demonstration_prompts",
                 demonstrations.len(),
-                labels.len()
+                labels.len(),
+                prompts.len()
             )));
         }
         let labels = (labels.iter())
@@ -50,7 +57,7 @@ impl Pool {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::msg(format!("a demonstration's label is outside 0..{num_labels}: {labels:?}")))?;
         let separator = data.json.get("separator").and_then(|s| s.as_str()).ok_or("no `separator` in the data")?;
-        Ok(Self { demonstrations, labels, separator: separator.into(), num_labels })
+        Ok(Self { demonstrations, prompts, labels, separator: separator.into(), num_labels })
     }
 
     /// The context text of `positions`: each demonstration followed by the separator, as the
@@ -59,11 +66,31 @@ impl Pool {
         positions.iter().map(|&p| format!("{}{}", self.demonstrations[p], self.separator)).collect()
     }
 
-    /// Positions of `prompt`'s own demonstration(s) (the prompt followed by a label word), so a
-    /// labelled input never reads its own answer in its context.
+    /// Positions of `prompt`'s own demonstration(s), so a labelled input never reads its own
+    /// answer in its context.
     pub fn positions_of(&self, prompt: &str) -> Vec<usize> {
-        (0..self.demonstrations.len()).filter(|&p| self.demonstrations[p].starts_with(prompt)).collect()
+        (0..self.prompts.len()).filter(|&p| self.prompts[p] == prompt).collect()
     }
+}
+
+/// An input distilled on: the fine-tuning query the student reads (and batches name it by), and
+/// the in-context query the teacher reads after its context.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Input {
+    /// The fine-tuning query.
+    pub prompt: String,
+    /// The in-context query.
+    pub icl: String,
+}
+
+/// A context that fits the window with the queries it is read before.
+struct Fitted {
+    /// Its text.
+    text: String,
+    /// `context + query`, encoded as one string, per query.
+    rows: Vec<Vec<i64>>,
+    /// Its demonstrations.
+    k: usize,
 }
 
 /// What computing the teacher's targets needs.
@@ -92,31 +119,28 @@ pub struct Teacher<'a> {
 
 impl Teacher<'_> {
     /// One context per input, drawn from the input's own random stream.
-    pub fn resampled(&self, host: &mut Host, inputs: &[String]) -> Result<Targets> {
+    pub fn resampled(&self, host: &mut Host, inputs: &[Input]) -> Result<Targets> {
         let mut rows = Vec::with_capacity(inputs.len());
         let mut ks = Vec::with_capacity(inputs.len());
-        for (i, prompt) in inputs.iter().enumerate() {
-            let query = encode_query(host, prompt)?;
-            let exclude = self.pool.positions_of(prompt);
-            let (context, k) = self.fit_context(host, query.len(), i as u64, &exclude)?;
-            rows.push([context, query].concat());
-            ks.push(k);
+        for (i, input) in inputs.iter().enumerate() {
+            let exclude = self.pool.positions_of(&input.prompt);
+            let fitted = self.fit_context(host, std::slice::from_ref(input), i as u64, &exclude)?;
+            rows.extend(fitted.rows);
+            ks.push(fitted.k);
         }
         self.log_fit(host, &ks)?;
         self.run_batches(host, &rows, None)
     }
 
     /// One context for every input: encoded once and its keys/values reused (`cache`), or
-    /// prepended to every input (the uncached reference).
-    pub fn shared(&self, host: &mut Host, inputs: &[String], cache: bool) -> Result<Targets> {
-        let queries = inputs.iter().map(|p| encode_query(host, p)).collect::<Result<Vec<_>>>()?;
-        let longest = queries.iter().map(Vec::len).max().unwrap_or(0);
-        let (context, k) = self.fit_context(host, longest, SHARED_STREAM, &[])?;
-        self.log_fit(host, &[k])?;
+    /// read whole with every input (the uncached reference).
+    pub fn shared(&self, host: &mut Host, inputs: &[Input], cache: bool) -> Result<Targets> {
+        let fitted = self.fit_context(host, inputs, SHARED_STREAM, &[])?;
+        self.log_fit(host, &[fitted.k])?;
         if !cache {
-            let rows: Vec<Vec<i64>> = queries.into_iter().map(|q| [context.as_slice(), &q].concat()).collect();
-            return self.run_batches(host, &rows, None);
+            return self.run_batches(host, &fitted.rows, None);
         }
+        let context = host.encode(&fitted.text, true)?;
         let input = Tensor::from_slice(&context).view([1, -1]).to_device(self.device);
         let request = ForwardRequest {
             logits: Logits::None,
@@ -129,34 +153,31 @@ impl Teacher<'_> {
         };
         let out = host.forward(&input, &input.ones_like(), &request)?;
         let id = out.cache.ok_or("the host kept no keys/values for the context")?;
-        let targets = self.run_batches(host, &queries, Some((id, context.len())));
+        let targets = self.run_batches(host, &fitted.rows, Some((id, &context)));
         let freed = host.free_cache(id);
         let targets = targets?;
         freed?;
         Ok(targets)
     }
 
-    /// The token ids of a balanced context of the largest k' ≤ k (in steps of the number of
-    /// labels, keeping the balance) with `k'` demonstrations + `query_len` within the window.
-    fn fit_context(
-        &self,
-        host: &mut Host,
-        query_len: usize,
-        stream: u64,
-        exclude: &[usize],
-    ) -> Result<(Vec<i64>, usize)> {
+    /// A balanced context of the largest k' ≤ k (in steps of the number of labels, keeping the
+    /// balance) with which every one of `inputs` fits the window.
+    fn fit_context(&self, host: &mut Host, inputs: &[Input], stream: u64, exclude: &[usize]) -> Result<Fitted> {
         let step = self.pool.num_labels;
         let mut k = self.k;
         while k >= step {
             let picks = balanced(&self.pool.labels, step, k, exclude, &mut SplitMix64::for_input(self.seed, stream))?;
-            let ids = host.encode(&self.pool.render(&picks), true)?;
-            if ids.len() + query_len <= self.window {
-                return Ok((ids, k));
+            let text = self.pool.render(&picks);
+            let rows = (inputs.iter())
+                .map(|input| host.encode(&format!("{text}{}", input.icl), true))
+                .collect::<Result<Vec<_>>>()?;
+            if rows.iter().all(|r| r.len() <= self.window) {
+                return Ok(Fitted { text, rows, k });
             }
             k -= step;
         }
         Err(Error::msg(format!(
-            "{step} demonstrations and a query of {query_len} tokens exceed the model's window of {} tokens",
+            "{step} demonstrations and the longest query exceed the model's window of {} tokens",
             self.window
         )))
     }
@@ -171,22 +192,21 @@ impl Teacher<'_> {
         Ok(())
     }
 
-    /// The teacher's targets for `rows` of token ids, `TEACHER_BATCH` at a time; with `past`
-    /// (cache id, its length P) the rows are queries read after the kept context.
-    fn run_batches(&self, host: &mut Host, rows: &[Vec<i64>], past: Option<(u64, usize)>) -> Result<Targets> {
+    /// The teacher's targets for `rows` of token ids (each `context + query`), `TEACHER_BATCH`
+    /// at a time; with `past` (cache id, the context's ids) each batch reuses the kept
+    /// keys/values of the prefix it shares with the context.
+    fn run_batches(&self, host: &mut Host, rows: &[Vec<i64>], past: Option<(u64, &[i64])>) -> Result<Targets> {
         let mut parts = Vec::with_capacity(rows.len().div_ceil(TEACHER_BATCH));
         for chunk in rows.chunks(TEACHER_BATCH) {
-            let (ids, mut mask) = pad(chunk, self.pad, self.device);
-            if let Some((_, len)) = past {
-                let prefix = Tensor::ones([chunk.len() as i64, len as i64], (Kind::Int64, self.device));
-                mask = Tensor::cat(&[prefix, mask], 1); // (B, P + T); the host broadcasts the batch-1 cache
-            }
+            let split = after_context(past.map_or(&[], |(_, ids)| ids), chunk.to_vec());
+            let (ids, mask) = split.tensors(self.pad, self.device);
             let request = ForwardRequest {
                 logits: Logits::Last,
                 adapters: false,
                 grad: false,
                 train: Some(false),
-                past: past.map(|(id, _)| id),
+                past: past.filter(|_| split.reused > 0).map(|(id, _)| id),
+                past_len: Some(split.reused),
                 keep_cache: false,
                 model: self.model,
             };
@@ -195,25 +215,4 @@ impl Teacher<'_> {
         }
         Targets::cat(&parts)
     }
-}
-
-/// The ids of a query read after a context (no `</s>`); an empty encoding is an error.
-fn encode_query(host: &mut Host, prompt: &str) -> Result<Vec<i64>> {
-    let ids = host.encode(prompt, false)?;
-    if ids.is_empty() {
-        return Err(Error::msg(format!("the input `{prompt}` encodes to no tokens")));
-    }
-    Ok(ids)
-}
-
-/// Right-pads `rows` with `pad`: ids and mask, int64 `[B, T]`.
-fn pad(rows: &[Vec<i64>], pad: i64, device: Device) -> (Tensor, Tensor) {
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let (mut ids, mut mask) = (Vec::with_capacity(rows.len() * width), Vec::with_capacity(rows.len() * width));
-    for row in rows {
-        ids.extend(row.iter().copied().chain(std::iter::repeat(pad)).take(width));
-        mask.extend((0..width).map(|i| i64::from(i < row.len())));
-    }
-    let shape = [rows.len() as i64, width as i64];
-    (Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device))
 }

@@ -3,15 +3,16 @@
 //! evaluation reads the verbalizer's and the full vocabulary's argmax) after the run's context
 //! of balanced, shuffled demonstrations (rendered by the runtime, shared/DESIGN.md §4).
 //!
-//! One context serves every query, so `prepare` encodes it once (with `</s>`), keeps its
-//! keys/values, and `predict` runs only the query tokens against them: `q·(C + q)` work per
-//! query instead of `(C + q)²`. The context and each query are tokenised separately, so the
-//! cached and uncached paths see identical tokens (a BPE merge across the boundary, such as
-//! `\n\n` + word, is not formed).
+//! Each input is `context + icl_prompt` encoded as one string, as llmft encodes it (BPE may merge
+//! across the boundary: with llmft's literal `\n\n` separator, `n` and the query's first word
+//! are one pre-token). One context serves every query, so `prepare` encodes it once (with
+//! `</s>`) and keeps its keys/values; `predict` reuses them for the longest token prefix each
+//! batch's joint encodings share with the context and runs only the rest: `q·(C + q)` work per
+//! query instead of `(C + q)²`, on exactly the tokens of the uncached path.
 
+use ftlab_sdk::context::after_context;
 use ftlab_sdk::prelude::*;
 use ftlab_sdk::serde_json::Value;
-use ftlab_sdk::tch::Device;
 
 /// Hyperparameters, set in an experiment file under `icl`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -28,8 +29,9 @@ impl Default for Config {
     }
 }
 
-/// The encoded context and, when cached, the id of its keys/values in the host.
+/// The context's text and token ids and, when cached, the id of its keys/values in the host.
 struct Context {
+    text: String,
     ids: Vec<i64>,
     cache: Option<u64>,
 }
@@ -38,18 +40,6 @@ struct Context {
 pub struct Icl {
     config: Config,
     context: Option<Context>,
-}
-
-/// Right-pads `rows` with `pad`: ids and mask, int64 `[B, T]`.
-fn pad(rows: &[Vec<i64>], pad: i64, device: Device) -> (Tensor, Tensor) {
-    let width = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    for row in rows {
-        ids.extend(row.iter().copied().chain(std::iter::repeat(pad)).take(width));
-        mask.extend((0..width).map(|i| i64::from(i < row.len())));
-    }
-    let shape = [rows.len() as i64, width as i64];
-    (Tensor::from_slice(&ids).view(shape).to_device(device), Tensor::from_slice(&mask).view(shape).to_device(device))
 }
 
 impl Method for Icl {
@@ -87,7 +77,7 @@ impl Method for Icl {
             let out = host.forward(&input, &input.ones_like(), &request)?;
             cache = Some(out.cache.ok_or_else(|| Error::msg("the host kept no keys/values"))?);
         }
-        self.context = Some(Context { ids, cache });
+        self.context = Some(Context { text: text.into(), ids, cache });
         Ok(())
     }
 
@@ -98,25 +88,18 @@ impl Method for Icl {
     fn predict(&mut self, host: &mut Host, batch: &Batch) -> Result<Tensor> {
         let context = self.context.as_ref().ok_or_else(|| Error::msg("icl predicts only after `prepare`"))?;
         let device = batch.input_ids()?.device();
-        let prefix: &[i64] = if context.cache.is_some() { &[] } else { &context.ids };
-        let mut rows = Vec::new();
-        for (i, prompt) in batch.strings("prompts")?.iter().enumerate() {
-            let query = host.encode(prompt, false)?;
-            if query.is_empty() {
-                return Err(Error::msg(format!("prompt {i} encodes to no tokens")));
-            }
-            rows.push([prefix, &query].concat());
-        }
-        let (ids, mut mask) = pad(&rows, host.model()?.pad_token_id, device);
-        if context.cache.is_some() {
-            let past = Tensor::ones([rows.len() as i64, context.ids.len() as i64], (Kind::Int64, device));
-            mask = Tensor::cat(&[past, mask], 1); // (B, P + T)
-        }
+        let rows = (batch.strings("icl_prompts")?.iter())
+            .map(|prompt| host.encode(&format!("{}{prompt}", context.text), true))
+            .collect::<Result<Vec<_>>>()?;
+        // Without a cache nothing is reused: every row runs whole.
+        let split = after_context(if context.cache.is_some() { &context.ids } else { &[] }, rows);
+        let (ids, mask) = split.tensors(host.model()?.pad_token_id, device);
         let request = ForwardRequest {
             logits: Logits::Last,
             grad: false,
             train: Some(false),
-            past: context.cache,
+            past: context.cache.filter(|_| split.reused > 0),
+            past_len: Some(split.reused),
             ..Default::default()
         };
         // Next-token logits (B, V): the evaluation scores the verbalizer and the whole vocabulary.

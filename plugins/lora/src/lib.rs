@@ -6,7 +6,9 @@
 //! minus `base_model.model.` — `model.decoder.layers.{i}.self_attn.q_proj.lora_A.weight` — and
 //! a run's adapter is saved as, and loaded from, a PEFT adapter (`peft_type = "LORA"`, see
 //! [`peft`]); merged, it adds `(alpha / r)·B·A` to each adapted weight. With `rslora` the
-//! factor is `alpha / √r`, as PEFT's `use_rslora`.
+//! factor is `alpha / √r`, as PEFT's `use_rslora`. With `base_bias` or `modules_to_save`, base
+//! tensors train too and are saved with the adapter under their own names, replacing the base's
+//! when it is loaded, as PEFT's `bias` and `modules_to_save`.
 
 mod peft;
 
@@ -43,6 +45,39 @@ pub struct Config {
     /// B has a trainable bias, scaled with the update (`lora_bias`); default off.
     #[serde(default)]
     pub bias: bool,
+    /// Base biases that train and are saved with the adapter (`bias`): `none` (default),
+    /// `lora_only` (the adapted linears' biases) or `all` (every bias, layer norms' too).
+    #[serde(default)]
+    pub base_bias: BaseBias,
+    /// Base modules that train in full and are saved with the adapter (`modules_to_save`), by
+    /// name (`fc2`, `final_layer_norm`) or path (`layers.1.fc1`). OPT ties `embed_tokens` and
+    /// `lm_head`, so neither can be saved apart from the other: both are refused.
+    #[serde(default)]
+    pub modules_to_save: Vec<String>,
+}
+
+/// Which base biases train with the adapter (PEFT's `bias`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseBias {
+    /// None.
+    #[default]
+    None,
+    /// The biases of the linears LoRA adapts.
+    LoraOnly,
+    /// Every bias of the model.
+    All,
+}
+
+impl BaseBias {
+    /// PEFT's name.
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::LoraOnly => "lora_only",
+            Self::All => "all",
+        }
+    }
 }
 
 impl Default for Config {
@@ -57,6 +92,8 @@ impl Default for Config {
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
             bias: false,
+            base_bias: BaseBias::None,
+            modules_to_save: Vec::new(),
         }
     }
 }
@@ -74,6 +111,44 @@ impl Config {
         let alpha = Self::pattern(&self.alpha_pattern, path).unwrap_or(self.alpha);
         (r, alpha / if self.rslora { (r as f64).sqrt() } else { r as f64 })
     }
+
+    /// The base parameters (of `parameters`, HF keys) that train and are saved with the adapter
+    /// whose adapted linears are `adapted` (module paths).
+    fn saved_base(&self, parameters: &BTreeMap<String, Vec<i64>>, adapted: &[String]) -> Result<Vec<String>> {
+        let module = |name: &str| name.rsplit_once('.').map_or("", |(m, _)| m).to_string();
+        let mut names: Vec<String> = (parameters.keys())
+            .filter(|name| match self.base_bias {
+                BaseBias::None => false,
+                BaseBias::LoraOnly => name.ends_with(".bias") && adapted.contains(&module(name)),
+                BaseBias::All => name.ends_with(".bias"),
+            })
+            .cloned()
+            .collect();
+        for wanted in &self.modules_to_save {
+            let last = wanted.rsplit('.').next().unwrap_or_default();
+            if ["embed_tokens", "lm_head"].contains(&last) {
+                return Err(Error::msg(format!(
+                    "modules_to_save: `{wanted}` cannot be saved apart: OPT ties embed_tokens and lm_head"
+                )));
+            }
+            let before = names.len();
+            names.extend(
+                parameters
+                    .keys()
+                    .filter(|name| {
+                        let m = module(name);
+                        m == *wanted || m.ends_with(&format!(".{wanted}"))
+                    })
+                    .cloned(),
+            );
+            if names.len() == before {
+                return Err(Error::msg(format!("modules_to_save: `{wanted}` names no module of the model")));
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
 }
 
 /// One adapted linear: A, B (and B's bias, with `bias`) and the factor its update is scaled by.
@@ -84,9 +159,11 @@ struct Pair {
     scale: f64,
 }
 
-/// A and B of every adapted linear, by (layer, site).
+/// A and B of every adapted linear, by (layer, site), and the base tensors saved with them.
 pub struct Lora {
     pairs: BTreeMap<(i64, Site), Pair>,
+    /// Base parameters that train with the adapter and are saved with it, by HF key.
+    saved: BTreeMap<String, Tensor>,
     config: Config,
     targets: Vec<Site>,
     /// The base model's name, PEFT's `base_model_name_or_path`.
@@ -95,14 +172,25 @@ pub struct Lora {
 }
 
 impl Lora {
-    /// Every trainable tensor by its name (`model.decoder.layers.{i}.<module>.lora_A.weight`,
-    /// `….lora_B.weight`, `….lora_B.bias`).
+    /// Every tensor saved with the adapter by its name (`model.decoder.layers.{i}.<module>.lora_A.weight`,
+    /// `….lora_B.weight`, `….lora_B.bias`, and the saved base tensors' own keys).
     fn tensors(&self) -> impl Iterator<Item = (String, &Tensor)> {
-        self.pairs.iter().flat_map(|(&(layer, site), p)| {
+        let pairs = self.pairs.iter().flat_map(|(&(layer, site), p)| {
             let path = site.path(layer);
             let bias = p.bias.as_ref().map(|bias| (format!("{path}.lora_B.bias"), bias));
             [(format!("{path}.lora_A.weight"), &p.a), (format!("{path}.lora_B.weight"), &p.b)].into_iter().chain(bias)
-        })
+        });
+        pairs.chain(self.saved.iter().map(|(key, t)| (self.saved_name(key), t)))
+    }
+
+    /// A saved base tensor's name: its key, with PEFT's `base_layer.` before the leaf when its
+    /// linear is adapted (PEFT wraps the linear, e.g. `….q_proj.base_layer.bias`).
+    fn saved_name(&self, key: &str) -> String {
+        let (module, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+        match self.pairs.keys().any(|&(layer, site)| site.path(layer) == module) {
+            true => format!("{module}.base_layer.{leaf}"),
+            false => key.to_string(),
+        }
     }
 }
 
@@ -154,7 +242,16 @@ impl Method for Lora {
                 pairs.insert((layer, site), Pair { a, b, bias, scale });
             }
         }
-        Ok(Self { pairs, config, targets, base_model: model.name, train: false })
+        let adapted: Vec<String> = pairs.keys().map(|&(layer, site)| site.path(layer)).collect();
+        let mut saved = BTreeMap::new();
+        for name in config.saved_base(&model.parameters, &adapted)? {
+            saved.insert(name.clone(), host.parameter(&name, &model.parameters[&name], Init::Base)?);
+        }
+        Ok(Self { pairs, saved, config, targets, base_model: model.name, train: false })
+    }
+
+    fn trains(&self, name: &str) -> Option<bool> {
+        self.saved.contains_key(name).then_some(true)
     }
 
     fn config_from_export(adapter_config: &ftlab_sdk::serde_json::Value) -> Result<Config> {
@@ -166,7 +263,7 @@ impl Method for Lora {
     }
 
     fn import(&mut self, weights: &Tensors) -> Result<()> {
-        peft::import(self, weights)
+        ftlab_sdk::peft::import(self.tensors(), weights)
     }
 
     fn merged_deltas(&self) -> Result<Vec<(String, Tensor)>> {

@@ -1,22 +1,22 @@
 //! The `lora` adapter as HF PEFT writes it (peft 0.21): `adapter_config.json` with
 //! `peft_type = "LORA"` and `adapter_model.safetensors` holding
-//! `base_model.model.<module>.lora_{A,B}.weight`. Settings whose semantics this plugin does not
-//! implement (DoRA, `fan_in_fan_out`, trained base biases, extra saved modules,
-//! regular-expression patterns) are refused by key on import, never dropped.
+//! `base_model.model.<module>.lora_{A,B}.weight` (and, with `bias` or `modules_to_save`, the saved
+//! base tensors as `base_model.model.<key>`). Settings whose semantics this plugin does not
+//! implement (DoRA, `fan_in_fan_out`, regular-expression patterns) are refused by key on import,
+//! never dropped.
 
 use ftlab_sdk::peft::{self, bad_key, get, require_default, PREFIX};
 use ftlab_sdk::prelude::*;
 use ftlab_sdk::serde_json::{json, Value};
 
-use crate::{Config, Lora};
+use crate::{BaseBias, Config, Lora};
 
 /// Keys whose non-default values change what the adapter computes, with the defaults this
 /// plugin implements.
-const FIXED: [(&str, Value); 7] = [
+const FIXED: [(&str, Value); 6] = [
     ("use_dora", Value::Bool(false)),
     ("fan_in_fan_out", Value::Bool(false)),
     ("layer_replication", Value::Null),
-    ("modules_to_save", Value::Null),
     ("trainable_token_indices", Value::Null),
     ("target_parameters", Value::Null),
     ("exclude_modules", Value::Null),
@@ -27,9 +27,23 @@ pub fn config(c: &Value) -> Result<Config> {
     for (key, default) in &FIXED {
         require_default(c, key, default)?;
     }
-    if let Some(bias) = get(c, "bias").filter(|b| b.as_str() != Some("none")) {
-        return Err(bad_key("bias", format!("{bias} is not supported: this LoRA trains no biases (\"none\")")));
-    }
+    let base_bias = match get(c, "bias") {
+        None | Some(Value::Null) => BaseBias::None,
+        Some(value) => ftlab_sdk::serde_json::from_value(value.clone())
+            .map_err(|_| bad_key("bias", format!("{value}: expected \"none\", \"lora_only\" or \"all\"")))?,
+    };
+    let modules_to_save = match get(c, "modules_to_save") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .ok_or_else(|| bad_key("modules_to_save", format!("{v} is not a module name")))
+            })
+            .collect::<Result<_>>()?,
+        Some(other) => return Err(bad_key("modules_to_save", format!("expected a list of module names, got {other}"))),
+    };
     let r = get(c, "r").and_then(Value::as_i64).filter(|&r| r > 0);
     let r = r.ok_or_else(|| bad_key("r", format!("expected a positive integer, got {:?}", get(c, "r"))))?;
     let alpha = get(c, "lora_alpha").and_then(Value::as_f64);
@@ -65,7 +79,19 @@ pub fn config(c: &Value) -> Result<Config> {
     }
     let rank_pattern = pattern(c, "rank_pattern", Value::as_i64)?;
     let alpha_pattern = pattern(c, "alpha_pattern", Value::as_f64)?;
-    Ok(Config { r, alpha, dropout, targets, rslora, layers, rank_pattern, alpha_pattern, bias })
+    Ok(Config {
+        r,
+        alpha,
+        dropout,
+        targets,
+        rslora,
+        layers,
+        rank_pattern,
+        alpha_pattern,
+        bias,
+        base_bias,
+        modules_to_save,
+    })
 }
 
 /// A PEFT pattern (`rank_pattern`, `alpha_pattern`): module keys to numbers. Keys are matched
@@ -95,7 +121,7 @@ pub fn export(lora: &Lora) -> Export {
         "alpha_pattern": c.alpha_pattern,
         "auto_mapping": null,
         "base_model_name_or_path": lora.base_model,
-        "bias": "none",
+        "bias": c.base_bias.name(),
         "fan_in_fan_out": false,
         "inference_mode": true,
         "init_lora_weights": true,
@@ -105,7 +131,7 @@ pub fn export(lora: &Lora) -> Export {
         "lora_alpha": peft::number(c.alpha),
         "lora_bias": c.bias,
         "lora_dropout": c.dropout,
-        "modules_to_save": null,
+        "modules_to_save": (!c.modules_to_save.is_empty()).then_some(&c.modules_to_save),
         "peft_type": "LORA",
         "r": c.r,
         "rank_pattern": c.rank_pattern,
@@ -117,25 +143,4 @@ pub fn export(lora: &Lora) -> Export {
     });
     let tensors = lora.tensors().map(|(name, t)| (format!("{PREFIX}{name}"), t.detach().copy())).collect();
     Export { config, tensors }
-}
-
-/// Copies an adapter's A and B into `lora`'s parameters: every tensor must be one of them, with
-/// its shape, and none may be missing.
-pub fn import(lora: &mut Lora, weights: &Tensors) -> Result<()> {
-    let mut wanted: std::collections::BTreeMap<String, Tensor> =
-        lora.tensors().map(|(name, t)| (format!("{PREFIX}{name}"), t.shallow_clone())).collect();
-    for (name, tensor) in &weights.tensors {
-        let mut param = wanted.remove(name).ok_or_else(|| {
-            Error::msg(format!("unexpected tensor `{name}`: not an A, B or B bias of a module this adapter targets"))
-        })?;
-        if param.size() != tensor.size() {
-            let (found, expected) = (tensor.size(), param.size());
-            return Err(Error::msg(format!("tensor `{name}` has shape {found:?}, the config implies {expected:?}")));
-        }
-        tch::no_grad(|| param.f_copy_(&tensor.to_kind(param.kind()).to_device(param.device())))?;
-    }
-    match wanted.keys().next() {
-        Some(missing) => Err(Error::msg(format!("missing tensor `{missing}`"))),
-        None => Ok(()),
-    }
 }

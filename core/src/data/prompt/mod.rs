@@ -2,9 +2,10 @@
 //! stands for each label.
 //!
 //! A [`PromptSpec`] is what a config says (a built-in style, or a user template, prefix and
-//! words); [`Prompt::new`] checks it against the task and the tokenizer — every label word must
-//! be exactly one token — and then renders queries, demonstrations and contexts, and encodes
-//! them, shortening over-long inputs from the premise side.
+//! words, and the [`Compat`] conventions); [`Prompt::new`] checks it against the task and the
+//! tokenizer — every label word must be exactly one token — and then renders fine-tuning
+//! queries, in-context demonstrations, contexts and queries, and encodes them, shortening
+//! over-long inputs from the premise side.
 
 pub mod family;
 pub mod template;
@@ -18,6 +19,43 @@ use crate::data::dataset::Example;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
+/// Whose conventions turn a pattern into queries and demonstrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compat {
+    /// Byte-identical to the text llmft's published runs fed the model (shared/DESIGN.md §4):
+    /// the built-in patterns with llmft's literal `\n`s; a demonstration is
+    /// `template + prefix + word` with the word's leading space dropped (llmft's
+    /// `eval_utils.create_few_shot_context`); the in-context query is
+    /// `f"{template} {prefix.strip()}"` (llmft's `eval.py`, so the minimal one ends in `? `); the
+    /// fine-tuning query is the same without a trailing space when the prefix is blank (llmft's
+    /// `ft.py` patterns in its `pattern_verbalizer_ft` scripts). `prefix` means llmft's
+    /// `--target_prefix`, `separator` its `--separate_shots_by`.
+    #[default]
+    Llmft,
+    /// DESIGN.md's patterns as written: real newlines, no space before one, every query is
+    /// `template + prefix`, every demonstration `query + word` (the word brings its space).
+    Clean,
+}
+
+impl Compat {
+    /// Every mode, for listings.
+    pub const ALL: [Compat; 2] = [Self::Llmft, Self::Clean];
+
+    /// The name in configs and records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llmft => "llmft",
+            Self::Clean => "clean",
+        }
+    }
+
+    /// Parses `llmft` or `clean`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
 /// A prompt as a config writes it; unset fields take the task's built-in values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,13 +63,18 @@ pub struct PromptSpec {
     /// Built-in pattern (`minimal`, `gpt3`, `eval-harness`); default `minimal`.
     #[serde(default)]
     pub style: PatternStyle,
+    /// Conventions: `llmft` (default; what llmft's published runs read) or `clean` (DESIGN.md's
+    /// patterns with real newlines).
+    #[serde(default)]
+    pub compat: Compat,
     /// A user template with `{field}` placeholders, replacing the style's.
     pub template: Option<String>,
-    /// Text between the template and the label word, replacing the style's.
+    /// Text between the template and the label word, replacing the style's (with `compat =
+    /// "llmft"`, llmft's `--target_prefix`: the word follows without its leading space).
     pub prefix: Option<String>,
     /// Label words by label id (with their leading space, e.g. `" Yes"`), replacing the style's.
     pub words: Option<Vec<String>>,
-    /// What separates in-context demonstrations; default per task family.
+    /// What separates in-context demonstrations, replacing the style's.
     pub separator: Option<String>,
 }
 
@@ -48,6 +91,8 @@ pub struct Prompt {
     pub word_ids: Vec<i64>,
     /// What separates in-context demonstrations.
     pub separator: String,
+    /// Whose conventions build queries and demonstrations.
+    pub compat: Compat,
 }
 
 /// An encoded query.
@@ -66,7 +111,14 @@ impl Prompt {
     /// word with `tokenizer`.
     pub fn new(family: PromptFamily, num_labels: usize, spec: &PromptSpec, tokenizer: &Tokenizer) -> Result<Self> {
         let builtin = family.pattern(spec.style);
-        let template = Template::parse(spec.template.as_deref().unwrap_or(builtin.template), family.fields())?;
+        let (template, prefix, separator) = match spec.compat {
+            Compat::Llmft => (builtin.template.to_string(), builtin.prefix.to_string(), builtin.separator.to_string()),
+            Compat::Clean => {
+                let readable = builtin.readable();
+                (readable.template, readable.prefix, readable.separator)
+            }
+        };
+        let template = Template::parse(spec.template.as_deref().unwrap_or(&template), family.fields())?;
         let words: Vec<String> = match &spec.words {
             Some(words) => words.clone(),
             None => builtin.words.iter().map(|w| w.to_string()).collect(),
@@ -87,22 +139,56 @@ impl Prompt {
         }
         Ok(Self {
             template,
-            prefix: spec.prefix.clone().unwrap_or_else(|| builtin.prefix.into()),
+            prefix: spec.prefix.clone().unwrap_or(prefix),
             words,
             word_ids,
-            separator: spec.separator.clone().unwrap_or_else(|| family.separator().into()),
+            separator: spec.separator.clone().unwrap_or(separator),
+            compat: spec.compat,
         })
     }
 
-    /// The query: the filled template and the answer prefix, the label word to follow.
+    /// What fine-tuning and zero-shot scoring read: the filled template and the answer cue, the
+    /// label word to follow (llmft's `ft.py` input).
     pub fn query(&self, example: &Example) -> String {
-        format!("{}{}", self.template.render(example, None), self.prefix)
+        self.finish_query(self.template.render(example, None))
     }
 
-    /// A demonstration: the query followed by the example's label word.
+    /// `filled` (a filled template) completed as a fine-tuning query.
+    fn finish_query(&self, filled: String) -> String {
+        match self.compat {
+            Compat::Llmft if self.prefix.trim().is_empty() => filled,
+            Compat::Llmft => format!("{filled} {}", self.prefix.trim()),
+            Compat::Clean => filled + &self.prefix,
+        }
+    }
+
+    /// What an in-context query reads after its context (llmft's `eval.py`:
+    /// `f"{pattern} {target_prefix.strip()}"` for a non-empty prefix).
+    pub fn icl_query(&self, example: &Example) -> String {
+        match self.compat {
+            Compat::Llmft if !self.prefix.is_empty() => {
+                format!("{} {}", self.template.render(example, None), self.prefix.trim())
+            }
+            Compat::Llmft => self.template.render(example, None),
+            Compat::Clean => self.query(example),
+        }
+    }
+
+    /// A demonstration: the example with its label word.
     pub fn demonstration(&self, example: &Example) -> String {
         let word = self.words.get(example.label).map(String::as_str).unwrap_or_default();
-        format!("{}{word}", self.query(example))
+        match self.compat {
+            // llmft drops the token's `Ġ` (its leading space) after the target prefix.
+            Compat::Llmft => {
+                format!(
+                    "{}{}{}",
+                    self.template.render(example, None),
+                    self.prefix,
+                    word.strip_prefix(' ').unwrap_or(word)
+                )
+            }
+            Compat::Clean => format!("{}{word}", self.query(example)),
+        }
     }
 
     /// An in-context prefix: each demonstration followed by the separator (empty for none).
@@ -110,12 +196,18 @@ impl Prompt {
         demonstrations.into_iter().map(|e| format!("{}{}", self.demonstration(e), self.separator)).collect()
     }
 
-    /// Token ids of `context + query(example)`, not shortened.
-    pub fn encode(&self, tokenizer: &Tokenizer, context: &str, example: &Example) -> Result<Vec<i64>> {
-        tokenizer.encode(&format!("{context}{}", self.query(example)))
+    /// Token ids of the fine-tuning query, not shortened.
+    pub fn encode(&self, tokenizer: &Tokenizer, example: &Example) -> Result<Vec<i64>> {
+        tokenizer.encode(&self.query(example))
     }
 
-    /// Token ids of `context + query(example)` within `max_length` tokens: when too long, tokens
+    /// Token ids of `context + icl_query(example)`, encoded as one string (as llmft does, so
+    /// BPE may merge across the boundary).
+    pub fn encode_icl(&self, tokenizer: &Tokenizer, context: &str, example: &Example) -> Result<Vec<i64>> {
+        tokenizer.encode(&format!("{context}{}", self.icl_query(example)))
+    }
+
+    /// Token ids of the fine-tuning query within `max_length` tokens: when too long, tokens
     /// are cut from the end of the premise (text1) until it fits, and the count is returned.
     /// `None` when the input cannot fit even with an empty premise (the caller drops and counts
     /// it, as llmft does). A text of any size costs only what the limit can use: the texts are
@@ -123,7 +215,6 @@ impl Prompt {
     pub fn encode_within(
         &self,
         tokenizer: &Tokenizer,
-        context: &str,
         example: &Example,
         max_length: usize,
     ) -> Result<Option<Encoded>> {
@@ -131,7 +222,7 @@ impl Prompt {
         if capped.hypothesis {
             return Ok(None);
         }
-        let ids = self.encode(tokenizer, context, &example)?;
+        let ids = self.encode(tokenizer, &example)?;
         if ids.len() <= max_length {
             return Ok(Some(Encoded { ids, truncated_tokens: 0, premise: None }));
         }
@@ -139,8 +230,7 @@ impl Prompt {
         let mut keep = premise.len().saturating_sub(ids.len() - max_length);
         loop {
             let shortened = tokenizer.decode(&premise[..keep])?;
-            let text = format!("{context}{}{}", self.template.render(&example, Some(&shortened)), self.prefix);
-            let ids = tokenizer.encode(&text)?;
+            let ids = tokenizer.encode(&self.finish_query(self.template.render(&example, Some(&shortened))))?;
             if ids.len() <= max_length {
                 return Ok(Some(Encoded { ids, truncated_tokens: premise.len() - keep, premise: Some(shortened) }));
             }
@@ -161,7 +251,7 @@ impl Prompt {
         max_tokens: usize,
     ) -> Result<Option<Vec<i64>>> {
         let (example, capped) = capped(tokenizer, example, max_tokens);
-        let ids = self.encode(tokenizer, "", &example)?;
+        let ids = self.encode(tokenizer, &example)?;
         Ok((!capped.any() && ids.len() <= max_tokens).then_some(ids))
     }
 }

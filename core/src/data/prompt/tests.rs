@@ -1,4 +1,5 @@
 //! Rendering against exact expected strings, label-word checks, and premise-side truncation.
+//! Byte equality with llmft's own functions is `core/tests/llmft_prompts.rs`, on fixtures.
 
 use super::*;
 use crate::model::tiny;
@@ -7,9 +8,33 @@ fn pair() -> Example {
     Example::new(7, "A man sleeps.", Some("A person rests.".into()), 0)
 }
 
+/// A built-in prompt with DESIGN.md's readable conventions.
 fn prompt(family: PromptFamily, labels: usize, style: PatternStyle) -> Prompt {
-    let spec = PromptSpec { style, ..PromptSpec::default() };
+    let spec = PromptSpec { style, compat: Compat::Clean, ..PromptSpec::default() };
     Prompt::new(family, labels, &spec, &tiny::tokenizer().unwrap()).unwrap()
+}
+
+#[test]
+fn llmft_compat_keeps_literal_newlines_and_llmft_spaces() {
+    let llmft = |style| {
+        Prompt::new(PromptFamily::Nli, 2, &PromptSpec { style, ..PromptSpec::default() }, &tiny::tokenizer().unwrap())
+            .unwrap()
+    };
+    let minimal = llmft(PatternStyle::Minimal);
+    assert_eq!(minimal.compat, Compat::Llmft, "llmft is the default");
+    assert_eq!(minimal.query(&pair()), "A man sleeps. A person rests. ?");
+    assert_eq!(minimal.icl_query(&pair()), "A man sleeps. A person rests. ? ");
+    assert_eq!(minimal.context([&pair()]), "A man sleeps. A person rests. ? Yes\\n\\n");
+    let harness = llmft(PatternStyle::EvalHarness);
+    let query = "A man sleeps. \\nQuestion: A person rests. True or False? \\nAnswer:";
+    assert_eq!((harness.query(&pair()), harness.icl_query(&pair())), (query.into(), query.into()));
+    assert_eq!(
+        harness.demonstration(&pair()),
+        "A man sleeps. \\nQuestion: A person rests. True or False?\\nAnswer: True"
+    );
+    let gpt3 = llmft(PatternStyle::Gpt3);
+    assert_eq!(gpt3.icl_query(&pair()), gpt3.query(&pair()));
+    assert!(gpt3.demonstration(&pair()).starts_with(&gpt3.query(&pair())));
 }
 
 #[test]
@@ -39,7 +64,7 @@ fn paraphrase_and_acceptability_render_with_no_yes_words() {
     let harness = prompt(PromptFamily::Paraphrase, 2, PatternStyle::EvalHarness);
     assert_eq!(
         harness.query(&questions),
-        "Question 1: How do I cook?\nQuestion 2: How can I cook?\nQuestion: Do both questions ask the same thing?\nAnswer:"
+        "Question 1: How do I cook?\nQuestion 2: How can I cook?\nQuestion: Do both questions ask the same thing? Answer:"
     );
     let sentence = Example::new(0, "The cat sat.", None, 0);
     let cola = prompt(PromptFamily::Acceptability, 2, PatternStyle::Minimal);
@@ -56,7 +81,7 @@ fn contexts_join_demonstrations_with_the_family_separator() {
     assert_eq!(context, "A man sleeps. A person rests. ? Yes\n\nA dog runs. A dog sleeps. ? No\n\n");
     let query = Example::new(9, "P.", Some("H.".into()), 0);
     let tokenizer = tiny::tokenizer().unwrap();
-    let ids = minimal.encode(&tokenizer, &context, &query).unwrap();
+    let ids = minimal.encode_icl(&tokenizer, &context, &query).unwrap();
     assert_eq!(tokenizer.decode(&ids).unwrap(), format!("{context}P. H. ?"));
     let cola = prompt(PromptFamily::Acceptability, 2, PatternStyle::Minimal);
     assert_eq!(cola.context([&Example::new(0, "Go.", None, 1)]), "Go. ? Yes ");
@@ -71,6 +96,7 @@ fn user_templates_prefixes_and_words_come_from_config() {
         prefix: Some(" Label:".into()),
         words: Some(vec![" True".into(), " False".into()]),
         separator: Some(" | ".into()),
+        compat: Compat::Clean,
         ..PromptSpec::default()
     };
     let custom = Prompt::new(PromptFamily::Nli, 2, &spec, &tokenizer).unwrap();
@@ -102,14 +128,14 @@ fn over_long_inputs_lose_premise_tokens_and_keep_the_pattern_end() {
     let minimal = prompt(PromptFamily::Nli, 2, PatternStyle::Minimal);
     let long =
         Example::new(0, "The doctor saw the lawyer near the library. ".repeat(20), Some("The judge slept.".into()), 0);
-    let full = minimal.encode(&tokenizer, "", &long).unwrap();
-    let fitted = minimal.encode_within(&tokenizer, "", &long, 40).unwrap().unwrap();
+    let full = minimal.encode(&tokenizer, &long).unwrap();
+    let fitted = minimal.encode_within(&tokenizer, &long, 40).unwrap().unwrap();
     assert!(fitted.ids.len() <= 40 && fitted.truncated_tokens >= full.len() - 40, "{fitted:?}");
     let text = tokenizer.decode(&fitted.ids).unwrap();
     assert!(text.starts_with("The doctor saw") && text.ends_with(" The judge slept. ?"), "{text}");
-    let short = minimal.encode_within(&tokenizer, "", &pair(), 40).unwrap().unwrap();
-    assert_eq!((short.truncated_tokens, short.ids.len()), (0, minimal.encode(&tokenizer, "", &pair()).unwrap().len()));
-    assert_eq!(minimal.encode_within(&tokenizer, "", &long, 3).unwrap(), None, "cannot fit 3 tokens");
+    let short = minimal.encode_within(&tokenizer, &pair(), 40).unwrap().unwrap();
+    assert_eq!((short.truncated_tokens, short.ids.len()), (0, minimal.encode(&tokenizer, &pair()).unwrap().len()));
+    assert_eq!(minimal.encode_within(&tokenizer, &long, 3).unwrap(), None, "cannot fit 3 tokens");
 }
 
 /// A text of megabytes is tokenized only as far as the limit can use, with the same result as
@@ -122,12 +148,11 @@ fn huge_texts_are_cut_before_tokenizing() {
     let moderate = Example::new(0, sentence.repeat(400), Some("The judge slept.".into()), 0);
     let huge = Example::new(0, sentence.repeat(100_000), Some("The judge slept.".into()), 0);
     assert!(tokenizer.prefix_within(&huge.text1, 64).is_some_and(|p| p.len() < 100_000));
-    let (a, b) =
-        (minimal.encode_within(&tokenizer, "", &moderate, 64), minimal.encode_within(&tokenizer, "", &huge, 64));
+    let (a, b) = (minimal.encode_within(&tokenizer, &moderate, 64), minimal.encode_within(&tokenizer, &huge, 64));
     assert_eq!(a.unwrap().unwrap().ids, b.unwrap().unwrap().ids);
     assert_eq!(minimal.encode_capped(&tokenizer, &huge, 1000).unwrap(), None);
     let short = minimal.encode_capped(&tokenizer, &pair(), 1000).unwrap().unwrap();
-    assert_eq!(short, minimal.encode(&tokenizer, "", &pair()).unwrap());
+    assert_eq!(short, minimal.encode(&tokenizer, &pair()).unwrap());
     let long_hypothesis = Example::new(0, "A.", Some(sentence.repeat(100_000)), 0);
-    assert_eq!(minimal.encode_within(&tokenizer, "", &long_hypothesis, 64).unwrap(), None);
+    assert_eq!(minimal.encode_within(&tokenizer, &long_hypothesis, 64).unwrap(), None);
 }

@@ -6,7 +6,9 @@
 //! may be a branch, a ref such as `refs/convert/parquet` (where the hub's automatic parquet export
 //! lives), or a commit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hub::{Hub, RepoKind};
@@ -29,7 +31,32 @@ impl HubFile {
     }
 }
 
+/// A hub file as a run read it: the commit its revision resolved to, so a record names the
+/// exact data (as `datasets` users pin `revision=`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HubSnapshot {
+    /// `org/name`.
+    pub repo: String,
+    /// The revision asked for (branch or ref).
+    pub revision: String,
+    /// The commit it resolved to in the cache (the snapshot folder's name).
+    pub commit: String,
+    /// Path inside the repository.
+    pub path: String,
+}
+
 impl HubFile {
+    /// What a run records of this file, read from `local` (a path inside the cache's
+    /// `snapshots/{commit}/`).
+    pub fn snapshot(&self, local: &Path) -> HubSnapshot {
+        let commit = (local.ancestors())
+            .find(|a| a.parent().and_then(Path::file_name).is_some_and(|n| n == "snapshots"))
+            .and_then(Path::file_name)
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        HubSnapshot { repo: self.repo.clone(), revision: self.revision.clone(), commit, path: self.path.clone() }
+    }
+
     /// The local path of the file: from the cache, else downloaded into it unless offline.
     pub fn resolve(&self, hub: &Hub) -> Result<PathBuf> {
         let cached = hub.snapshot(RepoKind::Dataset, &self.repo, &self.revision).map(|s| s.join(&self.path));
@@ -65,6 +92,8 @@ mod tests {
         std::fs::write(snapshot.join("train-00000-of-00001.parquet"), b"x").unwrap();
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "0123456789abcdef0123456789abcdef01234567\n").unwrap();
-        assert_eq!(file.resolve(&hub).unwrap(), snapshot.join("train-00000-of-00001.parquet"));
+        let local = file.resolve(&hub).unwrap();
+        assert_eq!(local, snapshot.join("train-00000-of-00001.parquet"));
+        assert_eq!(file.snapshot(&local).commit, "0123456789abcdef0123456789abcdef01234567");
     }
 }

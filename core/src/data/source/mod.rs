@@ -13,7 +13,7 @@ use polars::prelude::DataFrame;
 
 pub use columns::{ColumnMap, LabelMap};
 pub use files::{FileFormat, Header};
-pub use hub::HubFile;
+pub use hub::{HubFile, HubSnapshot};
 
 use crate::data::dataset::Dataset;
 use crate::error::Result;
@@ -48,10 +48,11 @@ impl LocalSource {
 }
 
 /// Reads a hub parquet file (resolved through `hub`) into a table.
-pub fn hub_table(hub: &Hub, file: &HubFile) -> Result<(PathBuf, DataFrame)> {
+pub fn hub_table(hub: &Hub, file: &HubFile) -> Result<(PathBuf, DataFrame, HubSnapshot)> {
     let path = file.resolve(hub)?;
     let frame = files::read_table(&path, FileFormat::Parquet, &Header::Present)?;
-    Ok((path, frame))
+    let snapshot = file.snapshot(&path);
+    Ok((path, frame, snapshot))
 }
 
 /// Parses a file shipped in the binary; `name` stands for its path in messages.

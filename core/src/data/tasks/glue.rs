@@ -24,9 +24,9 @@ pub fn load(
     label_names: &[&str],
     options: &DataOptions,
 ) -> Result<Dataset> {
-    let (path, frame) = source::hub_table(&options.hub, &file(config, split))?;
+    let (path, frame, snapshot) = source::hub_table(&options.hub, &file(config, split))?;
     let examples = columns::examples_from_frame(&frame, &path, columns, &LabelMap::new(label_names))?;
-    Ok(Dataset::new(format!("{config}/{split}"), label_names, examples))
+    Ok(Dataset { hub_files: vec![snapshot], ..Dataset::new(format!("{config}/{split}"), label_names, examples) })
 }
 
 /// Rows of `config`'s `split`, read from the parquet footer.

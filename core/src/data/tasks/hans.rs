@@ -26,23 +26,23 @@ pub fn file(split: &str) -> HubFile {
 }
 
 fn load(split: &str, options: &DataOptions) -> Result<Dataset> {
-    let (path, frame) = source::hub_table(&options.hub, &file(split))?;
+    let (path, frame, snapshot) = source::hub_table(&options.hub, &file(split))?;
     let mut map = ColumnMap::pair("premise", "hypothesis", "label");
     map.attributes = vec!["heuristic".into(), "subcase".into()];
     let examples = columns::examples_from_frame(&frame, &path, &map, &LabelMap::new(&LABELS))?;
-    Ok(scoped(Dataset::new(format!("hans/{split}"), &LABELS, examples), options))
+    scoped(Dataset { hub_files: vec![snapshot], ..Dataset::new(format!("hans/{split}"), &LABELS, examples) }, options)
 }
 
 /// The heuristics `options.hans` scores (the paper's: lexical overlap only), of rows that
 /// carry a `heuristic` (a user's file whose mapping names none is kept whole).
-fn scoped(data: Dataset, options: &DataOptions) -> Dataset {
+fn scoped(data: Dataset, options: &DataOptions) -> Result<Dataset> {
     let labelled = data.examples.iter().any(|e| e.attribute("heuristic").is_some());
-    match options.hans {
+    Ok(match options.hans {
         HansScope::LexicalOverlap if labelled => {
             data.filtered(data.name.clone(), |e| e.attribute("heuristic") == Some("lexical_overlap"))
         }
         _ => data,
-    }
+    })
 }
 
 /// Subsets of a HANS-like set (examples with `heuristic` and `subcase` attributes): per

@@ -33,8 +33,8 @@ pub fn binarize(data: Dataset) -> Dataset {
 }
 
 /// [`binarize`], for rows from a user's file.
-fn binarize_rows(data: Dataset, _options: &DataOptions) -> Dataset {
-    binarize(data)
+fn binarize_rows(data: Dataset, _options: &DataOptions) -> Result<Dataset> {
+    Ok(binarize(data))
 }
 
 fn load_binary(split: &str, options: &DataOptions) -> Result<Dataset> {

@@ -2,7 +2,10 @@
 //! for each split in order (train, validation, test) `np.random.choice(len(split), 1000,
 //! replace=False)` with the RNG stream carrying over, the rows kept in sampling order. So the
 //! validation subsample depends on the training split's size, which is read from its parquet
-//! footer. Labels: 0 = not_duplicate, 1 = duplicate; macro-F1 is reported beside accuracy.
+//! footer. A user's file (`--file`, e.g. GLUE's `dev.tsv`) is subsampled as llmft subsamples the
+//! validation split, after a draw over GLUE's training size, so GLUE's own dev file gives llmft's
+//! 1,000 validation rows. Labels: 0 = not_duplicate, 1 = duplicate; macro-F1 is reported beside
+//! accuracy.
 
 use crate::data::dataset::Dataset;
 use crate::data::numpy::LegacyRandomState;
@@ -19,6 +22,10 @@ const LABELS: [&str; 2] = ["not_duplicate", "duplicate"];
 pub const SUBSAMPLE: usize = 1000;
 /// llmft's split order (the order of GLUE's `DatasetDict`).
 const SPLIT_ORDER: [&str; 2] = ["train", "validation"];
+
+/// Rows of GLUE's QQP training split (`nyu-mll/glue` qqp/train): llmft's draw over it precedes
+/// the validation subsample.
+pub const GLUE_TRAIN_ROWS: usize = 363_846;
 
 /// The subsampled positions of `split` given the sizes of the splits before it and its own.
 pub fn subsample(split_sizes: &[usize]) -> Result<Vec<usize>> {
@@ -41,6 +48,11 @@ fn load(split: &str, options: &DataOptions) -> Result<Dataset> {
     Ok(full.select(full.name.clone(), &subsample(&sizes)?))
 }
 
+/// A user's file, subsampled as llmft subsamples QQP's validation split.
+fn subsample_file(data: Dataset, _options: &DataOptions) -> Result<Dataset> {
+    Ok(data.select(data.name.clone(), &subsample(&[GLUE_TRAIN_ROWS, data.len()])?))
+}
+
 inventory::submit! {
     TaskDef {
         name: "qqp",
@@ -55,6 +67,6 @@ inventory::submit! {
         prompt: PromptFamily::Paraphrase,
         load,
         subsets: per_label_subsets,
-        file: FileRows::AS_READ,
+        file: FileRows { labels: None, process: Some(subsample_file) },
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 
+use crate::data::source::{ColumnMap, Header, LocalSource};
 use crate::data::task::{self, DataOptions, HansScope};
 use crate::hub::Hub;
 
@@ -131,7 +132,40 @@ fn qqp_subsamples_each_split_like_llmft() {
         let data = qqp.load_split(split, &cache.options()).unwrap();
         let expected: Vec<i64> = draw["indices"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
         assert_eq!(data.examples.iter().map(|e| e.id).collect::<Vec<_>>(), expected, "{split}");
+        // The record names the commit the `main` revision resolved to.
+        let read = &data.hub_files;
+        assert_eq!(read.len(), 1, "{read:?}");
+        assert_eq!(
+            (read[0].repo.as_str(), read[0].revision.as_str(), read[0].commit.as_str()),
+            ("nyu-mll/glue", "main", COMMIT)
+        );
+        assert_eq!(read[0].path, format!("qqp/{split}-00000-of-00001.parquet"));
     }
+}
+
+/// GLUE's QQP dev file through `--file` keeps llmft's 1,000 validation rows: the draw after one
+/// over GLUE's 363,846 training rows (numpy's, in the fixture), whatever the file's format.
+#[test]
+fn a_qqp_file_is_subsampled_as_llmft_subsamples_validation() {
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sampling/numpy.json")).unwrap(),
+    )
+    .unwrap();
+    let draw = &fixture["legacy_sequence"]["draws"][1];
+    assert_eq!((draw["n"].as_u64(), fixture["legacy_sequence"]["draws"][0]["n"].as_u64()), (Some(40430), Some(363846)));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev.tsv");
+    let mut text = String::from("id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n");
+    for i in 0..40430 {
+        text += &format!("{i}\t{}\t{}\tQ{i}a?\tQ{i}b?\t{}\n", 2 * i, 2 * i + 1, i % 2);
+    }
+    std::fs::write(&path, text).unwrap();
+    let columns = ColumnMap::pair("question1", "question2", "is_duplicate").with_id("id");
+    let local = LocalSource { path, columns, header: Header::Present };
+    let options = DataOptions { local: Some(local), ..DataOptions::from_env() };
+    let data = task::find("qqp").unwrap().load_split("validation", &options).unwrap();
+    let expected: Vec<i64> = draw["indices"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    assert_eq!(data.examples.iter().map(|e| e.id).collect::<Vec<_>>(), expected);
 }
 
 #[test]

@@ -85,7 +85,7 @@ fn in_context_rows_over_the_window_are_dropped_and_counted() {
     let context = prompt.context(pool.examples.iter().take(4));
     let context_tokens = tokenizer.encode(&context).unwrap().len();
     let lengths: Vec<usize> =
-        sets[0].data.examples.iter().map(|e| prompt.encode(&tokenizer, &context, e).unwrap().len()).collect();
+        sets[0].data.examples.iter().map(|e| prompt.encode_icl(&tokenizer, &context, e).unwrap().len()).collect();
     let limit = lengths.iter().copied().min().unwrap();
     let expected_dropped = lengths.iter().filter(|&&n| n > limit).count();
     assert!(expected_dropped > 0 && limit > context_tokens);
