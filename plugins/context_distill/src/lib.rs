@@ -8,7 +8,11 @@
 //! or all of it) reading q(x) alone. The loss is the forward
 //! KL(p_teacher(· | C, q(x)) ‖ p_student(· | q(x))) at the answer position, over the full
 //! vocabulary (top-m buckets, see `targets.rs`) or the verbalizer, at temperature τ and scaled
-//! by τ², plus an optional λ·CE on inputs whose label is known.
+//! by τ², plus an optional λ·CE on inputs whose label is known. With `target = "hard"` the
+//! loss is instead the cross-entropy against the teacher's answer, its most probable label word
+//! — sequence-level distillation (Kim & Rush, 2016, <https://arxiv.org/abs/1606.07947>) of a
+//! one-token answer, as Snell et al. train on the teacher's own generations; the KL is still
+//! logged. (A teacher continuation of several tokens as the target is not implemented.)
 //!
 //! Efficiency is part of the method: `prepare` computes every teacher distribution once, in
 //! batches, before any step — so the teacher stays the pretrained model even when base weights
@@ -38,6 +42,16 @@ pub enum KlOver {
     Verbalizer,
 }
 
+/// What the student learns from the teacher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The teacher's distribution (the KL of `kl`).
+    Soft,
+    /// The teacher's answer: cross-entropy against its most probable label word.
+    Hard,
+}
+
 /// Which inputs x the student is trained on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +79,9 @@ pub struct Config {
     pub temperature: f64,
     /// KL over the full vocabulary (`"vocab"`, default) or the verbalizer tokens (`"verbalizer"`).
     pub kl: KlOver,
+    /// Learn the teacher's distribution (`"soft"`, default) or its answer (`"hard"`: the
+    /// cross-entropy against its most probable label word).
+    pub target: Target,
     /// Tokens the cached full-vocabulary target keeps (default 64), the rest merged into one
     /// bucket; exact when ≥ the vocabulary. Bounds the cache at m ids and probabilities per input.
     pub top_m: usize,
@@ -89,6 +106,7 @@ impl Default for Config {
             resample: true,
             temperature: 1.0,
             kl: KlOver::Vocab,
+            target: Target::Soft,
             top_m: 64,
             ce_weight: 0.0,
             inputs: Source::Unlabelled,
@@ -206,8 +224,7 @@ impl Method for ContextDistill {
             &student,
             &targets,
             &verbalizer,
-            self.config.temperature,
-            self.config.ce_weight,
+            (self.config.temperature, self.config.ce_weight, self.config.target),
             batch.label_token_ids()?,
             batch.labels()?,
         );

@@ -9,6 +9,8 @@
 
 use ftlab_sdk::prelude::*;
 
+use crate::Target;
+
 /// The teacher's cached distributions for N inputs, on the run's device.
 #[derive(Debug)]
 pub struct Targets {
@@ -113,8 +115,7 @@ pub fn distill_loss(
     student: &Tensor,
     targets: &Targets,
     verbalizer: &Tensor,
-    tau: f64,
-    ce_weight: f64,
+    (tau, ce_weight, target): (f64, f64, Target),
     gold: &Tensor,
     labels: &Tensor,
 ) -> LossParts {
@@ -125,7 +126,13 @@ pub fn distill_loss(
         None => kl_rows(&targets.verbalizer, &scaled.index_select(1, verbalizer).log_softmax(1, Kind::Float)),
     }
     .mean(Kind::Float);
-    let mut loss = &kl * (tau * tau);
+    let mut loss = match target {
+        Target::Soft => &kl * (tau * tau),
+        // The teacher's answer: its most probable label word, over the full vocabulary.
+        Target::Hard => {
+            student.cross_entropy_for_logits(&verbalizer.index_select(0, &targets.verbalizer.argmax(1, false)))
+        }
+    };
     let known = labels.ge(0).nonzero().squeeze_dim(1); // rows with a label
     if ce_weight > 0.0 && known.size()[0] > 0 {
         let ce = student.index_select(0, &known).cross_entropy_for_logits(&gold.index_select(0, &known));
@@ -168,7 +175,9 @@ mod tests {
         let student = t(&student.repeat(labels.len()), &[rows, 4]);
         let target = target(tau).rows(&Tensor::zeros([rows], (Kind::Int64, tch::Device::Cpu)));
         let gold = Tensor::zeros([rows], (Kind::Int64, tch::Device::Cpu)); // token 0
-        distill_loss(&student, &target, &ids(&[1, 3]), tau, ce_weight, &gold, &ids(labels)).loss.double_value(&[])
+        distill_loss(&student, &target, &ids(&[1, 3]), (tau, ce_weight, Target::Soft), &gold, &ids(labels))
+            .loss
+            .double_value(&[])
     }
 
     fn close(a: f64, b: f64) {
@@ -230,9 +239,20 @@ mod tests {
         // (3, 1)/4 = (.75, .25) over them. KL = .8 ln(.8/.75) + .2 ln(.2/.25) = 0.0070021.
         let teacher = Targets { verbalizer: t(&[0.8, 0.2], &[1, 2]), top: None };
         let student = t(&[0.0, 3f64.ln(), 5.0, 0.0], &[1, 4]);
-        let parts = distill_loss(&student, &teacher, &ids(&[1, 3]), 1.0, 0.0, &ids(&[0]), &ids(&[-1]));
+        let parts = distill_loss(&student, &teacher, &ids(&[1, 3]), (1.0, 0.0, Target::Soft), &ids(&[0]), &ids(&[-1]));
         close(parts.loss.double_value(&[]), 0.8 * (0.8f64 / 0.75).ln() + 0.2 * (0.2f64 / 0.25).ln());
         close(parts.loss.double_value(&[]), 0.007_002_1);
+    }
+
+    #[test]
+    fn hard_targets_are_the_cross_entropy_of_the_teachers_answer() {
+        // Teacher (.3, .7) over verbalizer tokens {1, 3}: its answer is token 3. Student logits
+        // (0, ln 3, 5, 0): CE = logsumexp - 0 = ln(1 + 3 + e^5 + 1). The KL is still reported.
+        let teacher = Targets { verbalizer: t(&[0.3, 0.7], &[1, 2]), top: None };
+        let student = t(&[0.0, 3f64.ln(), 5.0, 0.0], &[1, 4]);
+        let parts = distill_loss(&student, &teacher, &ids(&[1, 3]), (1.0, 0.0, Target::Hard), &ids(&[0]), &ids(&[-1]));
+        close(parts.loss.double_value(&[]), (5.0 + 5f64.exp()).ln());
+        close(parts.kl, 0.3 * (0.3f64 / 0.75).ln() + 0.7 * (0.7f64 / 0.25).ln());
     }
 
     /// Exact KL(softmax(a/τ) ‖ softmax(b/τ)) per row.
@@ -275,7 +295,7 @@ mod tests {
         let target = Targets::from_teacher_logits(&teacher, 1.0, Some(2), &ids(&[1, 3]));
         // A student whose distribution equals the teacher's has zero bucketed KL and gradient.
         let student = teacher.copy().set_requires_grad(true);
-        let parts = distill_loss(&student, &target, &ids(&[1, 3]), 1.0, 0.0, &ids(&[0]), &ids(&[-1]));
+        let parts = distill_loss(&student, &target, &ids(&[1, 3]), (1.0, 0.0, Target::Soft), &ids(&[0]), &ids(&[-1]));
         parts.loss.backward();
         assert!(parts.kl.abs() < 1e-6);
         assert!(f64::try_from(student.grad().abs().max()).unwrap() < 1e-6);
