@@ -370,15 +370,17 @@ fn unlabelled_inputs_can_come_from_a_users_file() {
     assert!(stderr.contains("inputs.tsv") && stderr.contains("hypo"), "{stderr}");
 }
 
-/// Distillation through adapters: with LoRA or BitFit only the adapter's weights (or the biases)
-/// train, and the KL to the teacher still falls.
+/// Distillation through adapters: with LoRA, BitFit or prompt tuning only the adapter's weights
+/// (the biases, the soft prompt) train, and the KL to the teacher still falls.
 #[test]
-fn distils_through_lora_and_bitfit() {
-    for (adapter, most) in [("lora", 20_000), ("bitfit", 10_000)] {
+fn distils_through_adapters() {
+    // A soft prompt (1,280 values) learns at prompt tuning's usual rate: a context distilled into it.
+    for (adapter, most, lr) in [("lora", 20_000, "1e-2"), ("bitfit", 10_000, "1e-2"), ("prompt_tuning", 2_000, "3e-1")]
+    {
         let out = tempfile::tempdir().unwrap();
         let result = Command::new(env!("CARGO_BIN_EXE_ftlab"))
             .args(["run", "--plugin", "context_distill", "--adapter", adapter, "--shots", "16", "--json"])
-            .args(["--set", "train.epochs=4", "--set", "train.lr=1e-2", "--set", "train.unlabelled=64"])
+            .args(["--set", "train.epochs=4", "--set", &format!("train.lr={lr}"), "--set", "train.unlabelled=64"])
             .args(["--set", "eval.max_examples=20", "--set", "eval.icl_reference=false", "--out"])
             .arg(out.path())
             .env("HF_HUB_OFFLINE", "1")

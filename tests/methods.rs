@@ -27,7 +27,7 @@ mod common;
 use common::serial;
 
 fn registry() -> Registry {
-    common::registry(&["vanilla_ft", "pbft", "icl", "bitfit", "lora", "ia3"])
+    common::registry(&["vanilla_ft", "pbft", "icl", "bitfit", "lora", "ia3", "prompt_tuning"])
 }
 
 /// One padded batch and its rendered queries.
@@ -195,6 +195,30 @@ fn pbft_learns_with_lora() {
 #[test]
 fn pbft_learns_with_ia3() {
     learns("pbft", Some("ia3"), 1e-1, 100);
+}
+
+/// Prompt tuning trains only its soft prompt, and the loss falls. No accuracy bound: a soft
+/// prompt can only steer behaviour the model already has, and the random embedded model has no
+/// input-dependent behaviour to steer (its loss plateaus once the label words are balanced), as
+/// Lester et al. find prompt tuning weak below billions of parameters.
+#[test]
+fn prompt_tuning_trains_only_the_prompt() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    let before = toy.snapshot();
+    let tuning = spec("prompt_tuning", json!({ "tokens": 8 }));
+    let mut run = toy.run(MethodSpec::named("pbft"), std::slice::from_ref(&tuning));
+    let trainable = run.trainable();
+    assert_eq!(trainable.len(), 1);
+    assert_eq!(trainable[0].1.size(), [8, 64]);
+    let start = trainable[0].1.copy();
+    let losses = train(&mut run, &toy, 20, 3e-1);
+    common::numerics("methods.pbft+prompt_tuning.loss_fraction", losses[19] / losses[0], "<0.97");
+    assert!(losses[19] < 0.97 * losses[0], "the loss should fall: {losses:?}");
+    assert!(!run.trainable()[0].1.equal(&start), "the prompt should move");
+    for (name, old) in &before {
+        assert!(toy.model.vs.variables()[name].equal(old), "{name} changed under prompt tuning");
+    }
 }
 
 /// (IA)³ trains only its vectors (all ones at first, so the model starts as the base one), and

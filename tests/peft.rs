@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ftlab_core::methods::export::{adapter_spec, merge_adapter_dir, AdapterFiles, CONFIG_FILE, WEIGHTS_FILE};
+use ftlab_core::methods::hooks::AdapterHooks;
 use ftlab_core::methods::host::HostState;
 use ftlab_core::methods::{load_adapters, MethodRun, MethodSpec};
-use ftlab_core::model::{ForwardInput, LoadOptions, Model, Site};
+use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model, Site};
 use ftlab_sdk::TaskInfo;
 use tch::{Kind, Tensor};
 
@@ -25,7 +26,7 @@ mod common;
 const TOLERANCE: f64 = 1e-4;
 
 /// The plugins whose adapters PEFT writes.
-const PEFT_PLUGINS: &[&str] = &["lora", "ia3"];
+const PEFT_PLUGINS: &[&str] = &["lora", "ia3", "prompt_tuning"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
@@ -135,6 +136,44 @@ fn peft_ia3_adapter_matches_peft_both_ways() {
     }
 }
 
+/// Prompt tuning as PEFT runs it: PEFT's soft prompt (random, and initialised from a text)
+/// prepended by the plugin's embeddings hook gives PEFT's logits at every position, virtual
+/// tokens included; the plugin's own text initialisation is PEFT's, and its export is PEFT's file.
+#[test]
+fn peft_prompt_tuning_matches_peft_both_ways() {
+    let registry = common::registry(PEFT_PLUGINS);
+    for name in ["prompt-tuning", "prompt-text"] {
+        let model = load("opt-pre-ln");
+        let dir = fixture(&format!("peft/{name}"));
+        let files = AdapterFiles::load(&dir).unwrap();
+        let spec = adapter_spec(&registry, &files, &dir).unwrap();
+        let task = TaskInfo { name: String::new(), label_words: vec![], label_token_ids: vec![] };
+        let mut adapters = load_adapters(&model, &registry, &[spec], &mut HostState::new(task, 0)).unwrap();
+        if name == "prompt-text" {
+            // Built from the same config, before PEFT's file is read: the same initial prompt.
+            let ours = adapters[0].export().unwrap().unwrap();
+            assert_same_as_peft(ours, "opt-pre-ln", name);
+        }
+        adapters[0].import(files).unwrap();
+        let [ids, mask, expected] = reference(name);
+        let virtual_tokens = expected.size()[1] - ids.size()[1];
+        let hooks = AdapterHooks { adapters: &adapters };
+        let input = ForwardInput {
+            input_ids: Some(&ids),
+            attention_mask: Some(&mask),
+            logits: LogitsAt::All,
+            hooks: Some(&hooks as _),
+            ..Default::default()
+        };
+        let ours = tch::no_grad(|| model.net.forward(input)).unwrap().logits.unwrap();
+        assert_eq!(ours.size(), expected.size(), "{name}: logits over the virtual tokens too");
+        let full_mask = Tensor::cat(&[Tensor::ones([2, virtual_tokens], (Kind::Int64, tch::Device::Cpu)), mask], 1);
+        let err = relative_error(&ours, &expected, &full_mask);
+        eprintln!("numerics: peft.relative_error {err:e} <{TOLERANCE:e}");
+        assert!(err < TOLERANCE, "{name}: logits vs PEFT's: relative error {err}");
+    }
+}
+
 /// The fixture model `base`.
 fn load(base: &str) -> Model {
     Model::load(fixture(base).to_str().unwrap(), LoadOptions::default()).unwrap()
@@ -168,7 +207,9 @@ fn assert_same_as_peft(ours: AdapterFiles, base: &str, name: &str) -> AdapterFil
             "target_modules" | "feedforward_modules" => {
                 assert_eq!(sorted(value), sorted(&peft.config[key]), "{name}: {key}")
             }
-            "base_model_name_or_path" => assert!(value.as_str().unwrap().ends_with(base), "{name}: {value}"),
+            "base_model_name_or_path" | "tokenizer_name_or_path" if value.is_string() => {
+                assert!(value.as_str().unwrap().ends_with(base), "{name}: {key} = {value}")
+            }
             _ => assert_eq!(value, &peft.config[key], "{name}: adapter_config.json key `{key}`: ours vs PEFT's"),
         }
     }

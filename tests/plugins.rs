@@ -316,3 +316,28 @@ fn libraries_that_crash_when_loaded_are_refused_and_the_host_goes_on() {
     let stderr = String::from_utf8_lossy(&install.stderr);
     assert!(install.status.code() == Some(1) && stderr.contains("SIGABRT"), "{stderr}");
 }
+
+/// Every built-in method has the standard properties `ftlab plugins check` verifies (loss falls,
+/// frozen parameters untouched, export → import and merge exact), and the command reports them.
+#[test]
+fn every_built_in_method_passes_the_standard_checks() {
+    let _serial = common::serial();
+    let built_in = ["pbft", "vanilla_ft", "icl", "context_distill", "bitfit", "lora", "ia3", "prompt_tuning"];
+    let registry = common::registry(&built_in);
+    let mut applicable = 0;
+    for name in built_in {
+        // A soft prompt learns at prompt tuning's usual rate.
+        let lr = if name == "prompt_tuning" { 3e-1 } else { 1e-2 };
+        let options = ftlab_core::methods::check::CheckOptions { lr, ..Default::default() };
+        let checks = ftlab_core::methods::check::check_method(&registry, name, &options).unwrap();
+        for check in &checks {
+            eprintln!("{name}: {} — {:?}: {}", check.property, check.passed, check.detail);
+            assert_ne!(check.passed, Some(false), "{name}: {} — {}", check.property, check.detail);
+            applicable += usize::from(check.passed.is_some());
+        }
+    }
+    assert!(applicable >= 20, "{applicable} checks applied");
+    let out = ftlab(&["plugins", "check", "lora"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.matches("pass").count() == 4, "{stdout}");
+}

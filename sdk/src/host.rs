@@ -199,6 +199,9 @@ pub struct ModelInfo {
     pub vocab_size: i64,
     /// Decoder layers.
     pub num_hidden_layers: i64,
+    /// Attention heads per layer.
+    #[serde(default)]
+    pub num_attention_heads: i64,
     /// MLP width.
     pub ffn_dim: i64,
     /// Longest sequence.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
+use ftlab_core::methods::check::{check_method, CheckOptions};
 use ftlab_registry::{Registry, RegistryError};
 use ftlab_sdk::Role;
 use serde::Serialize;
@@ -23,6 +24,23 @@ pub enum PluginsCommand {
         /// Method name.
         name: String,
         /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the properties every method must have, on the embedded model and task: the training
+    /// loss falls; base parameters it does not train stay bit-identical; an adapter's export,
+    /// imported into a fresh run, gives the same logits; a mergeable adapter's merged logits
+    /// equal its hooked ones (adapters run under `pbft`). Exit code 1 when one fails.
+    Check {
+        /// Method name.
+        name: String,
+        /// Epochs of training (batches of 8 of 32 examples).
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Constant learning rate (prompt tuning wants ~0.3).
+        #[arg(long, default_value_t = 1e-2)]
+        lr: f64,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -78,6 +96,7 @@ pub fn run(command: PluginsCommand) -> anyhow::Result<ExitCode> {
             ftlab_registry::probe::print_verdicts(&paths).map_err(crate::StdoutError)?;
             Ok(ExitCode::SUCCESS)
         }
+        PluginsCommand::Check { name, epochs, lr, json } => check(&name, epochs, lr, json),
         PluginsCommand::Install { path } => install(&path),
         PluginsCommand::New { name, role, dir, sdk } => new(&name, role, &dir, sdk),
     }
@@ -124,6 +143,25 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
         outln!("{name:<20} {role:<10} {version:<8} {status:<8} {}{reason}", r.library.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn check(name: &str, epochs: usize, lr: f64, json: bool) -> anyhow::Result<ExitCode> {
+    let options = CheckOptions { epochs, lr, ..CheckOptions::default() };
+    let checks = check_method(&Registry::discover(), name, &options)?;
+    let failed = checks.iter().any(|c| c.passed == Some(false));
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            let verdict = match c.passed {
+                Some(true) => "pass",
+                Some(false) => "FAIL",
+                None => "n/a",
+            };
+            outln!("{verdict:<5} {:<46} {}", c.property, c.detail);
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn role_name(role: Role) -> &'static str {

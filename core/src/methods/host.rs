@@ -254,6 +254,7 @@ fn info(model: &Model) -> ModelInfo {
         word_embed_proj_dim: c.word_embed_proj_dim,
         vocab_size: c.vocab_size,
         num_hidden_layers: c.num_hidden_layers,
+        num_attention_heads: c.num_attention_heads,
         ffn_dim: c.ffn_dim,
         max_position_embeddings: c.max_position_embeddings,
         pad_token_id: c.pad_token_id,

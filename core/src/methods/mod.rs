@@ -4,6 +4,7 @@
 //! This is the only place the core meets the plugin ABI. Built-in methods come through here
 //! exactly like third-party ones (shared/DESIGN.md §2).
 
+pub mod check;
 pub mod export;
 pub mod hooks;
 pub mod host;
