@@ -6,6 +6,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use ftlab_core::bench::memory::TrainingCost;
 use ftlab_core::bench::{self, reference::Reference, Shape, Throughput};
 use ftlab_core::methods::hooks::AdapterHooks;
 use ftlab_core::methods::{load_adapters, HostState, MethodSpec};
@@ -28,6 +29,12 @@ pub enum BenchCommand {
     /// parameter trainable, with BitFit and with LoRA, each in a fresh process so each peak is
     /// its own. Target: BitFit and LoRA at most 0.5× full fine-tuning.
     Memory(MemoryBench),
+    /// The method-comparison table: for full fine-tuning and every installed adapter (under
+    /// pbft), each in a fresh process on an OPT shape (random weights): training tokens/s, peak
+    /// memory, trainable parameters, optimizer-state bytes and exported adapter size, with
+    /// ratios to full fine-tuning. Targets: PEFT-style adapters ≤ 0.5× full's peak memory and
+    /// ≥ 1.2× its tokens/s.
+    Methods(MethodsBench),
     /// In-context learning with a shared context: the `icl` method scoring queries after a
     /// 16-shot context whose keys/values are computed once, vs re-encoding the context with
     /// every query. Target: ≥ 8× faster.
@@ -109,6 +116,21 @@ pub struct MemoryBench {
 }
 
 #[derive(Debug, Args)]
+pub struct MethodsBench {
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Optimizer steps per method (the first is a warm-up, untimed).
+    #[arg(long, default_value_t = 4)]
+    steps: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Measure one method in this process; used by the parent invocation.
+    #[arg(long, hide = true)]
+    child: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct IclBench {
     #[command(flatten)]
     shape: ShapeArgs,
@@ -155,6 +177,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Model(args) => model(args),
         BenchCommand::Hooks(args) => hooks(args),
         BenchCommand::Memory(args) => memory(args),
+        BenchCommand::Methods(args) => methods(args),
         BenchCommand::Icl(args) => icl(args),
         BenchCommand::Protocol(args) => protocol(args),
         BenchCommand::Distill(args) => distill(args),
@@ -273,24 +296,13 @@ const MEMORY_CONFIGURATIONS: [&str; 3] = ["full", "bitfit", "lora"];
 
 fn memory(args: MemoryBench) -> anyhow::Result<()> {
     let shape = args.shape.shape();
-    if let Some(adapter) = &args.child {
-        let adapters: Vec<MethodSpec> = if adapter == "full" { vec![] } else { vec![MethodSpec::named(adapter)] };
-        let peak = bench::memory::training_peak(&shape, &MethodSpec::named("pbft"), &adapters, args.steps)?;
-        outln!("{}", bench::memory::child_reply(peak));
-        return Ok(());
+    if let Some(configuration) = &args.child {
+        return print_child_cost(&shape, configuration, args.steps);
     }
-    let exe = std::env::current_exe().context("locating the ftlab binary")?;
     let mut peaks = Vec::new();
-    for adapter in MEMORY_CONFIGURATIONS {
-        eprintln!("measuring {adapter} …");
-        let mut child = Command::new(&exe);
-        child.args(["bench", "memory", "--child", adapter, "--steps", &args.steps.to_string()]);
-        child.args(["--batch", &shape.batch.to_string(), "--seq", &shape.seq.to_string()]);
-        child.args(["--threads", &shape.threads.to_string()]);
-        if let Some(config) = &shape.config {
-            child.arg("--config").arg(config);
-        }
-        peaks.push((adapter, bench::memory::in_child(child, adapter)? as f64));
+    for configuration in MEMORY_CONFIGURATIONS {
+        let cost = cost_in_child("memory", configuration, &args.shape, args.steps)?;
+        peaks.push((configuration, cost.peak_rss_bytes as f64));
     }
     let full = peaks[0].1;
     outln!("| training | peak RSS | × full |");
@@ -300,6 +312,110 @@ fn memory(args: MemoryBench) -> anyhow::Result<()> {
     }
     outln!(
         "(batch {} × {} tokens, {} steps, target: bitfit and lora ≤ 0.50 × full)",
+        shape.batch,
+        shape.seq,
+        args.steps
+    );
+    Ok(())
+}
+
+/// A configuration of `bench memory` and `bench methods`: `full` (pbft, every parameter
+/// trains), another objective's name (every parameter), or an adapter's (under pbft).
+fn configuration(name: &str) -> (MethodSpec, Vec<MethodSpec>) {
+    let registry = ftlab_registry::Registry::discover();
+    let role = registry.methods().find(|m| m.name == name).map(|m| m.role);
+    match role {
+        Some(ftlab_sdk::Role::Adapter) => (MethodSpec::named("pbft"), vec![MethodSpec::named(name)]),
+        Some(ftlab_sdk::Role::Objective) => (MethodSpec::named(name), vec![]),
+        None => (MethodSpec::named("pbft"), vec![]),
+    }
+}
+
+/// The child side: measures `configuration` in this process and prints its cost as JSON.
+fn print_child_cost(shape: &Shape, name: &str, steps: usize) -> anyhow::Result<()> {
+    let (objective, adapters) = configuration(name);
+    let cost = bench::memory::training_cost(shape, &objective, &adapters, steps)?;
+    outln!("{}", serde_json::to_string(&cost)?);
+    Ok(())
+}
+
+/// Measures `configuration` in a fresh `ftlab bench SUBCOMMAND --child` process (so its peak
+/// memory is its own).
+fn cost_in_child(
+    subcommand: &str,
+    configuration: &str,
+    shape: &ShapeArgs,
+    steps: usize,
+) -> anyhow::Result<TrainingCost> {
+    eprintln!("measuring {configuration} …");
+    let exe = std::env::current_exe().context("locating the ftlab binary")?;
+    let mut child = Command::new(&exe);
+    child.args(["bench", subcommand, "--child", configuration, "--steps", &steps.to_string()]);
+    child.args(["--batch", &shape.batch.to_string(), "--seq", &shape.seq.to_string()]);
+    child.args(["--threads", &shape.threads.to_string()]);
+    if let Some(config) = &shape.config {
+        child.arg("--config").arg(config);
+    }
+    Ok(bench::memory::in_child(child, configuration)?)
+}
+
+/// The objectives that train on labelled batches alone (context distillation's costs are
+/// `bench distill`'s) beside full fine-tuning with pbft.
+const FULL_OBJECTIVES: [&str; 1] = ["vanilla_ft"];
+
+fn methods(args: MethodsBench) -> anyhow::Result<()> {
+    let shape = args.shape.shape();
+    if let Some(configuration) = &args.child {
+        return print_child_cost(&shape, configuration, args.steps);
+    }
+    let registry = ftlab_registry::Registry::discover();
+    let mut adapters: Vec<String> =
+        registry.methods().filter(|m| m.role == ftlab_sdk::Role::Adapter).map(|m| m.name.clone()).collect();
+    adapters.sort();
+    let names: Vec<String> = ["full"].iter().chain(&FULL_OBJECTIVES).map(|s| s.to_string()).chain(adapters).collect();
+    let mut rows = Vec::new();
+    for name in &names {
+        match cost_in_child("methods", name, &args.shape, args.steps) {
+            Ok(cost) => rows.push((name.clone(), cost)),
+            Err(e) => eprintln!("{name}: not measured: {e:#}"),
+        }
+    }
+    if args.json {
+        let rows: Vec<_> = rows.iter().map(|(name, cost)| json!({ "method": name, "cost": cost })).collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({ "batch": shape.batch, "seq": shape.seq, "steps": args.steps, "rows": rows })
+            )?
+        );
+        return Ok(());
+    }
+    let full =
+        rows.iter().find(|(n, _)| n == "full").map(|(_, c)| c.clone()).context("full fine-tuning was not measured")?;
+    outln!("| method | tokens/s | × full | peak RSS | × full | trainable | optimizer state | × full | adapter file |");
+    outln!("|---|---|---|---|---|---|---|---|---|");
+    for (name, c) in &rows {
+        let label = if name == "full" {
+            "full (pbft)".to_string()
+        } else if FULL_OBJECTIVES.contains(&name.as_str()) {
+            format!("{name} (full)")
+        } else {
+            format!("pbft + {name}")
+        };
+        outln!(
+            "| {label} | {:.0} | {:.2} | {:.2} GB | {:.2} | {} | {:.1} MB | {:.3} | {} |",
+            c.tokens_per_s,
+            c.tokens_per_s / full.tokens_per_s,
+            c.peak_rss_bytes as f64 / 1e9,
+            c.peak_rss_bytes as f64 / full.peak_rss_bytes as f64,
+            c.trainable_parameters,
+            c.optimizer_state_bytes as f64 / 1e6,
+            c.optimizer_state_bytes as f64 / full.optimizer_state_bytes as f64,
+            if c.adapter_bytes > 0 { format!("{:.1} KB", c.adapter_bytes as f64 / 1e3) } else { "-".into() },
+        );
+    }
+    outln!(
+        "(batch {} × {} tokens, {} steps; targets: PEFT-style adapters ≤ 0.50 × full's peak and ≥ 1.2 × its tokens/s)",
         shape.batch,
         shape.seq,
         args.steps

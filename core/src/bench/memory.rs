@@ -1,10 +1,12 @@
-//! Peak memory of training: a few optimizer steps on random tokens with an objective and
-//! adapters. A process's peak only grows, so each configuration is measured in its own process:
-//! the parent runs [`in_child`] per configuration, each child runs [`training_peak`] and prints
-//! [`child_reply`].
+//! The cost of training with a method: a few optimizer steps on random tokens with an objective
+//! and adapters — tokens/s, peak memory, trainable parameters, optimizer state, exported adapter
+//! size. A process's peak only grows, so each configuration is measured in its own process: the
+//! parent runs [`in_child`] per configuration, each child runs [`training_cost`] and prints it
+//! as JSON.
 
 use std::process::Command;
 
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::{random_model, Shape};
@@ -12,9 +14,29 @@ use crate::error::{Error, Result};
 use crate::methods::{MethodRun, MethodSpec};
 use crate::run::optim::AdamW;
 
+/// What training with a configuration costs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingCost {
+    /// Peak resident memory of the process.
+    pub peak_rss_bytes: u64,
+    /// Training tokens per second over the steps after the first (a warm-up).
+    pub tokens_per_s: f64,
+    /// Trainable scalars.
+    pub trainable_parameters: i64,
+    /// AdamW's two moments for them.
+    pub optimizer_state_bytes: i64,
+    /// The exported adapter's files (0 when nothing exports).
+    pub adapter_bytes: u64,
+}
+
 /// Trains `steps` steps of `objective` with `adapters` (none: every parameter) on random
-/// tokens with random yes/no answers, and returns this process's peak resident memory.
-pub fn training_peak(shape: &Shape, objective: &MethodSpec, adapters: &[MethodSpec], steps: usize) -> Result<u64> {
+/// tokens with random yes/no answers, and measures the cost.
+pub fn training_cost(
+    shape: &Shape,
+    objective: &MethodSpec,
+    adapters: &[MethodSpec],
+    steps: usize,
+) -> Result<TrainingCost> {
     let (_, config) = shape.load()?;
     let model = random_model(&config, Device::Cpu)?;
     let registry = ftlab_registry::Registry::discover();
@@ -28,11 +50,17 @@ pub fn training_peak(shape: &Shape, objective: &MethodSpec, adapters: &[MethodSp
     };
     let mut run = MethodRun::new(&model, &registry, objective, adapters, task, 0)?;
     run.set_train(true)?;
-    let mut optimizer = AdamW::new(run.trainable(), &Default::default());
+    let trainable = run.trainable();
+    let trainable_parameters = trainable.iter().map(|(_, t)| t.numel() as i64).sum();
+    let optimizer_state_bytes =
+        trainable.iter().map(|(_, t)| 2 * (t.numel() * t.kind().elt_size_in_bytes()) as i64).sum();
+    let mut optimizer = AdamW::new(trainable, &Default::default());
     let input_ids = Tensor::randint_low(4, config.vocab_size, [shape.batch, shape.seq], (Kind::Int64, Device::Cpu));
     let labels = Tensor::randint(2, [shape.batch], (Kind::Int64, Device::Cpu));
     let gold = Tensor::from_slice(&ids).index_select(0, &labels);
-    for _ in 0..steps {
+    let mut timed = (0.0, 0);
+    for step in 0..steps.max(1) {
+        let start = std::time::Instant::now();
         let batch = ftlab_sdk::Tensors::new()
             .with("input_ids", input_ids.shallow_clone())
             .with("attention_mask", input_ids.ones_like())
@@ -43,25 +71,39 @@ pub fn training_peak(shape: &Shape, objective: &MethodSpec, adapters: &[MethodSp
         let (loss, _) = run.loss(batch)?;
         loss.backward();
         optimizer.step(1e-5)?;
+        if step > 0 || steps == 1 {
+            timed = (timed.0 + start.elapsed().as_secs_f64(), timed.1 + 1);
+        }
     }
-    crate::eval::resources::peak_rss_bytes()
-        .ok_or_else(|| Error::Measurement { what: "peak memory".into(), message: "this OS reports no peak RSS".into() })
+    let folder = std::env::temp_dir().join(format!("ftlab-bench-adapter-{}", std::process::id()));
+    let exported = run.export_adapters(&folder);
+    let adapter_bytes = (exported.iter().flatten())
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter_map(|f| f.metadata().ok().map(|m| m.len()))
+        .sum();
+    let _ = std::fs::remove_dir_all(&folder);
+    exported?;
+    let peak_rss_bytes = crate::eval::resources::peak_rss_bytes().ok_or_else(|| Error::Measurement {
+        what: "peak memory".into(),
+        message: "this OS reports no peak RSS".into(),
+    })?;
+    let tokens = (shape.batch * shape.seq) as f64 * timed.1 as f64;
+    Ok(TrainingCost {
+        peak_rss_bytes,
+        tokens_per_s: tokens / timed.0.max(1e-9),
+        trainable_parameters,
+        optimizer_state_bytes,
+        adapter_bytes,
+    })
 }
 
-/// The line a child prints on stdout for its parent.
-pub fn child_reply(peak_rss_bytes: u64) -> String {
-    serde_json::json!({ "peak_rss_bytes": peak_rss_bytes }).to_string()
-}
-
-/// Runs `child` (a command that measures one configuration and prints [`child_reply`]) and
-/// returns the peak it reports; `what` names the configuration in errors.
-pub fn in_child(mut child: Command, what: &str) -> Result<u64> {
+/// Runs `child` (a command that measures one configuration and prints its [`TrainingCost`] as
+/// JSON) and returns it; `what` names the configuration in errors.
+pub fn in_child(mut child: Command, what: &str) -> Result<TrainingCost> {
     let failed = |message: String| Error::Measurement { what: what.into(), message };
     let output = child.output().map_err(|e| failed(format!("starting the process: {e}")))?;
     if !output.status.success() {
         return Err(failed(String::from_utf8_lossy(&output.stderr).into_owned()));
     }
-    let reply: serde_json::Value =
-        serde_json::from_slice(&output.stdout).map_err(|e| failed(format!("reading its reply: {e}")))?;
-    reply["peak_rss_bytes"].as_u64().ok_or_else(|| failed(format!("no peak in its reply {reply}")))
+    serde_json::from_slice(&output.stdout).map_err(|e| failed(format!("reading its reply: {e}")))
 }
