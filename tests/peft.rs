@@ -81,25 +81,30 @@ fn peft_made_adapter_loads_and_merged_matches_peft() {
     check_merged_against_peft(&fixture("peft/from-peft"), "from-peft");
 }
 
-/// rsLoRA (`use_rslora`: scaling alpha/√r, here 8/2 instead of 8/4) as PEFT computes it.
+/// rsLoRA (`use_rslora`: scaling alpha/√r, here 8/2 instead of 8/4) as PEFT computes it, on
+/// both model shapes.
 #[test]
 fn peft_rslora_adapter_matches_peft() {
-    check_merged_against_peft(&fixture("peft/rslora"), "rslora");
+    for (base, name) in [("opt-pre-ln", "rslora"), ("opt-post-ln", "rslora-post-ln")] {
+        check_merged_against_peft_on(&load(base), &fixture(&format!("peft/{name}")), name);
+    }
 }
 
-/// `lora_bias`: B's bias, scaled with the update, as PEFT computes it.
+/// `lora_bias`: B's bias, scaled with the update, as PEFT computes it, on both model shapes.
 #[test]
 fn peft_lora_bias_adapter_matches_peft() {
-    check_merged_against_peft(&fixture("peft/lora-bias"), "lora-bias");
+    for (base, name) in [("opt-pre-ln", "lora-bias"), ("opt-post-ln", "lora-bias-post-ln")] {
+        check_merged_against_peft_on(&load(base), &fixture(&format!("peft/{name}")), name);
+    }
 }
 
-/// On the post-LN model with projections (opt-350m's shape): only layer 1 adapted
-/// (`layers_to_transform`), `v_proj` at rank 2 (`rank_pattern`) and `fc1` at alpha 3
+/// On the post-LN model with projections (opt-350m's shape) and the pre-LN one: only layer 1
+/// adapted (`layers_to_transform`), `v_proj` at rank 2 (`rank_pattern`) and `fc1` at alpha 3
 /// (`alpha_pattern`), as PEFT computes it; and exported back with the same settings.
 #[test]
 fn peft_layer_and_pattern_options_match_peft() {
-    let model = Model::load(fixture("opt-post-ln").to_str().unwrap(), LoadOptions::default()).unwrap();
-    check_merged_against_peft_on(&model, &fixture("peft/patterns"), "patterns");
+    check_merged_against_peft_on(&load("opt-pre-ln"), &fixture("peft/patterns-pre-ln"), "patterns-pre-ln");
+    check_merged_against_peft_on(&load("opt-post-ln"), &fixture("peft/patterns"), "patterns");
     let files = AdapterFiles::load(&fixture("peft/patterns")).unwrap();
     let config = common::registry(&["lora"]).config_from_export("lora", &files.config.to_string()).unwrap();
     assert_eq!(config["layers"], serde_json::json!([1]));
