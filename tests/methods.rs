@@ -27,7 +27,7 @@ mod common;
 use common::serial;
 
 fn registry() -> Registry {
-    common::registry(&["vanilla_ft", "pbft", "icl", "bitfit", "lora", "ia3", "prompt_tuning"])
+    common::registry(&["vanilla_ft", "pbft", "icl", "bitfit", "lora", "ia3", "prompt_tuning", "hft"])
 }
 
 /// One padded batch and its rendered queries.
@@ -219,6 +219,41 @@ fn prompt_tuning_trains_only_the_prompt() {
     for (name, old) in &before {
         assert!(toy.model.vs.variables()[name].equal(old), "{name} changed under prompt tuning");
     }
+}
+
+/// HFT trains, in every layer, exactly 2 attention projections, 1 MLP linear and 1 layer norm
+/// (weight and bias each), a different draw per layer and per seed; everything else stays
+/// bit-identical and gets no optimizer state; and it learns the task.
+#[test]
+fn hft_trains_half_of_each_layer() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    let before = toy.snapshot();
+    let names = |run: &MethodRun| run.trainable().into_iter().map(|(n, _)| n).collect::<Vec<String>>();
+    // Runs on one model set its trainability in turn: the run trained below comes last.
+    let other = names(&toy.run(MethodSpec::named("pbft"), &[spec("hft", json!({ "seed": 1 }))]));
+    let mut run = toy.run(MethodSpec::named("pbft"), &[MethodSpec::named("hft")]);
+    let trained = names(&run);
+    assert_eq!(trained.len(), 4 * (2 + 1 + 1) * 2, "{trained:?}");
+    assert_ne!(other, trained, "another seed draws other groups");
+    for layer in 0..4 {
+        let count = |groups: &[&str]| {
+            groups.iter().filter(|g| trained.contains(&format!("model.decoder.layers.{layer}.{g}.weight"))).count()
+        };
+        assert_eq!(count(&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj"]), 2);
+        assert_eq!(count(&["fc1", "fc2"]), 1);
+        assert_eq!(count(&["self_attn_layer_norm", "final_layer_norm"]), 1);
+    }
+    train(&mut run, &toy, 5, 1e-3);
+    for (name, old) in &before {
+        let moved = !toy.model.vs.variables()[name].equal(old);
+        assert_eq!(moved, trained.contains(name), "{name}: moved {moved}");
+    }
+}
+
+#[test]
+fn pbft_learns_with_hft() {
+    learns("pbft", Some("hft"), 1e-3, 30);
 }
 
 /// (IA)³ trains only its vectors (all ones at first, so the model starts as the base one), and

@@ -20,6 +20,7 @@ pub mod host;
 mod message;
 mod method;
 pub mod peft;
+pub mod rng;
 
 pub use abi::{Inputs, Role};
 pub use error::{Error, Result};
