@@ -390,6 +390,16 @@ fn distils_through_adapters() {
         let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
         let trainable = record["trainable_parameters"].as_i64().unwrap();
         assert!(trainable > 0 && trainable < most, "{adapter}: {trainable} trainable parameters");
+        // The record lists the exported adapter (LoRA and prompt tuning export; BitFit does not).
+        let run = out.path().join(record["name"].as_str().unwrap());
+        let exported = record["exported_adapters"].as_array().unwrap();
+        assert_eq!(exported.len(), usize::from(adapter != "bitfit"), "{adapter}: {exported:?}");
+        for entry in exported {
+            let folder = run.join(entry["folder"].as_str().unwrap());
+            let bytes: u64 = std::fs::read_dir(&folder).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum();
+            assert_eq!(entry["bytes"].as_u64(), Some(bytes), "{adapter}: {entry}");
+            assert!(bytes > 0);
+        }
         let metrics = std::fs::read_to_string(out.path().join(record["name"].as_str().unwrap()).join("metrics.jsonl"));
         let kl: Vec<f64> = (metrics.unwrap().lines().skip(1))
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())

@@ -12,7 +12,7 @@ use super::data::RunData;
 use super::optim::AdamW;
 use super::record::{sha256_of, RunDir};
 use super::train::{self, EpochMetrics, Progress};
-use super::{Headline, MethodProvenance, RunConfig, RunOptions, RunRecord, Timings};
+use super::{ExportedAdapter, Headline, MethodProvenance, RunConfig, RunOptions, RunRecord, Timings};
 use crate::data::dataset::EvalSet;
 use crate::device::Platform;
 use crate::error::{Error, Result};
@@ -61,7 +61,9 @@ pub(super) fn execute(
     if !session.train(&mut run, checkpoint, options.epochs_budget, record)? {
         return Ok(false);
     }
-    run.export_adapters(&dir.path)?;
+    for folder in run.export_adapters(&dir.path)? {
+        record.exported_adapters.push(ExportedAdapter::of(&dir.path, &folder)?);
+    }
     record.timings.total += start.elapsed().as_secs_f64();
     Ok(true)
 }

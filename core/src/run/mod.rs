@@ -56,6 +56,29 @@ pub struct MethodProvenance {
     pub sha256: String,
 }
 
+/// An adapter folder a run exported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedAdapter {
+    /// The folder, relative to the run folder (`adapter`, or `adapter-<name>` for several).
+    pub folder: std::path::PathBuf,
+    /// Bytes of its files (`adapter_config.json` and the weights).
+    pub bytes: u64,
+}
+
+impl ExportedAdapter {
+    /// `folder` (inside `run`) and the size of its files.
+    pub fn of(run: &std::path::Path, folder: &std::path::Path) -> Result<Self> {
+        let files = std::fs::read_dir(folder).map_err(Error::io(folder))?;
+        let mut bytes = 0;
+        for file in files {
+            let file = file.map_err(Error::io(folder))?;
+            bytes += file.metadata().map_err(Error::io(file.path()))?.len();
+        }
+        let relative = folder.strip_prefix(run).unwrap_or(folder).to_path_buf();
+        Ok(Self { folder: relative, bytes })
+    }
+}
+
 /// Headline numbers of one evaluation, for tables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Headline {
@@ -144,6 +167,9 @@ pub struct RunRecord {
     /// Whether the build had uncommitted changes to tracked files.
     #[serde(default)]
     pub git_dirty: bool,
+    /// The adapters the run exported (PEFT-format folders in the run folder), with their size.
+    #[serde(default)]
+    pub exported_adapters: Vec<ExportedAdapter>,
     /// ftlab's version.
     pub ftlab_version: String,
     /// Sampling facts.
@@ -186,6 +212,7 @@ impl RunRecord {
             methods: Vec::new(),
             git_revision: GIT_REVISION.into(),
             git_dirty: GIT_DIRTY,
+            exported_adapters: Vec::new(),
             ftlab_version: env!("CARGO_PKG_VERSION").into(),
             data: None,
             trainable_parameters: 0,
