@@ -329,7 +329,8 @@ fn every_built_in_method_passes_the_standard_checks() {
         // A soft prompt learns at prompt tuning's usual rate.
         let lr = if name == "prompt_tuning" { 3e-1 } else { 1e-2 };
         let options = ftlab_core::methods::check::CheckOptions { lr, ..Default::default() };
-        let checks = ftlab_core::methods::check::check_method(&registry, name, &options).unwrap();
+        let objective = MethodSpec::named("pbft");
+        let checks = ftlab_core::methods::check::check_method(&registry, name, &objective, &options).unwrap();
         for check in &checks {
             eprintln!("{name}: {} — {:?}: {}", check.property, check.passed, check.detail);
             assert_ne!(check.passed, Some(false), "{name}: {} — {}", check.property, check.detail);

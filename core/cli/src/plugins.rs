@@ -30,7 +30,8 @@ pub enum PluginsCommand {
     /// Check the properties every method must have, on the embedded model and task: the training
     /// loss falls; base parameters it does not train stay bit-identical; an adapter's export,
     /// imported into a fresh run, gives the same logits; a mergeable adapter's merged logits
-    /// equal its hooked ones (adapters run under `pbft`). Exit code 1 when one fails.
+    /// equal its hooked ones (adapters run under the default objective, `pbft`). Exit code 1
+    /// when one fails.
     Check {
         /// Method name.
         name: String,
@@ -147,7 +148,9 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
 
 fn check(name: &str, epochs: usize, lr: f64, json: bool) -> anyhow::Result<ExitCode> {
     let options = CheckOptions { epochs, lr, ..CheckOptions::default() };
-    let checks = check_method(&Registry::discover(), name, &options)?;
+    // An adapter is checked under the run's default objective.
+    let objective = crate::config::load(None, &[])?.method;
+    let checks = check_method(&Registry::discover(), name, &objective, &options)?;
     let failed = checks.iter().any(|c| c.passed == Some(false));
     if json {
         outln!("{}", serde_json::to_string_pretty(&checks)?);

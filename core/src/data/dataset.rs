@@ -106,20 +106,19 @@ impl Dataset {
     /// The examples at `positions`, in that order, as a new dataset named `name`.
     pub fn select(&self, name: impl Into<String>, positions: &[usize]) -> Self {
         let examples = positions.iter().filter_map(|&p| self.examples.get(p).cloned()).collect();
-        Self {
-            name: name.into(),
-            label_names: self.label_names.clone(),
-            examples,
-            unknown_labels: self.unknown_labels.clone(),
-            hub_files: self.hub_files.clone(),
-        }
+        self.with_examples(name.into(), examples)
     }
 
     /// The examples for which `keep` holds, as a new dataset named `name`.
     pub fn filtered(&self, name: impl Into<String>, keep: impl Fn(&Example) -> bool) -> Self {
         let examples = self.examples.iter().filter(|e| keep(e)).cloned().collect();
+        self.with_examples(name.into(), examples)
+    }
+
+    /// A subset of these rows: the labels, dropped-label counts and source files carry over.
+    fn with_examples(&self, name: String, examples: Vec<Example>) -> Self {
         Self {
-            name: name.into(),
+            name,
             label_names: self.label_names.clone(),
             examples,
             unknown_labels: self.unknown_labels.clone(),

@@ -2,7 +2,8 @@
 //! (`ftlab plugins check NAME`, and the same from a Rust test): the loss falls; base parameters
 //! the method does not train stay bit-identical; a mergeable adapter's merged logits equal its
 //! hooked ones; an exported adapter imported into a fresh run gives the same logits. An
-//! adapter is checked under the `pbft` objective, an objective with full fine-tuning. (That a
+//! adapter is checked under the objective the caller names (`ftlab` passes the run default), an
+//! objective with full fine-tuning. (That a
 //! panic inside any call becomes an error naming the method is the host's guarantee, tested
 //! once for every plugin with the `probe` fixture library.)
 
@@ -67,14 +68,20 @@ impl Check {
     }
 }
 
-/// Checks method `name` from `registry`: one row per property.
-pub fn check_method(registry: &Registry, name: &str, options: &CheckOptions) -> Result<Vec<Check>> {
+/// Checks method `name` from `registry`, an adapter under `adapter_objective`: one row per
+/// property.
+pub fn check_method(
+    registry: &Registry,
+    name: &str,
+    adapter_objective: &MethodSpec,
+    options: &CheckOptions,
+) -> Result<Vec<Check>> {
     let role = registry.methods().find(|m| m.name == name).map(|m| m.role);
     let role = role.ok_or_else(|| Error::Input(format!("no installed method `{name}` (see `ftlab plugins list`)")))?;
     let method = MethodSpec::named(name);
     let (objective, adapters) = match role {
         Role::Objective => (method, vec![]),
-        Role::Adapter => (MethodSpec::named("pbft"), vec![method]),
+        Role::Adapter => (adapter_objective.clone(), vec![method]),
     };
     let train = TrainConfig {
         batch_size: 8,

@@ -29,11 +29,13 @@ impl Default for Config {
     }
 }
 
-/// The context's text and token ids and, when cached, the id of its keys/values in the host.
+/// The context's text and token ids, when cached the id of its keys/values in the host, and
+/// the model's padding id (asked once, not per batch).
 struct Context {
     text: String,
     ids: Vec<i64>,
     cache: Option<u64>,
+    pad: i64,
 }
 
 /// Scores queries after a fixed context.
@@ -77,7 +79,8 @@ impl Method for Icl {
             let out = host.forward(&input, &input.ones_like(), &request)?;
             cache = Some(out.cache.ok_or_else(|| Error::msg("the host kept no keys/values"))?);
         }
-        self.context = Some(Context { text: text.into(), ids, cache });
+        let pad = host.model()?.pad_token_id;
+        self.context = Some(Context { text: text.into(), ids, cache, pad });
         Ok(())
     }
 
@@ -93,7 +96,7 @@ impl Method for Icl {
             .collect::<Result<Vec<_>>>()?;
         // Without a cache nothing is reused: every row runs whole.
         let split = after_context(if context.cache.is_some() { &context.ids } else { &[] }, rows);
-        let (ids, mask) = split.tensors(host.model()?.pad_token_id, device);
+        let (ids, mask) = split.tensors(context.pad, device);
         let request = ForwardRequest {
             logits: Logits::Last,
             grad: false,
