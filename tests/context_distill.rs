@@ -71,10 +71,8 @@ impl Toy {
     /// rows unlabelled (-1), as the runtime does for unlabelled inputs.
     fn batches(&self, data: &Dataset, hide_labels: bool) -> Vec<Tensors> {
         let encoded: Vec<EncodedExample> = (data.examples.iter().enumerate())
-            .map(|(position, e)| EncodedExample {
-                position,
-                ids: self.prompt.encode(&self.model.tokenizer, e).unwrap(),
-                label: e.label,
+            .map(|(position, e)| {
+                EncodedExample::query(position, self.prompt.encode(&self.model.tokenizer, e).unwrap(), e.label)
             })
             .collect();
         let order = BatchOrder::Shuffled { seed: 0 };

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use ftlab_core::data::batch::{self, BatchOrder};
+use ftlab_core::data::batch::{self, BatchOrder, EncodedExample};
 use ftlab_core::data::synthetic::SyntheticConfig;
 use ftlab_core::data::task::DataOptions;
 use ftlab_core::methods::export::{adapter_spec, merge_adapter_dir, AdapterFiles};
@@ -17,6 +17,7 @@ use ftlab_core::run::config::{Schedule, TrainConfig};
 use ftlab_core::run::data::{method_tensors, Queries, RunData};
 use ftlab_core::run::optim::AdamW;
 use ftlab_core::run::{train, RunConfig};
+use ftlab_core::tokenizer::Padding;
 use ftlab_registry::Registry;
 use ftlab_sdk::{TaskInfo, Tensors};
 use serde_json::json;
@@ -539,4 +540,63 @@ fn icl_with_the_cached_context_equals_icl_without_it() {
     let diff = max_diff(&scores[1], &reference);
     assert!(diff < 1e-5, "ICL logits differ from the model's on llmft's one-string encoding by {diff}");
     assert!(scores[0].abs().max().double_value(&[]) > 0.0);
+}
+
+/// The `lm` objective's loss is the mean next-token cross-entropy over exactly the target
+/// tokens — a document's every token after `</s>`, a prompt/response row's response (or, with
+/// `response_only = false`, its prompt too) — recomputed here in plain Rust from the model's
+/// own logits.
+#[test]
+fn lm_loss_is_next_token_cross_entropy_over_the_targets() {
+    let _guard = serial();
+    let model = Model::embedded(LoadOptions::default()).unwrap();
+    let tokenizer = &model.tokenizer;
+    let document = tokenizer.encode("The cat sat on the mat and the dog slept.").unwrap();
+    let prompt = tokenizer.encode("The doctor met the lawyer. The doctor paid the lawyer. ?").unwrap();
+    let response = [prompt.clone(), tokenizer.encode_plain(" No").unwrap()].concat();
+    let rows = [
+        EncodedExample { position: 0, target_start: 1, ids: document.clone(), label: 0 },
+        EncodedExample { position: 1, target_start: prompt.len(), ids: response.clone(), label: 0 },
+    ];
+    let batch = batch::collate(tokenizer, &rows, &[0, 1], &[], Padding::Right, Device::Cpu);
+    let tensors = || method_tensors(&batch, Queries { prompts: vec![], icl: vec![] }, false);
+    let input = ForwardInput {
+        input_ids: Some(&batch.input_ids),
+        attention_mask: Some(&batch.attention_mask),
+        logits: LogitsAt::All,
+        ..Default::default()
+    };
+    let logits = tch::no_grad(|| model.net.forward(input)).unwrap().logits.unwrap();
+    let log_probs = logits.log_softmax(-1, tch::Kind::Double);
+    // -log p(ids[t] | ids[<t]) read off position t - 1.
+    let nll = |row: usize, ids: &[i64], t: usize| -log_probs.double_value(&[row as i64, t as i64 - 1, ids[t]]);
+    let mean = |terms: Vec<f64>| terms.iter().sum::<f64>() / terms.len() as f64;
+    let doc_terms: Vec<f64> = (1..document.len()).map(|t| nll(0, &document, t)).collect();
+    for (response_only, first) in [(true, prompt.len()), (false, 1)] {
+        let mut run = MethodRun::new(
+            &model,
+            &common::registry(&["lm"]),
+            &spec("lm", json!({ "response_only": response_only })),
+            &[],
+            TaskInfo { name: "text".into(), label_words: vec![], label_token_ids: vec![] },
+            0,
+        )
+        .unwrap();
+        run.set_train(false).unwrap();
+        let (loss, metrics) = run.loss(tensors()).unwrap();
+        let response_terms: Vec<f64> = (first..response.len()).map(|t| nll(1, &response, t)).collect();
+        let expected = mean([doc_terms.clone(), response_terms].concat());
+        let loss = loss.double_value(&[]);
+        assert!((loss - expected).abs() < 1e-4, "response_only={response_only}: {loss} vs {expected}");
+        assert_eq!(metrics[0].0, "perplexity");
+        assert!((metrics[0].1 - loss.exp()).abs() < 1e-6 * loss.exp());
+        // Predictions are the logits at every position (the run scores perplexity from them).
+        assert_eq!(run.predict(tensors()).unwrap().size(), logits.size());
+    }
+    // A classification task has no documents to model.
+    let err = MethodRun::new(&model, &common::registry(&["lm"]), &MethodSpec::named("lm"), &[], Toy::new(8).task(), 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--task text"), "{err}");
 }

@@ -322,13 +322,16 @@ fn libraries_that_crash_when_loaded_are_refused_and_the_host_goes_on() {
 #[test]
 fn every_built_in_method_passes_the_standard_checks() {
     let _serial = common::serial();
-    let built_in = ["pbft", "vanilla_ft", "icl", "context_distill", "bitfit", "lora", "ia3", "prompt_tuning", "hft"];
+    let built_in =
+        ["pbft", "vanilla_ft", "icl", "context_distill", "lm", "bitfit", "lora", "ia3", "prompt_tuning", "hft"];
     let registry = common::registry(&built_in);
     let mut applicable = 0;
     for name in built_in {
         // A soft prompt learns at prompt tuning's usual rate.
         let lr = if name == "prompt_tuning" { 3e-1 } else { 1e-2 };
-        let options = ftlab_core::methods::check::CheckOptions { lr, ..Default::default() };
+        // The language-model objective trains on documents (the embedded corpus).
+        let task = if name == "lm" { "text" } else { "synthetic-nli" }.to_string();
+        let options = ftlab_core::methods::check::CheckOptions { lr, task, ..Default::default() };
         let objective = MethodSpec::named("pbft");
         let checks = ftlab_core::methods::check::check_method(&registry, name, &objective, &options).unwrap();
         for check in &checks {

@@ -156,7 +156,7 @@ fn a_grid_sweeps_concurrently_resumes_tabulates_and_plots() {
     assert!(markdown.contains("**"), "the best cell of each column is bold: {markdown}");
 
     // Plots: a PNG of the requested size and an SVG, for each kind.
-    for kind in ["scatter", "shots", "cost"] {
+    for kind in ["scatter", "shots", "cost", "frontier"] {
         let stem = dir.path().join(format!("plots/{kind}"));
         ok(&ftlab(&[
             "results",
@@ -178,7 +178,14 @@ fn a_grid_sweeps_concurrently_resumes_tabulates_and_plots() {
         assert_eq!((size(16), size(20)), (640, 480), "{kind}");
         let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
         assert!(svg.contains("<svg") && svg.contains("640"), "{kind}");
+        if kind == "frontier" {
+            // One point per method and shot count, and the front through the best.
+            assert!(svg.contains("Pareto front") && svg.contains("pbft (lora), k=16"), "{svg}");
+        }
     }
+    let zero =
+        ok(&ftlab(&["results", "table", out.to_str().unwrap(), "--rows", "method,adapter", "--zero-shot", "pbft"]));
+    assert!(zero.lines().nth(2).is_some_and(|l| l.starts_with("| zero-shot | - |")), "{zero}");
 
     // Export: one row per run.
     let csv = dir.path().join("all.csv");
@@ -236,4 +243,42 @@ fn a_failed_cell_is_listed_flagged_in_tables_and_rerun() {
     let cells = dry_run(&file);
     let state = |name: &str| cells.iter().find(|c| c["name"] == name).unwrap()["state"].clone();
     assert_eq!(state(bad), "failed");
+}
+
+/// `exclude` in `[grid]` drops the combinations it names (ICL trains no adapter), and an entry
+/// naming no axis value is refused with the file named.
+#[test]
+fn a_grid_excludes_the_combinations_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let exclude = "exclude = [{ method = \"icl\", adapter = \"lora\" }]\n";
+    let file = grid(dir.path(), &format!("method = [\"icl\", \"pbft\"]\nadapter = [\"full\", \"lora\"]\n{exclude}"));
+    let cells: Vec<String> = dry_run(&file).iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(cells.len(), 3, "{cells:?}");
+    assert!(!cells.iter().any(|c| c.starts_with("icl+lora")), "{cells:?}");
+    let file = grid(dir.path(), "method = [\"icl\", \"pbft\"]\nexclude = [{ method = \"lm\" }]\n");
+    let out = ftlab(&["sweep", file.to_str().unwrap(), "--dry-run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("grid.toml") && stderr.contains("method=lm"), "{stderr}");
+}
+
+/// `--devices cpu --jobs 2` splits the cores between two workers (shown by --dry-run) and each
+/// cell records the device and threads it ran with; a GPU this machine lacks is refused.
+#[test]
+fn a_sweep_pins_its_workers_to_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = grid(dir.path(), "data_seed = [0, 1]\nshots = [8]\n");
+    let path = file.to_str().unwrap();
+    let dry = ftlab(&["sweep", path, "--devices", "cpu", "--jobs", "2", "--dry-run"]);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let threads = (cores / 2).max(1);
+    let expected = format!("workers: cpu ({threads} threads), cpu ({threads} threads)");
+    assert!(String::from_utf8_lossy(&dry.stderr).contains(&expected), "{}", String::from_utf8_lossy(&dry.stderr));
+    ok(&ftlab(&["sweep", path, "--devices", "cpu", "--jobs", "2"]));
+    for record in records(&dir.path().join("runs")) {
+        assert_eq!(record["platform"]["device"], "cpu");
+        assert_eq!(record["platform"]["threads"], threads as u64, "{}", record["name"]);
+    }
+    let gpu = ftlab(&["sweep", path, "--devices", "cuda:0", "--dry-run"]);
+    let stderr = String::from_utf8_lossy(&gpu.stderr);
+    assert!(!gpu.status.success() && stderr.contains("CUDA device"), "{stderr}");
 }

@@ -472,3 +472,54 @@ fn per_example_predictions_reproduce_the_records_subset_accuracies() {
     let (mean, lo, hi) = (values[0], values[1], values[2]);
     assert!(lo < mean && mean < hi && hi - lo > 0.05, "{text}");
 }
+
+/// `--plugin lm` on the `text` task: a corpus of 240 short documents (every 20th held out)
+/// trains the embedded model to a far lower held-out perplexity than the untrained model's
+/// (about the vocabulary size), and the record names the file by its hash.
+#[test]
+fn a_language_model_run_lowers_held_out_perplexity() {
+    let out = tempfile::tempdir().unwrap();
+    let corpus = out.path().join("corpus.txt");
+    let (animals, verbs, places) =
+        (["cat", "dog", "bird", "horse"], ["slept", "sat", "waited"], ["mat", "door", "park"]);
+    let documents: Vec<String> = (0..240)
+        .map(|i| {
+            let (a, v, p) = (animals[i % 4], verbs[(i / 4) % 3], places[(i / 12) % 3]);
+            format!("The {a} {v} by the {p}.\nThen the {a} {v} again.")
+        })
+        .collect();
+    std::fs::write(&corpus, documents.join("\n\n")).unwrap();
+    let args = [
+        "run",
+        "--plugin",
+        "lm",
+        "--task",
+        "text",
+        "--file",
+        corpus.to_str().unwrap(),
+        "--shots",
+        "1000",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "train.lr=3e-3",
+        "--json",
+    ];
+    let result = ftlab(&args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&result.stdout).unwrap();
+    assert_eq!(record["data"]["train_positions"].as_array().unwrap().len(), 228, "every training document trains");
+    assert_eq!(record["data"]["eval_sizes"][0][1], 12, "rows 20, 40, … are held out");
+    assert_eq!(record["data"]["files"][0]["sha256"].as_str().unwrap().len(), 64);
+    let perplexity = |h: &str| record[h]["report"][0]["language"]["perplexity"].as_f64().unwrap();
+    let (before, after) = (perplexity("zero_shot"), perplexity("last"));
+    assert!(before > 500.0, "an untrained model is near uniform over 1024 tokens: {before}");
+    common::numerics("run.lm.perplexity_fraction", after / before, "<0.02");
+    assert!(after < 0.02 * before, "held-out perplexity {before} -> {after}");
+    // The summary prints the perplexity row.
+    let text = ftlab(&[&args[..args.len() - 1], &["--force"]].concat());
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("| text perplexity | "), "{stdout}");
+}

@@ -65,6 +65,45 @@ impl DeviceSpec {
     }
 }
 
+/// The device a run computes on, or several (`cuda:0,cuda:1`) over which one model's decoder
+/// layers are spread ([`crate::model::Model::spread`]) when its weights exceed one GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(pub Vec<DeviceSpec>);
+
+impl Default for DeviceList {
+    fn default() -> Self {
+        Self(vec![DeviceSpec::Auto])
+    }
+}
+
+impl FromStr for DeviceList {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let devices = s.split(',').map(|d| d.trim().parse()).collect::<Result<Vec<DeviceSpec>>>()?;
+        Ok(Self(devices))
+    }
+}
+
+impl fmt::Display for DeviceList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        write!(f, "{}", names.join(","))
+    }
+}
+
+impl From<DeviceSpec> for DeviceList {
+    fn from(device: DeviceSpec) -> Self {
+        Self(vec![device])
+    }
+}
+
+impl DeviceList {
+    /// Every device, resolved; the first holds the embeddings and LM head.
+    pub fn resolve(&self) -> Result<Vec<Device>> {
+        self.0.iter().map(|d| d.resolve()).collect()
+    }
+}
+
 /// Whether a CUDA device is usable, loading `libtorch_cuda.so` once if an NVIDIA driver is present.
 pub fn cuda_available() -> bool {
     static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -167,6 +206,7 @@ macro_rules! serde_by_name {
 }
 
 serde_by_name!(DeviceSpec);
+serde_by_name!(DeviceList);
 serde_by_name!(Dtype);
 
 /// Mixed precision (`torch.autocast`): eligible ops — matmuls and linear layers — compute in

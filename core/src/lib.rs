@@ -27,5 +27,5 @@ pub mod run;
 pub mod sweep;
 pub mod tokenizer;
 
-pub use device::{Autocast, DeviceSpec, Dtype};
+pub use device::{Autocast, DeviceList, DeviceSpec, Dtype};
 pub use error::{Error, Result};

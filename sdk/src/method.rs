@@ -90,8 +90,9 @@ impl Site {
 
 /// A batch handed to `loss` and `predict`. Tensors: `input_ids` and `attention_mask` (int64
 /// `[B, T]`, right-padded, `</s>` first), `labels` (int64 `[B]`, class indices),
-/// `label_token_ids` (int64 `[B]`, each row's gold verbalizer token) and `verbalizer_ids`
-/// (int64 `[C]`). JSON: `prompts`, each row rendered as a fine-tuning query (no label word), and
+/// `label_token_ids` (int64 `[B]`, each row's gold verbalizer token), `verbalizer_ids`
+/// (int64 `[C]`) and `target_start` (int64 `[B]`: the first token a next-token loss reads — a
+/// response's first token, 1 for a document of the `text` task, the row's length for a query). JSON: `prompts`, each row rendered as a fine-tuning query (no label word), and
 /// `icl_prompts`, each row rendered as an in-context query, to follow a context. The two differ
 /// where the prompt's compat says so (llmft's minimal in-context query ends in a space); encode
 /// `context + icl_prompt` as one string, as llmft does.
@@ -124,6 +125,11 @@ impl Tensors {
     /// Each row's gold verbalizer token id, int64 `[B]`.
     pub fn label_token_ids(&self) -> Result<&Tensor> {
         self.get("label_token_ids")
+    }
+
+    /// Each row's first target token for a next-token loss, int64 `[B]`.
+    pub fn target_start(&self) -> Result<&Tensor> {
+        self.get("target_start")
     }
 
     /// A string list from the JSON metadata (e.g. `prompts`).

@@ -122,11 +122,16 @@ enum Command {
     /// for none, `model`, `shots`, `data_seed`, any dotted key) and optional
     /// `[grid.when."axis=value"]` settings; see experiments/grids/. Each cell runs as its own
     /// `ftlab run` process, its output in OUT/NAME/sweep.log and its settings in OUT/NAME/cell.toml.
-    /// Cells whose record says `completed` are skipped; failed, interrupted and new cells run from
-    /// the start. Several sweeps may share one output folder (on one machine or a shared
-    /// filesystem): each claims a cell with a lock in its run folder first. Failed cells are
-    /// listed at the end, and the exit code is 1 if any failed.
+    /// Cells whose record says `completed` are skipped; failed and interrupted cells resume from
+    /// their last checkpoint (or start over without one), new cells start. Several sweeps may
+    /// share one output folder (on one machine or a shared filesystem): each claims a cell with a
+    /// lock in its run folder first. Failed cells are listed at the end, and the exit code is 1
+    /// if any failed. `--backend slurm` submits the cells as Slurm job arrays instead (resources
+    /// from the grid's `[slurm]` table); `--status` and `--cancel` follow them.
     Sweep(sweep::SweepArgs),
+    /// Run one cell folder as a sweep would (the command of a Slurm array task).
+    #[command(hide = true)]
+    SweepCell(sweep::CellArgs),
 }
 
 /// Runs the parsed command.
@@ -139,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(*args),
         Command::Results(command) => results::run(command),
         Command::Sweep(args) => sweep::run(args),
+        Command::SweepCell(args) => sweep::run_cell(args),
     }
 }
 

@@ -41,6 +41,10 @@ pub enum PluginsCommand {
         /// Constant learning rate (prompt tuning wants ~0.3).
         #[arg(long, default_value_t = 1e-2)]
         lr: f64,
+        /// The embedded task to train on: `synthetic-nli`, or `text` (the embedded corpus) for an
+        /// objective that models documents, such as `lm`.
+        #[arg(long, default_value = "synthetic-nli")]
+        task: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -97,7 +101,7 @@ pub fn run(command: PluginsCommand) -> anyhow::Result<ExitCode> {
             ftlab_registry::probe::print_verdicts(&paths).map_err(crate::StdoutError)?;
             Ok(ExitCode::SUCCESS)
         }
-        PluginsCommand::Check { name, epochs, lr, json } => check(&name, epochs, lr, json),
+        PluginsCommand::Check { name, epochs, lr, task, json } => check(&name, epochs, lr, task, json),
         PluginsCommand::Install { path } => install(&path),
         PluginsCommand::New { name, role, dir, sdk } => new(&name, role, &dir, sdk),
     }
@@ -146,8 +150,8 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(name: &str, epochs: usize, lr: f64, json: bool) -> anyhow::Result<ExitCode> {
-    let options = CheckOptions { epochs, lr, ..CheckOptions::default() };
+fn check(name: &str, epochs: usize, lr: f64, task: String, json: bool) -> anyhow::Result<ExitCode> {
+    let options = CheckOptions { epochs, lr, task, ..CheckOptions::default() };
     // An adapter is checked under the run's default objective.
     let objective = crate::config::load(None, &[])?.method;
     let checks = check_method(&Registry::discover(), name, &objective, &options)?;

@@ -22,7 +22,8 @@ pub enum ResultsCommand {
     Table(TableArgs),
     /// Figures as PNG and SVG: `scatter` (in- vs out-of-domain accuracy per method, as in the
     /// llmft paper), `shots` (accuracy vs shots, mean line and ±std band), `cost` (training
-    /// time and peak memory per method).
+    /// time and peak memory per method), `frontier` (accuracy vs cost per method with ±std bars
+    /// and the Pareto front).
     Plot(PlotArgs),
     /// Every run as one row with every column (name, status, error, model, task, method,
     /// adapter, shots, data_seed, seed, lr, epochs, accuracies, timings, memory, …), to
@@ -83,6 +84,10 @@ pub struct TableArgs {
     /// Aggregations over the runs of a cell.
     #[arg(long, value_delimiter = ',', default_value = "mean,std")]
     agg: Vec<AggArg>,
+    /// Add a first row `zero-shot`: the before-training accuracy of this objective's runs without
+    /// adapters (e.g. `--zero-shot pbft`: the untrained model scored by the same pattern).
+    #[arg(long, value_name = "METHOD")]
+    zero_shot: Option<String>,
     /// Output format: markdown (bold **best**), latex (\textbf{best}, booktabs) or csv (plain
     /// numbers, one column per aggregate plus `n` and `failed`).
     #[arg(long, value_enum, default_value = "markdown")]
@@ -115,9 +120,15 @@ pub struct PlotArgs {
 /// The figure of `results plot`.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum KindArg {
+    /// In-domain vs out-of-domain accuracy, one point per run.
     Scatter,
+    /// Accuracy vs shots, mean ± std per method.
     Shots,
+    /// Training time and peak memory per method, as bars.
     Cost,
+    /// Accuracy (in- and out-of-domain) vs cost (time, memory) per method with ±std bars and the
+    /// Pareto front: which way of learning from the examples is worth its cost.
+    Frontier,
 }
 
 /// Arguments of `ftlab results export`.
@@ -167,7 +178,13 @@ fn table(args: TableArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let names = |list: Vec<String>| list.into_iter().filter(|n| !n.trim().is_empty()).collect();
-    let spec = TableSpec { rows: names(args.rows), cols: names(args.cols), metrics: names(args.metric), aggs };
+    let spec = TableSpec {
+        rows: names(args.rows),
+        cols: names(args.cols),
+        metrics: names(args.metric),
+        aggs,
+        zero_shot: args.zero_shot,
+    };
     let built = table::build(&runs, &spec)?;
     let format = match args.format {
         FormatArg::Markdown => TableFormat::Markdown,
@@ -199,6 +216,7 @@ fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
         KindArg::Scatter => PlotKind::Scatter,
         KindArg::Shots => PlotKind::Shots,
         KindArg::Cost => PlotKind::Cost,
+        KindArg::Frontier => PlotKind::Frontier,
     };
     anyhow::ensure!(args.width >= 100 && args.height >= 100, "--width and --height must be at least 100 pixels");
     let spec = PlotSpec { kind, size: (args.width, args.height), metric: args.metric };

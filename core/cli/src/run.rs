@@ -36,7 +36,15 @@ pub struct RunArgs {
     /// Task (`ftlab data list`).
     #[arg(long)]
     task: Option<String>,
-    /// Few-shot training-set size k.
+    /// A file of the task's rows instead of its own data: .tsv, .csv, .jsonl or .parquet (the
+    /// `text` task also reads .txt, one document per blank-line-separated block).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Which columns of `--file` hold the texts and label, e.g.
+    /// `premise=sentence1,hypothesis=sentence2,label=gold_label` or `text=body`.
+    #[arg(long)]
+    columns: Option<String>,
+    /// Few-shot training-set size k (for the `text` task: at most this many documents train).
     #[arg(long)]
     shots: Option<usize>,
     /// Seed of the few-shot draw and demonstrations.
@@ -48,6 +56,11 @@ pub struct RunArgs {
     /// Folder for run folders (default `runs`).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// `auto`, `cpu`, `cuda:N`, or several (`cuda:0,cuda:1`) to spread the model's decoder
+    /// layers over them (balanced by bytes, as transformers' `device_map="auto"`), for models
+    /// whose weights exceed one GPU.
+    #[arg(long)]
+    device: Option<String>,
     /// Any setting by its dotted key, repeatable: `--set train.lr=3e-5 --set eval.max_examples=500`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -94,6 +107,12 @@ impl RunArgs {
         if let Some(v) = &self.task {
             put("--task", "task", v.clone().into());
         }
+        if let Some(v) = &self.file {
+            put("--file", "file", v.display().to_string().into());
+        }
+        if let Some(v) = &self.columns {
+            put("--columns", "columns", v.clone().into());
+        }
         if let Some(v) = self.shots {
             put("--shots", "shots", (v as i64).into());
         }
@@ -102,6 +121,9 @@ impl RunArgs {
         }
         if let Some(v) = self.seed {
             put("--seed", "seed", (v as i64).into());
+        }
+        if let Some(v) = &self.device {
+            put("--device", "device", v.clone().into());
         }
         if let Some(v) = &self.out {
             put("--out", "out", v.display().to_string().into());
@@ -128,7 +150,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One row per eval set: the majority baseline, the model before training (zero-shot), the ICL
-/// reference when scored, and the model after training — accuracy over the verbalizer.
+/// reference when scored, and the model after training — accuracy over the verbalizer (for a
+/// text set, next-token accuracy, then a row of perplexities).
 fn print_summary(record: &RunRecord) -> anyhow::Result<()> {
     if record.status == RunStatus::Paused {
         outln!("paused after the epoch budget; continue with --resume");
@@ -160,6 +183,18 @@ fn print_summary(record: &RunRecord) -> anyhow::Result<()> {
             set["scores"]["majority"]["accuracy"].as_f64().unwrap_or(f64::NAN),
             cells.join(" | ")
         );
+        // A text set's row above is next-token accuracy; its perplexity follows.
+        if set.get("language").is_some_and(|l| !l.is_null()) {
+            let perplexity = |h: &Headline| sets(h).get(i).and_then(|s| s["language"]["perplexity"].as_f64());
+            let cells: Vec<String> =
+                columns.iter().map(|(_, h)| perplexity(h).map_or("-".into(), |p| format!("{p:.3}"))).collect();
+            outln!(
+                "| {} perplexity | {} tokens | - | {} |",
+                set["name"].as_str().unwrap_or("?"),
+                set["language"]["tokens"],
+                cells.join(" | ")
+            );
+        }
     }
     if let Some((epoch, best)) = &record.best {
         outln!("best in-domain accuracy {:.3} after epoch {epoch}", best.acc_in);

@@ -37,9 +37,7 @@ pub fn scoring_times(shape: &Shape, objectives: &[MethodSpec], shots: usize, que
         .examples
         .iter()
         .enumerate()
-        .map(|(position, e)| {
-            Ok(EncodedExample { position, ids: data.prompt.encode(&model.tokenizer, e)?, label: e.label })
-        })
+        .map(|(position, e)| Ok(EncodedExample::query(position, data.prompt.encode(&model.tokenizer, e)?, e.label)))
         .collect::<Result<_>>()?;
     let device = model.device();
     let mut times = Vec::new();

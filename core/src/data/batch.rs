@@ -16,6 +16,16 @@ pub struct EncodedExample {
     pub ids: Vec<i64>,
     /// Its label id.
     pub label: usize,
+    /// The first token a next-token loss reads: the response of a prompt/response row, 1 for a
+    /// document (all but `</s>`), `ids.len()` for a query (only its label word would follow).
+    pub target_start: usize,
+}
+
+impl EncodedExample {
+    /// A query whose label word follows it.
+    pub fn query(position: usize, ids: Vec<i64>, label: usize) -> Self {
+        Self { position, target_start: ids.len(), ids, label }
+    }
 }
 
 /// How examples are grouped into batches.
@@ -55,6 +65,8 @@ pub struct Batch {
     pub positions: Vec<usize>,
     /// Each row's label id (as in `labels`), for scoring on the host.
     pub label_ids: Vec<usize>,
+    /// int64 `[B]`: each row's [`EncodedExample::target_start`].
+    pub target_starts: Tensor,
     /// Non-padding tokens in the batch.
     pub tokens: usize,
 }
@@ -98,6 +110,7 @@ pub fn collate(
     let label_ids: Vec<usize> = indices.iter().map(|&i| examples[i].label).collect();
     let labels: Vec<i64> = label_ids.iter().map(|&l| l as i64).collect();
     let gold_words: Vec<i64> = label_ids.iter().map(|&l| word_ids.get(l).copied().unwrap_or(-1)).collect();
+    let target_starts: Vec<i64> = indices.iter().map(|&i| examples[i].target_start as i64).collect();
     Batch {
         input_ids: padded.input_ids,
         attention_mask: padded.attention_mask,
@@ -106,6 +119,7 @@ pub fn collate(
         verbalizer_ids: Tensor::from_slice(word_ids).to_device(device),
         positions: indices.iter().map(|&i| examples[i].position).collect(),
         label_ids,
+        target_starts: Tensor::from_slice(&target_starts).to_device(device),
         tokens: rows.iter().map(Vec::len).sum(),
     }
 }
@@ -133,7 +147,7 @@ mod tests {
         lengths
             .iter()
             .enumerate()
-            .map(|(position, &n)| EncodedExample { position, ids: vec![2; n], label: position % 2 })
+            .map(|(position, &n)| EncodedExample::query(position, vec![2; n], position % 2))
             .collect()
     }
 

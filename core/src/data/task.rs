@@ -96,11 +96,15 @@ pub struct FileRows {
     pub labels: Option<&'static [&'static str]>,
     /// The task's processing of the rows read; `None`: the rows as read.
     pub process: Option<fn(Dataset, &DataOptions) -> Result<Dataset>>,
+    /// The task's `load` reads the file itself, split by split (the `text` task's formats).
+    pub by_task: bool,
 }
 
 impl FileRows {
     /// A file's rows are the task's rows, labelled with the task's labels.
-    pub const AS_READ: FileRows = FileRows { labels: None, process: None };
+    pub const AS_READ: FileRows = FileRows { labels: None, process: None, by_task: false };
+    /// The task's own `load` reads the file.
+    pub const BY_TASK: FileRows = FileRows { labels: None, process: None, by_task: true };
 }
 
 inventory::collect!(TaskDef);
@@ -134,7 +138,7 @@ impl TaskDef {
 
     /// Loads `split`, or the user's file when one is given (whatever the split).
     pub fn load_split(&self, split: &str, options: &DataOptions) -> Result<Dataset> {
-        if let Some(local) = &options.local {
+        if let Some(local) = options.local.as_ref().filter(|_| !self.file.by_task) {
             let name = format!("{}/{}", self.name, local.path.display());
             let rows = local.load(&name, self.file.labels.unwrap_or(self.label_names))?;
             return Ok(match self.file.process {
@@ -155,6 +159,7 @@ impl TaskDef {
     /// The pool few-shot training sets are drawn from.
     pub fn train_pool(&self, options: &DataOptions) -> Result<Dataset> {
         match (self.train_split, &options.local) {
+            (Some(split), Some(_)) if self.file.by_task => self.load_split(split, options),
             // A user's file is the whole pool, whichever split is asked for.
             (_, Some(_)) => self.load_split(self.eval_split, options),
             (Some(split), None) => self.load_split(split, options),

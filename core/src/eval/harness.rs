@@ -16,7 +16,7 @@ use super::metrics::MetricValues;
 use super::resources::{PhaseMeter, PhaseResources};
 use crate::data::batch::{self, Batch, BatchOrder, EncodedExample};
 use crate::data::dataset::EvalSet;
-use crate::data::prompt::Prompt;
+use crate::data::prompt::{Prompt, PromptFamily};
 use crate::data::task::Metric;
 use crate::error::{Error, Result};
 use crate::model::{ForwardInput, LogitsAt, OptForCausalLM};
@@ -70,6 +70,10 @@ pub struct SetReport {
     pub scores: Scores,
     /// Scores per subset, by name.
     pub subsets: Vec<(String, Scores)>,
+    /// Token-level loss and perplexity of a text set (the `text` task), whose `scores` are
+    /// next-token accuracy against always predicting the most frequent token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<super::language::LanguageScores>,
     /// Every scored row (written as `predictions/`, not into the record).
     #[serde(skip)]
     pub predictions: Vec<Prediction>,
@@ -155,6 +159,10 @@ pub fn evaluate(
     let mut meter = PhaseMeter::start(options.device);
     let mut reports = vec![];
     for set in sets {
+        if prompt.family == PromptFamily::Text {
+            reports.push(super::language::score_set(set, tokenizer, options, scorer, &mut meter)?);
+            continue;
+        }
         let (encoded, truncated, dropped) = encode_set(set, prompt, tokenizer, options)?;
         let predictions = predict(&encoded, prompt, tokenizer, options, scorer, &mut meter)?;
         let labels = set.data.label_names.len();
@@ -189,6 +197,7 @@ pub fn evaluate(
             non_finite,
             scores,
             subsets,
+            language: None,
             predictions,
         });
     }
@@ -219,7 +228,7 @@ fn encode_set(
             }
             ids
         };
-        rows.push(EncodedExample { position, ids, label: example.label });
+        rows.push(EncodedExample::query(position, ids, example.label));
     }
     Ok((rows, truncated, dropped))
 }

@@ -2,6 +2,7 @@
 //! subset of a task, and the time and memory a phase costs.
 
 pub mod harness;
+pub mod language;
 pub mod metrics;
 pub mod predictions;
 pub mod resources;

@@ -31,7 +31,9 @@ pub const LOGITS_TOLERANCE: f64 = 1e-5;
 /// How a method is exercised.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckOptions {
-    /// Labelled examples of the embedded task trained on.
+    /// The task trained on (`synthetic-nli`; `text` for objectives that model documents).
+    pub task: String,
+    /// Examples of the task trained on.
     pub shots: usize,
     /// Epochs (batches of 8).
     pub epochs: usize,
@@ -43,7 +45,7 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        Self { shots: 32, epochs: 10, lr: 1e-2, loss_fraction: 0.99 }
+        Self { task: "synthetic-nli".into(), shots: 32, epochs: 10, lr: 1e-2, loss_fraction: 0.99 }
     }
 }
 
@@ -92,7 +94,13 @@ pub fn check_method(
         schedule: Schedule::Constant,
         ..Default::default()
     };
-    let config = RunConfig { shots: options.shots, method: objective.clone(), train, ..Default::default() };
+    let config = RunConfig {
+        task: options.task.clone(),
+        shots: options.shots,
+        method: objective.clone(),
+        train,
+        ..Default::default()
+    };
     let data_options = DataOptions { synthetic: SyntheticConfig::default(), ..DataOptions::from_env() };
     let model = Model::embedded(LoadOptions::default())?;
     let data = RunData::load_from(&config, &model.tokenizer, &data_options)?;

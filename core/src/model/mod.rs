@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod hooks;
 pub mod opt;
+pub mod placement;
 pub mod source;
 pub mod tiny;
 
@@ -155,6 +156,38 @@ impl Model {
         self.tokenizer.save(&dir.join("tokenizer.json"))
     }
 
+    /// Spreads the decoder layers over `devices` (the first keeps the embeddings, final layer
+    /// norm and tied LM head), balanced by weight bytes as transformers' `device_map="auto"`
+    /// does, whole layers in order; moves their weights and returns the plan. Per-device memory
+    /// is not read (libtorch offers no free-memory query through tch): the plan balances bytes.
+    pub fn spread(&mut self, devices: &[Device]) -> Result<placement::Placement> {
+        let layers = self.net.layers.len();
+        let layer_of = |name: &str| {
+            let rest = name.strip_prefix("model.decoder.layers.")?;
+            rest.split('.').next()?.parse::<usize>().ok().filter(|&i| i < layers)
+        };
+        let bytes = |t: &tch::Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
+        let (mut layer_bytes, mut rest) = (vec![0u64; layers], 0u64);
+        for (name, tensor) in self.vs.variables() {
+            match layer_of(&name) {
+                Some(i) => layer_bytes[i] += bytes(&tensor),
+                None => rest += bytes(&tensor),
+            }
+        }
+        let unlimited = vec![u64::MAX / devices.len().max(1) as u64; devices.len()];
+        let plan = placement::plan(rest, &layer_bytes, &unlimited)?;
+        for (name, mut tensor) in self.vs.variables() {
+            if let Some(i) = layer_of(&name) {
+                let device = devices[plan.layers[i]];
+                if tensor.device() != device {
+                    tensor.set_data(&tensor.to_device(device));
+                }
+            }
+        }
+        self.net.spread = Some(opt::Spread { devices: devices.to_vec(), placement: plan.clone() });
+        Ok(plan)
+    }
+
     /// The compute device.
     pub fn device(&self) -> Device {
         self.vs.device()
@@ -191,4 +224,36 @@ fn fits(id: &str, tokenizer: &Tokenizer, net: &OptForCausalLM) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use tch::Tensor;
+
+    /// A model spread over "two devices" that are both the CPU computes exactly what it does on
+    /// one, and hidden states change device only at the plan's boundaries: into the second half
+    /// of the layers, and back for the head (with and without a cache).
+    #[test]
+    fn a_spread_model_equals_the_single_device_one_and_moves_only_at_boundaries() {
+        let single = Model::embedded(LoadOptions::default()).unwrap();
+        let mut spread = Model::embedded(LoadOptions::default()).unwrap();
+        let plan = spread.spread(&[Device::Cpu, Device::Cpu]).unwrap();
+        // The embeddings (token table, tied head, positions) weigh 2.6 layers of the tiny model:
+        // balanced by bytes, the first device holds them and one layer.
+        assert_eq!(plan.layers, [0, 1, 1, 1]);
+        let ids = Tensor::from_slice(&single.tokenizer.encode("The cat sat on the mat.").unwrap()).unsqueeze(0);
+        let logits = |m: &Model, cache: bool| {
+            let input = ForwardInput { input_ids: Some(&ids), use_cache: cache, ..Default::default() };
+            tch::no_grad(|| m.net.forward(input)).unwrap().logits.unwrap()
+        };
+        for cache in [false, true] {
+            let before = spread.net.hops.load(Ordering::Relaxed);
+            assert!(logits(&single, cache).equal(&logits(&spread, cache)), "cache={cache}");
+            assert_eq!(spread.net.hops.load(Ordering::Relaxed) - before, plan.transfers());
+        }
+        assert_eq!(plan.transfers(), 2);
+        assert_eq!(single.net.hops.load(Ordering::Relaxed), 0);
+    }
 }

@@ -268,6 +268,21 @@ pub struct OptForCausalLM {
     pub final_layer_norm: Option<nn::LayerNorm>,
     /// The configuration the model was built from.
     pub config: OptConfig,
+    /// Where the decoder layers run when the model is spread over devices
+    /// ([`super::Model::spread`]); `None`: everything on one device.
+    pub spread: Option<Spread>,
+    /// How many times hidden states moved to another device of the plan, over every forward
+    /// pass: only at the plan's boundaries.
+    pub hops: std::sync::atomic::AtomicUsize,
+}
+
+/// A model's layers spread over devices: the plan and the devices its indices name.
+#[derive(Debug, Clone)]
+pub struct Spread {
+    /// The devices, in the order the plan indexes them (the first holds embeddings and head).
+    pub devices: Vec<tch::Device>,
+    /// Which device each part is on.
+    pub placement: super::placement::Placement,
 }
 
 impl OptForCausalLM {
@@ -292,6 +307,8 @@ impl OptForCausalLM {
             layers: (0..c.num_hidden_layers).map(|i| OptDecoderLayer::new(&layers_vs / i, i, c)).collect(),
             final_layer_norm: c.final_layer_norm.then(|| layer_norm(&decoder / "final_layer_norm", c.hidden_size, c)),
             config: c.clone(),
+            spread: None,
+            hops: Default::default(),
         }
     }
 
@@ -301,14 +318,26 @@ impl OptForCausalLM {
         let pass = Pass { hooks: input.hooks, train: input.train };
         let (mut h, mask) = self.embed(ids, mask, p, &pass)?;
         let t = h.size()[1]; // a hook may have prepended vectors
-        let attn_mask = additive_mask(&mask, p, t, h.kind());
+        let mut attn_mask = additive_mask(&mask, p, t, h.kind());
         let mut cache = Vec::with_capacity(if input.use_cache { self.layers.len() } else { 0 });
+        let mut at = self.spread.as_ref().map(|s| s.placement.embeddings);
         for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(spread) = &self.spread {
+                if let Some(device) = self.hop(spread, &mut at, spread.placement.layers[i]) {
+                    h = h.to_device(device);
+                    attn_mask = attn_mask.to_device(device);
+                }
+            }
             let past = input.past.map(|c| &c.layers[i]);
             let (next, kv) = layer.forward(&h, &attn_mask, past, &pass)?;
             h = next;
             if input.use_cache {
                 cache.push(kv);
+            }
+        }
+        if let Some(spread) = &self.spread {
+            if let Some(device) = self.hop(spread, &mut at, spread.placement.embeddings) {
+                h = h.to_device(device);
             }
         }
         if let Some(ln) = &self.final_layer_norm {
@@ -322,6 +351,17 @@ impl OptForCausalLM {
         let logits = self.logits_at(&h, &last_token, &input.logits, b)?;
         let cache = input.use_cache.then_some(KvCache { layers: cache });
         Ok(ForwardOutput { hidden: h, logits, cache, last_token })
+    }
+
+    /// The device to move hidden states to before a part on plan device `to`, when it is not
+    /// the plan device they are `at` (counted in [`Self::hops`]).
+    fn hop(&self, spread: &Spread, at: &mut Option<usize>, to: usize) -> Option<tch::Device> {
+        if *at == Some(to) {
+            return None;
+        }
+        *at = Some(to);
+        self.hops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(spread.devices[to])
     }
 
     /// The input's ids, batch size, cached prefix length and attention mask (all ones when not

@@ -14,8 +14,9 @@ use crate::tokenizer::Tokenizer;
 /// Seed of the embedded model's random initialisation.
 pub const SEED: i64 = 0;
 
-/// Corpus the embedded tokenizer is trained on.
-const CORPUS: &str = include_str!("../../assets/tiny-corpus.txt");
+/// Corpus the embedded tokenizer is trained on (also the `text` task's documents without a
+/// file, one per line).
+pub(crate) const CORPUS: &str = include_str!("../../assets/tiny-corpus.txt");
 
 /// Upper bound on the embedded tokenizer's vocabulary; the model's `vocab_size` is this, as
 /// OPT's 50272 rows cover its 50265 tokens.

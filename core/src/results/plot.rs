@@ -6,7 +6,12 @@
 //!   diagonal generalise out of domain;
 //! - [`PlotKind::Shots`]: accuracy against the number of shots (log₂ axis), the mean over runs
 //!   as a line with a ±1 sample-std band, per method and adapter;
-//! - [`PlotKind::Cost`]: mean training time and mean peak memory per method and adapter, as bars.
+//! - [`PlotKind::Cost`]: mean training time and mean peak memory per method and adapter, as bars;
+//! - [`PlotKind::Frontier`]: the research question in one figure — in-domain and out-of-domain
+//!   accuracy against what learning from the examples cost (`cost_seconds`: training + prepare
+//!   time, ICL's being its inference over the eval sets) and against peak memory, one point per
+//!   method (and shot count) with ±1 std bars over seeds, and the Pareto front (no other point
+//!   is both cheaper and more accurate) drawn through the points on it.
 //!
 //! Text is set in DejaVu Sans embedded in the binary (`core/assets/`, with its license), so a
 //! figure looks the same on a machine without system fonts, such as CI.
@@ -31,6 +36,8 @@ pub enum PlotKind {
     Shots,
     /// Training time and peak memory per method.
     Cost,
+    /// Accuracy against cost per method, with the Pareto front.
+    Frontier,
 }
 
 /// A figure request.
@@ -103,6 +110,7 @@ fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, runs: &[&ResultRow], s
         PlotKind::Scatter => scatter(&area, runs)?,
         PlotKind::Shots => shots(&area, runs, &spec.metric)?,
         PlotKind::Cost => cost(&area, runs)?,
+        PlotKind::Frontier => frontier(&area, runs)?,
     }
     area.present().map_err(plot_error)
 }
@@ -309,9 +317,153 @@ fn bars<DB: DrawingBackend>(
     Ok(())
 }
 
+/// One point of a frontier panel: a series' mean cost and accuracy, each with its std.
+#[derive(Debug, Clone, PartialEq)]
+struct FrontierPoint {
+    name: String,
+    cost: (f64, f64),
+    accuracy: (f64, f64),
+}
+
+/// The indices of the points no other point dominates (at most the cost, at least the
+/// accuracy, better in one), by increasing cost.
+fn pareto_front(points: &[FrontierPoint]) -> Vec<usize> {
+    let dominates = |a: &FrontierPoint, b: &FrontierPoint| {
+        a.cost.0 <= b.cost.0 && a.accuracy.0 >= b.accuracy.0 && (a.cost.0 < b.cost.0 || a.accuracy.0 > b.accuracy.0)
+    };
+    let mut front: Vec<usize> =
+        (0..points.len()).filter(|&i| !points.iter().any(|p| dominates(p, &points[i]))).collect();
+    front.sort_by(|&a, &b| points[a].cost.0.total_cmp(&points[b].cost.0));
+    front
+}
+
+/// The series of a frontier point: method and adapter, and the shot count when the runs have
+/// several.
+fn frontier_points(runs: &[&ResultRow], cost: &str, accuracy: &str, scale: f64) -> Result<Vec<FrontierPoint>> {
+    let several_shots = runs.iter().map(|r| r.record.config.shots).collect::<std::collections::BTreeSet<_>>().len() > 1;
+    let mut cells: BTreeMap<String, (Cell, Cell)> = BTreeMap::new();
+    for run in runs {
+        if let (Some(c), Some(a)) = (run.get(cost)?.number(), run.get(accuracy)?.number()) {
+            let mut name = series_of(run);
+            if several_shots {
+                name = format!("{name}, k={}", run.record.config.shots);
+            }
+            let (costs, accuracies) = cells.entry(name).or_default();
+            costs.values.push(c / scale);
+            accuracies.values.push(a);
+        }
+    }
+    Ok(cells
+        .into_iter()
+        .filter_map(|(name, (c, a))| {
+            let (cost, accuracy) = ((c.mean()?, c.std().unwrap_or(0.0)), (a.mean()?, a.std().unwrap_or(0.0)));
+            Some(FrontierPoint { name, cost, accuracy })
+        })
+        .collect())
+}
+
+fn frontier<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[&ResultRow]) -> Result<()> {
+    let panels = area.split_evenly((2, 2));
+    let axes = [
+        ("cost_seconds", "seconds (training + prepare; ICL: inference)", 1.0),
+        ("peak_rss_bytes", "peak memory (MiB)", 1024.0 * 1024.0),
+    ];
+    let mut drawn = 0;
+    for (row, (accuracy, label)) in
+        [("acc_in", "in-domain accuracy"), ("acc_ood", "out-of-domain accuracy")].iter().enumerate()
+    {
+        for (col, (cost, unit, scale)) in axes.iter().enumerate() {
+            let points = frontier_points(runs, cost, accuracy, *scale)?;
+            if points.is_empty() {
+                continue;
+            }
+            drawn += 1;
+            frontier_panel(&panels[row * 2 + col], &points, label, unit)?;
+        }
+    }
+    if drawn == 0 {
+        return Err(Error::Results("no completed run has an accuracy and a cost".into()));
+    }
+    Ok(())
+}
+
+fn frontier_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    points: &[FrontierPoint],
+    accuracy: &str,
+    unit: &str,
+) -> Result<()> {
+    let x = padded(points.iter().flat_map(|p| [p.cost.0 - p.cost.1, p.cost.0 + p.cost.1]));
+    let x = x.start.max(0.0)..x.end;
+    let y = padded(points.iter().flat_map(|p| [p.accuracy.0 - p.accuracy.1, p.accuracy.0 + p.accuracy.1]));
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("{accuracy} vs cost"), (FONT, 16))
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(46)
+        .build_cartesian_2d(x, y)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc(unit)
+        .y_desc(accuracy)
+        .label_style((FONT, 12))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(plot_error)?;
+    let front: Vec<(f64, f64)> =
+        pareto_front(points).iter().map(|&i| (points[i].cost.0, points[i].accuracy.0)).collect();
+    chart
+        .draw_series(LineSeries::new(front, BLACK.mix(0.5).stroke_width(1)))
+        .map_err(plot_error)?
+        .label("Pareto front")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.5)));
+    for (i, p) in points.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let ((c, cs), (a, as_)) = (p.cost, p.accuracy);
+        let vertical = ErrorBar::new_vertical(c, a - as_, a, a + as_, colour.stroke_width(1), 6);
+        chart.draw_series(std::iter::once(vertical)).map_err(plot_error)?;
+        let horizontal = ErrorBar::new_horizontal(a, c - cs, c, c + cs, colour.stroke_width(1), 6);
+        chart.draw_series(std::iter::once(horizontal)).map_err(plot_error)?;
+        chart
+            .draw_series(std::iter::once(Circle::new((c, a), 5, colour.filled())))
+            .map_err(plot_error)?
+            .label(p.name.clone())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 11))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(plot_error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pareto_front_keeps_the_points_nothing_beats() {
+        let point = |name: &str, cost: f64, accuracy: f64| FrontierPoint {
+            name: name.into(),
+            cost: (cost, 0.0),
+            accuracy: (accuracy, 0.0),
+        };
+        // icl: cheap and fair; pbft: dearer and better; lora: dearer than pbft and worse
+        // (dominated); cd: dearest and best; zero: as cheap as icl and worse (dominated).
+        let points = [
+            point("pbft", 5.0, 0.8),
+            point("icl", 1.0, 0.7),
+            point("lora", 6.0, 0.75),
+            point("cd", 9.0, 0.9),
+            point("zero", 1.0, 0.5),
+        ];
+        let front: Vec<&str> = pareto_front(&points).iter().map(|&i| points[i].name.as_str()).collect();
+        assert_eq!(front, ["icl", "pbft", "cd"]);
+    }
 
     #[test]
     fn ranges_are_padded_and_never_empty() {

@@ -184,6 +184,11 @@ pub const COLUMNS: &[ColumnDef] = &[
     ColumnDef { name: "time_eval", about: "seconds evaluating", get: |r| seconds(r, |t| t.eval) },
     ColumnDef { name: "time_total", about: "seconds in all", get: |r| seconds(r, |t| t.total) },
     ColumnDef {
+        name: "cost_seconds",
+        about: "what learning from the examples cost: prepare + training seconds, or for a run that trains nothing (ICL) prepare + its inference over the eval sets",
+        get: |r| seconds(r, if r.record.trainable_parameters == 0 { |t| t.prepare + t.eval } else { |t| t.prepare + t.train }),
+    },
+    ColumnDef {
         name: "peak_rss_bytes",
         about: "peak resident memory of the run's process",
         get: |r| Value::Int(r.record.peak_rss_bytes.map(|b| b as i64)),

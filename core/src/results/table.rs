@@ -70,6 +70,9 @@ pub struct TableSpec {
     pub metrics: Vec<String>,
     /// Aggregations shown per cell.
     pub aggs: Vec<Agg>,
+    /// A first row `zero-shot`: the before-training evaluations (`zero_shot_acc_in`, …) of
+    /// this objective's runs without adapters — the untrained model scored by the same pattern.
+    pub zero_shot: Option<String>,
 }
 
 /// The runs of one cell: the metric of each completed run that has it, and the failures.
@@ -237,6 +240,30 @@ pub fn build(runs: &[ResultRow], spec: &TableSpec) -> Result<Table> {
             }
         }
     }
+    let mut row_labels: Vec<Vec<String>> = row_keys.iter().map(|k| k.iter().map(Value::label).collect()).collect();
+    if let Some(method) = &spec.zero_shot {
+        let mut zero = vec![Cell::default(); columns.len()];
+        let before_training = runs.iter().filter(|r| r.completed() && r.record.config.method.name == *method);
+        for run in before_training.filter(|r| r.record.config.adapters.is_empty()) {
+            let col_key = spec.cols.iter().map(|n| run.get(n)).collect::<Result<Vec<_>>>()?;
+            for (c, (key, metric)) in columns.iter().enumerate() {
+                // Metrics without a before-training column (costs) stay empty.
+                let before = format!("zero_shot_{metric}");
+                let value = match crate::results::store::column(&before) {
+                    Ok(_) if *key == col_key => run.get(&before)?.number(),
+                    _ => None,
+                };
+                zero[c].values.extend(value.filter(|v| v.is_finite()));
+            }
+        }
+        if zero.iter().all(|c| c.values.is_empty()) {
+            return Err(Error::Results(format!("no completed `{method}` run without adapters for the zero-shot row")));
+        }
+        cells.insert(0, zero);
+        let mut label = vec!["-".to_string(); spec.rows.len()];
+        label[0] = "zero-shot".into();
+        row_labels.insert(0, label);
+    }
     let failed = runs
         .iter()
         .filter(|r| !r.completed())
@@ -245,7 +272,7 @@ pub fn build(runs: &[ResultRow], spec: &TableSpec) -> Result<Table> {
     let labels = |k: &Vec<Value>| k.iter().map(Value::label).collect::<Vec<_>>();
     Ok(Table {
         spec: spec.clone(),
-        rows: row_keys.iter().map(labels).collect(),
+        rows: row_labels,
         columns: columns.iter().map(|(k, m)| (labels(k), m.clone())).collect(),
         cells,
         failed,
@@ -270,7 +297,7 @@ fn examples_of(run: &ResultRow, metric: &str) -> Option<Vec<Vec<bool>>> {
 
 /// Costs are better low; everything else (accuracies) high.
 fn lower_is_better(metric: &str) -> bool {
-    metric.starts_with("time_") || metric == "peak_rss_bytes" || metric == "trainable_parameters"
+    metric.starts_with("time_") || ["cost_seconds", "peak_rss_bytes", "trainable_parameters"].contains(&metric)
 }
 
 impl Table {
@@ -497,6 +524,7 @@ mod tests {
 
     fn spec(metrics: &[&str]) -> TableSpec {
         TableSpec {
+            zero_shot: None,
             rows: vec!["method".into(), "adapter".into()],
             cols: vec!["shots".into()],
             metrics: metrics.iter().map(|m| m.to_string()).collect(),
@@ -534,6 +562,29 @@ mod tests {
         assert!(time.contains("| pbft | lora | 24.0 ± 11.3 (n=2, 1 failed) |"), "{time}");
         let err = build(&runs, &spec(&["method"])).unwrap_err().to_string();
         assert!(err.contains("`method` is text"), "{err}");
+    }
+
+    /// `--zero-shot pbft`: a first row from pbft's full-model runs' before-training scores.
+    #[test]
+    fn the_zero_shot_row_holds_the_before_training_scores() {
+        use crate::results::testing::row;
+        let mut runs = vec![
+            row("pbft", "full", 16, 0, Some((0.8, 0.6))),
+            row("pbft", "full", 16, 1, Some((0.9, 0.6))),
+            row("pbft", "lora", 16, 0, Some((0.7, 0.6))),
+            row("icl", "full", 16, 0, Some((0.75, 0.6))),
+        ];
+        for (run, before) in runs.iter_mut().zip([0.5, 0.54, 0.3, 0.75]) {
+            run.record.zero_shot =
+                Some(crate::run::Headline { acc_in: before, acc_ood: None, report: serde_json::json!([]) });
+        }
+        let table =
+            build(&runs, &TableSpec { zero_shot: Some("pbft".into()), ..spec(&["acc_in", "time_train"]) }).unwrap();
+        assert_eq!(table.rows[0], ["zero-shot", "-"]);
+        assert_eq!(table.cells[0][0].values, [0.5, 0.54], "pbft without adapters only");
+        assert!(table.cells[0][1].values.is_empty(), "no before-training cost");
+        let err = build(&runs, &TableSpec { zero_shot: Some("lm".into()), ..spec(&["acc_in"]) }).unwrap_err();
+        assert!(err.to_string().contains("no completed `lm` run"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::data::prompt::PromptSpec;
-use crate::device::{DeviceSpec, Dtype};
+use crate::device::{DeviceList, Dtype};
 use crate::error::{Error, Result};
 use crate::methods::MethodSpec;
 
@@ -26,14 +26,23 @@ pub struct RunConfig {
     pub tokenizer: Option<String>,
     /// The task (`ftlab data list`); `synthetic-nli` is embedded.
     pub task: String,
+    /// A file of the task's rows replacing its own data (.tsv, .csv, .jsonl or .parquet; the
+    /// `text` task also reads .txt): every split reads it, except the `text` task's held-out rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Which columns of `file` hold the task's texts and label (`premise=s1,hypothesis=s2,label=y`;
+    /// `text=body` for documents); default: columns named as the task's fields.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub columns: String,
     /// Size k of the few-shot training set, drawn uniformly without replacement as llmft does.
     pub shots: usize,
     /// Seed of the few-shot draw and of the in-context demonstrations (llmft's data seed).
     pub data_seed: u32,
     /// Seed of initialisation, dropout and batch order.
     pub seed: u64,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: DeviceSpec,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`; several (`cuda:0,cuda:1`) spread the model's decoder
+    /// layers over them, for models whose weights exceed one GPU.
+    pub device: DeviceList,
     /// Compute dtype: `fp32`, `bf16` or `fp16`.
     pub dtype: Dtype,
     /// Folder that holds run folders.
@@ -179,11 +188,13 @@ impl Default for RunConfig {
         Self {
             model: crate::model::source::EMBEDDED.into(),
             task: "synthetic-nli".into(),
+            file: None,
+            columns: String::new(),
             shots: 128,
             data_seed: 0,
             seed: 0,
             tokenizer: None,
-            device: DeviceSpec::Auto,
+            device: DeviceList::default(),
             dtype: Dtype::F32,
             out: PathBuf::from("runs"),
             method: MethodSpec::default(),

@@ -7,10 +7,11 @@ use tch::Device;
 use super::config::{RunConfig, TrainConfig};
 use crate::data::batch::{self, Batch, EncodedExample};
 use crate::data::dataset::{Dataset, EvalSet, Example};
-use crate::data::prompt::Prompt;
+use crate::data::prompt::{Prompt, PromptFamily};
 use crate::data::sampling;
 use crate::data::source::{ColumnMap, Header, HubSnapshot, LocalSource};
 use crate::data::task::{self, DataOptions, TaskDef};
+use crate::data::text;
 use crate::error::Result;
 use crate::tokenizer::{Padding, Tokenizer};
 use ftlab_sdk::{Inputs, TaskInfo, Tensors};
@@ -85,7 +86,15 @@ impl DataFile {
 impl RunData {
     /// Loads and samples the data of `config` for `tokenizer`, from the user's HF cache.
     pub fn load(config: &RunConfig, tokenizer: &Tokenizer) -> Result<Self> {
-        Self::load_from(config, tokenizer, &DataOptions::from_env())
+        let task = task::find(&config.task)?;
+        let local = match &config.file {
+            None => None,
+            Some(path) => {
+                let columns = ColumnMap::parse(&config.columns, task.fields())?;
+                Some(LocalSource { path: path.clone(), columns, header: Header::Present })
+            }
+        };
+        Self::load_from(config, tokenizer, &DataOptions { local, ..DataOptions::from_env() })
     }
 
     /// Like [`RunData::load`], with where the task's rows come from given (a hub cache, the
@@ -93,7 +102,9 @@ impl RunData {
     pub fn load_from(config: &RunConfig, tokenizer: &Tokenizer, options: &DataOptions) -> Result<Self> {
         let task = task::find(&config.task)?;
         let pool = task.train_pool(options)?;
-        let positions = sampling::few_shot_positions(pool.len(), config.shots, config.data_seed)?;
+        // Documents have no classes to draw a few-shot set from: `shots` caps how many train.
+        let shots = if task.prompt == PromptFamily::Text { config.shots.min(pool.len()) } else { config.shots };
+        let positions = sampling::few_shot_positions(pool.len(), shots, config.data_seed)?;
         let mut train = pool.select(format!("{}-k{}", task.name, config.shots), &positions);
         let prompt = Prompt::new(task.prompt, task.label_names.len(), &config.prompt, tokenizer)?;
         let (encoded, fitted) = encode(&prompt, tokenizer, &mut train, config.train.max_length)?;
@@ -221,7 +232,8 @@ pub fn method_tensors(batch: &Batch, queries: Queries, hide_labels: bool) -> Ten
         .with("attention_mask", batch.attention_mask.shallow_clone())
         .with("labels", labels)
         .with("label_token_ids", gold_words)
-        .with("verbalizer_ids", batch.verbalizer_ids.shallow_clone());
+        .with("verbalizer_ids", batch.verbalizer_ids.shallow_clone())
+        .with("target_start", batch.target_starts.shallow_clone());
     tensors.json = serde_json::json!({ "prompts": queries.prompts, "icl_prompts": queries.icl });
     tensors
 }
@@ -238,6 +250,15 @@ fn encode(
     let mut fitted = Fitted::default();
     let mut encoded = Vec::with_capacity(data.len());
     for (position, example) in data.examples.iter_mut().enumerate() {
+        if prompt.family == PromptFamily::Text {
+            match text::encode(tokenizer, example, max_length)? {
+                Some((ids, target_start)) => {
+                    encoded.push(EncodedExample { position, ids, label: 0, target_start });
+                }
+                None => fitted.dropped += 1,
+            }
+            continue;
+        }
         let Some(e) = prompt.encode_within(tokenizer, example, max_length)? else {
             fitted.dropped += 1;
             continue;
@@ -246,7 +267,7 @@ fn encode(
         if let Some(premise) = e.premise {
             example.text1 = premise;
         }
-        encoded.push(EncodedExample { position, ids: e.ids, label: example.label });
+        encoded.push(EncodedExample::query(position, e.ids, example.label));
     }
     if fitted.dropped > 0 {
         tracing::warn!("{}: {} row(s) cannot fit {max_length} tokens and are left out", data.name, fitted.dropped);

@@ -30,8 +30,18 @@ pub(super) fn execute(
     record: &mut RunRecord,
 ) -> Result<bool> {
     let start = Instant::now();
-    let device = config.device.resolve()?;
+    let devices = config.device.resolve()?;
+    let device = devices[0];
     let mut model = Model::load(&config.model, LoadOptions { device, dtype: config.dtype, weights_format: None })?;
+    if devices.len() > 1 {
+        if !config.adapters.is_empty() {
+            return Err(Error::Device(
+                "adapters run on one device: a model spread over several (`device = \"cuda:0,cuda:1\"`) trains or prompts without adapters".into(),
+            ));
+        }
+        let plan = model.spread(&devices)?;
+        tracing::info!(layers = ?plan.layers, "decoder layers spread over {}", config.device);
+    }
     if let Some(spec) = &config.tokenizer {
         model.set_tokenizer(crate::model::load_tokenizer(spec)?)?;
     }
@@ -45,7 +55,8 @@ pub(super) fn execute(
         tracing::warn!("{warning}");
         record.warnings.push(warning);
     }
-    record.platform = Some(Platform::of(device)?);
+    let names = devices.iter().map(|&d| Platform::of(d).map(|p| p.device)).collect::<Result<Vec<_>>>()?;
+    record.platform = Some(Platform { device: names.join(","), ..Platform::of(device)? });
     let data = RunData::load(config, &model.tokenizer)?;
     record.data = Some(data.summary.clone());
     // A resumed run continues from its checkpoint, or starts over if it was killed before one.

@@ -20,6 +20,13 @@
 //! "train.lr" = 1e-4
 //! ```
 //!
+//! A `[slurm]` table holds the resources `ftlab sweep --backend slurm` asks for (see
+//! [`super::slurm`]); `"slurm.mem" = "64G"` in a `when` table changes them for those cells.
+//!
+//! `exclude = [{ method = "icl", adapter = "lora" }]` inside `[grid]` drops the cells that match
+//! every pair of an entry (as a GitHub Actions matrix's `exclude`), e.g. combinations that mean
+//! nothing.
+//!
 //! The caller layers each cell into a run configuration ([`Resolve`]: `ftlab` layers a cell
 //! exactly as it layers a run, defaults ← the file's settings ← `FTLAB_*` environment ← the
 //! layers given: the cell's axis values, its `when` settings, then the sweep's own
@@ -39,6 +46,12 @@ pub type Resolve<'a> = &'a dyn Fn(&str, &[(String, toml::Value)]) -> Result<RunC
 /// The table of conditional settings inside `[grid]`.
 const WHEN: &str = "when";
 
+/// The list of axis-value combinations left out, inside `[grid]`.
+const EXCLUDE: &str = "exclude";
+
+/// The table of Slurm resources at the top of a grid file (and `slurm.*` keys in `when`).
+const SLURM: &str = "slurm";
+
 /// One cell of a grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GridCell {
@@ -46,6 +59,9 @@ pub struct GridCell {
     pub axes: Vec<String>,
     /// The resolved run configuration.
     pub config: RunConfig,
+    /// Its Slurm resources: the file's `[slurm]` table with the cell's `when` overrides
+    /// (`"slurm.mem" = "64G"`); read only by `--backend slurm`.
+    pub slurm: toml::Table,
 }
 
 impl GridCell {
@@ -114,7 +130,12 @@ pub fn load(path: &Path, overrides: &[(String, toml::Value)], resolve: Resolve) 
             )))
         }
     };
-    let (axes, when) = split_axes(path, grid)?;
+    let slurm = match base.remove(SLURM) {
+        None => toml::Table::new(),
+        Some(toml::Value::Table(table)) => table,
+        Some(_) => return Err(Error::RunConfig(format!("{}: `slurm` must be a table of resources", path.display()))),
+    };
+    let (axes, when, excluded) = split_axes(path, grid)?;
     let base = toml::to_string(&base).map_err(|e| Error::RunConfig(format!("{}: {e}", path.display())))?;
     let mut cells = Vec::new();
     let mut names: HashMap<String, Vec<String>> = HashMap::new();
@@ -125,9 +146,16 @@ pub fn load(path: &Path, overrides: &[(String, toml::Value)], resolve: Resolve) 
             layers.push(axis_override(path, axis, value)?);
             labels.push(format!("{axis}={}", label(value)));
         }
+        if excluded.iter().any(|entry| entry.iter().all(|pair| labels.contains(pair))) {
+            continue;
+        }
+        let mut resources = slurm.clone();
         for condition in &labels {
-            if let Some(settings) = when.get(condition) {
-                layers.extend(settings.iter().map(|(k, v)| (k.clone(), v.clone())));
+            for (key, value) in when.get(condition).into_iter().flatten() {
+                match key.strip_prefix("slurm.") {
+                    Some(resource) => drop(resources.insert(resource.to_string(), value.clone())),
+                    None => layers.push((key.clone(), value.clone())),
+                }
             }
         }
         layers.extend_from_slice(overrides);
@@ -135,7 +163,7 @@ pub fn load(path: &Path, overrides: &[(String, toml::Value)], resolve: Resolve) 
             let why = if let Error::RunConfig(message) = e { message } else { e.to_string() };
             Error::RunConfig(format!("{}: cell {}: {why}", path.display(), labels.join(", ")))
         })?;
-        let cell = GridCell { axes: labels, config };
+        let cell = GridCell { axes: labels, config, slurm: resources };
         if let Some(other) = names.insert(cell.name(), cell.axes.clone()) {
             return Err(Error::RunConfig(format!(
                 "{}: cells [{}] and [{}] would both run as `{}`; vary only settings that show in the run name \
@@ -153,15 +181,29 @@ pub fn load(path: &Path, overrides: &[(String, toml::Value)], resolve: Resolve) 
 
 type Axes = Vec<(String, Vec<toml::Value>)>;
 type When = HashMap<String, toml::Table>;
+/// Per `exclude` entry, its `axis=value` pairs.
+type Excluded = Vec<Vec<String>>;
 
-/// Separates the axes (non-empty arrays) from the `when` table, checking that every `when`
-/// condition names an axis and one of its values.
-fn split_axes(path: &Path, grid: toml::Table) -> Result<(Axes, When)> {
+/// Separates the axes (non-empty arrays) from the `when` table and the `exclude` list, checking
+/// that every `when` condition and excluded pair names an axis and one of its values.
+fn split_axes(path: &Path, grid: toml::Table) -> Result<(Axes, When, Excluded)> {
     let bad = |what: String| Err(Error::RunConfig(format!("{}: [grid]: {what}", path.display())));
     let mut axes = Vec::new();
     let mut when = HashMap::new();
+    let mut excluded = Vec::new();
     for (key, value) in grid {
         match value {
+            toml::Value::Array(entries) if key == EXCLUDE => {
+                for entry in entries {
+                    let toml::Value::Table(pairs) = entry else {
+                        return bad(
+                            "`exclude` must be a list of tables such as { method = \"icl\", adapter = \"lora\" }"
+                                .into(),
+                        );
+                    };
+                    excluded.push(pairs.iter().map(|(axis, value)| format!("{axis}={}", label(value))).collect());
+                }
+            }
             toml::Value::Table(table) if key == WHEN => {
                 for (condition, settings) in table {
                     let toml::Value::Table(settings) = settings else {
@@ -177,15 +219,22 @@ fn split_axes(path: &Path, grid: toml::Table) -> Result<(Axes, When)> {
     if axes.is_empty() {
         return bad("no axes".into());
     }
-    for condition in when.keys() {
-        let known = condition.split_once('=').is_some_and(|(axis, value)| {
+    let known = |condition: &String| {
+        condition.split_once('=').is_some_and(|(axis, value)| {
             axes.iter().any(|(a, values)| a == axis && values.iter().any(|v| label(v) == value))
-        });
-        if !known {
+        })
+    };
+    for condition in when.keys() {
+        if !known(condition) {
             return bad(format!("`when.\"{condition}\"`: no axis takes that value (write \"axis=value\")"));
         }
     }
-    Ok((axes, when))
+    for pair in excluded.iter().flatten() {
+        if !known(pair) {
+            return bad(format!("`exclude`: no axis takes `{pair}`"));
+        }
+    }
+    Ok((axes, when, excluded))
 }
 
 /// The Cartesian product of the axes' values, the last axis varying fastest.

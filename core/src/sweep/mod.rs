@@ -6,15 +6,19 @@
 //! a crash (an abort inside libtorch, the OOM killer) then takes down one cell, not the sweep.
 //! The child's output goes to `OUT/NAME/sweep.log`; `cell.toml` reruns the cell by hand.
 //!
-//! Resuming is the default: a cell whose `record.json` says `completed` is skipped, and every
-//! other cell (never run, interrupted, or failed) is run from the start. Before running a cell
+//! Resuming is the default: a cell whose `record.json` says `completed` is skipped, an
+//! interrupted or failed cell with a checkpoint continues from it (`ftlab run --resume`, to the
+//! same result), and every other cell runs from the start. [`slurm`] runs the same cells as Slurm
+//! job arrays, [`devices`] pins local workers to GPUs. Before running a cell
 //! a sweep claims it ([`lock`]), so two sweeps over one results folder split the cells between
 //! them: a cell claimed by another sweep is put back and waited for at the end, then skipped if
 //! that sweep completed it. A child that dies without writing a record gets a `failed` record
 //! written for it, so results tables flag it rather than miss it.
 
+pub mod devices;
 pub mod grid;
 pub mod lock;
+pub mod slurm;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -85,10 +89,21 @@ pub struct CellReport {
 /// How to run a sweep.
 #[derive(Debug, Clone)]
 pub struct SweepOptions {
-    /// Cells run at once (child processes).
-    pub jobs: usize,
+    /// One worker per slot, cells run at once (child processes) each with the slot's threads.
+    pub slots: Vec<devices::Slot>,
+    /// Run each cell on its slot's device (`--devices`), instead of the cell's own `device`.
+    pub pin_devices: bool,
     /// The `ftlab` executable the cells run with.
     pub exe: PathBuf,
+}
+
+impl SweepOptions {
+    /// `jobs` cells at once on the cells' own devices, sharing the machine's cores.
+    pub fn local(jobs: usize, exe: PathBuf) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let slots = devices::slots(&["cpu".into()], jobs, 1, cores).expect("the CPU takes any number of jobs");
+        Self { slots, pin_devices: false, exe }
+    }
 }
 
 /// Runs every cell of `grid` that is not completed; `progress` is told after each cell.
@@ -96,8 +111,7 @@ pub fn run(grid: &Grid, options: &SweepOptions, progress: &(dyn Fn(&CellReport) 
     let queue: Mutex<VecDeque<&GridCell>> = Mutex::new(grid.cells.iter().collect());
     let claimed_elsewhere: Mutex<Vec<&GridCell>> = Mutex::new(Vec::new());
     let reports: Mutex<Vec<CellReport>> = Mutex::new(Vec::new());
-    let threads = threads_per_job(options.jobs);
-    let worker = || -> Result<()> {
+    let worker = |slot: &devices::Slot| -> Result<()> {
         // First every free cell; then, waiting on each claim, the cells other sweeps held.
         loop {
             let next = queue.lock().map_err(poisoned)?.pop_front();
@@ -114,14 +128,15 @@ pub fn run(grid: &Grid, options: &SweepOptions, progress: &(dyn Fn(&CellReport) 
             } else {
                 return Ok(());
             };
-            let report = run_claimed(cell, &options.exe, threads)?;
+            let device = options.pin_devices.then_some(slot.device.as_str());
+            let report = run_claimed(cell, &options.exe, device, slot.threads)?;
             drop(claim);
             progress(&report);
             reports.lock().map_err(poisoned)?.push(report);
         }
     };
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..options.jobs.max(1)).map(|_| scope.spawn(worker)).collect();
+        let handles: Vec<_> = options.slots.iter().map(|slot| scope.spawn(move || worker(slot))).collect();
         handles
             .into_iter()
             .try_for_each(|h| h.join().unwrap_or_else(|_| Err(Error::Results("a sweep worker panicked".into()))))
@@ -137,31 +152,31 @@ fn poisoned<T>(_: std::sync::PoisonError<T>) -> Error {
     Error::Results("a sweep worker panicked".into())
 }
 
-/// libtorch threads for each child: the machine's cores shared among the jobs, so parallel
-/// cells do not oversubscribe the CPU.
-fn threads_per_job(jobs: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / jobs.max(1)).max(1)
-}
-
-/// Runs one cell this sweep has claimed, unless it is already completed.
-fn run_claimed(cell: &GridCell, exe: &Path, threads: usize) -> Result<CellReport> {
+/// Runs one cell this sweep has claimed, unless it is already completed: on `device` when the
+/// sweep pins one, with `threads` libtorch threads (the machine's cores shared among the jobs,
+/// so parallel cells do not oversubscribe the CPU).
+fn run_claimed(cell: &GridCell, exe: &Path, device: Option<&str>, threads: usize) -> Result<CellReport> {
     let dir = RunDir::create(&cell.dir())?;
     let report = |outcome, error| CellReport { name: cell.name(), dir: dir.path.clone(), outcome, error };
     let previous = state(cell)?;
     if previous == CellState::Completed {
         return Ok(report(Outcome::Skipped, None));
     }
-    let config_path = dir.path.join("cell.toml");
-    let text = toml::to_string(&cell.config)
-        .map_err(|e| Error::RunConfig(format!("{}: cannot write the cell's settings: {e}", config_path.display())))?;
-    write_atomically(&config_path, text.as_bytes())?;
+    let mut config = cell.config.clone();
+    if let Some(device) = device {
+        config.device = device.parse()?;
+    }
+    let config_path = write_cell_config(&dir.path, &config)?;
     let log_path = dir.path.join("sweep.log");
     let log = std::fs::File::create(&log_path).map_err(Error::io(&log_path))?;
     let mut command = Command::new(exe);
     command.arg("run").arg("--config").arg(&config_path).stdin(Stdio::null());
     command.stdout(log.try_clone().map_err(Error::io(&log_path))?).stderr(log);
-    if previous == CellState::Failed {
+    // A run killed or failed after a checkpoint (a preempted Slurm task, a killed sweep)
+    // continues from it, to the same result; a failed one without a checkpoint starts over.
+    if dir.checkpoint().join("progress.json").is_file() {
+        command.arg("--resume");
+    } else if previous == CellState::Failed {
         command.arg("--force");
     }
     // The cell's settings are final: the environment must not layer over them a second time.
@@ -170,7 +185,8 @@ fn run_claimed(cell: &GridCell, exe: &Path, threads: usize) -> Result<CellReport
             command.env_remove(key);
         }
     }
-    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+    // A pinned worker's share of the cores is the plan; otherwise the user's setting wins.
+    if device.is_some() || std::env::var_os("OMP_NUM_THREADS").is_none() {
         command.env("OMP_NUM_THREADS", threads.to_string());
     }
     end_with_sweep(&mut command);
@@ -189,6 +205,39 @@ fn run_claimed(cell: &GridCell, exe: &Path, threads: usize) -> Result<CellReport
             report(Outcome::Failed, Some(error))
         }
     })
+}
+
+/// Writes a cell's settings to `DIR/cell.toml` (what `ftlab run --config` and `ftlab sweep-cell`
+/// read); returns the path.
+pub(crate) fn write_cell_config(dir: &Path, config: &crate::run::RunConfig) -> Result<PathBuf> {
+    let path = dir.join("cell.toml");
+    let text = toml::to_string(config)
+        .map_err(|e| Error::RunConfig(format!("{}: cannot write the cell's settings: {e}", path.display())))?;
+    write_atomically(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// Runs the cell in `dir` from its `cell.toml`, as a local sweep would (a Slurm array task's
+/// job): claimed first, skipped when completed or claimed by another sweep, resumed from its
+/// checkpoint if it has one; `SLURM_CPUS_PER_TASK` (else the machine's cores) threads.
+pub fn run_cell(dir: &Path, exe: &Path) -> Result<CellReport> {
+    let path = dir.join("cell.toml");
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    let mut config: crate::run::RunConfig =
+        toml::from_str(&text).map_err(|e| Error::RunConfig(format!("{}: {e}", path.display())))?;
+    // The folder is the cell's wherever the task runs: its parent holds the run folders.
+    config.out = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let cell = GridCell { axes: Vec::new(), config, slurm: toml::Table::new() };
+    let Some(claim) = CellLock::try_claim(dir)? else {
+        let report = CellReport { name: cell.name(), dir: dir.into(), outcome: Outcome::Skipped, error: None };
+        tracing::info!("{}: claimed by another sweep, skipped", dir.display());
+        return Ok(report);
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse().ok()).unwrap_or(cores);
+    let report = run_claimed(&cell, exe, None, threads);
+    drop(claim);
+    report
 }
 
 /// Ends a cell's process when its sweep dies (Linux), so a killed sweep, whose claims the OS

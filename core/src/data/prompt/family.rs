@@ -30,6 +30,9 @@ pub enum PromptFamily {
     Paraphrase,
     /// Grammatical acceptability (CoLA): label 0 = unacceptable.
     Acceptability,
+    /// Plain text for language modelling (the `text` task): a document, or a prompt and its
+    /// response; no label words.
+    Text,
 }
 
 /// Which built-in pattern.
@@ -120,6 +123,7 @@ impl PromptFamily {
             Self::Nli | Self::Nli3 => &["premise", "hypothesis"],
             Self::Paraphrase => &["question1", "question2"],
             Self::Acceptability => &["sentence"],
+            Self::Text => &["text", "response"],
         }
     }
 
@@ -158,6 +162,8 @@ impl PromptFamily {
             (Self::Acceptability, EvalHarness) => {
                 pattern("{sentence} \\nQuestion: Does this sentence make sense?", "\\nAnswer: ", NO_YES)
             }
+            // Text is read as it is, whatever the style.
+            (Self::Text, _) => pattern("{text}", "", &[]),
         }
     }
 }

@@ -93,6 +93,8 @@ pub struct Prompt {
     pub separator: String,
     /// Whose conventions build queries and demonstrations.
     pub compat: Compat,
+    /// The task family it renders ([`PromptFamily::Text`] rows are documents, not queries).
+    pub family: PromptFamily,
 }
 
 /// An encoded query.
@@ -123,7 +125,7 @@ impl Prompt {
             Some(words) => words.clone(),
             None => builtin.words.iter().map(|w| w.to_string()).collect(),
         };
-        if words.len() != num_labels {
+        if words.len() != num_labels && family != PromptFamily::Text {
             return Err(Error::Prompt(format!(
                 "{} label words ({}) for a task with {num_labels} labels",
                 words.len(),
@@ -144,6 +146,7 @@ impl Prompt {
             word_ids,
             separator: spec.separator.clone().unwrap_or(separator),
             compat: spec.compat,
+            family,
         })
     }
 

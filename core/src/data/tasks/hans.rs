@@ -98,6 +98,6 @@ inventory::submit! {
         prompt: PromptFamily::Nli,
         load,
         subsets,
-        file: FileRows { labels: None, process: Some(scoped) },
+        file: FileRows { labels: None, process: Some(scoped), ..FileRows::AS_READ },
     }
 }

@@ -61,7 +61,7 @@ inventory::submit! {
         prompt: PromptFamily::Nli,
         load: load_binary,
         subsets: per_label_subsets,
-        file: FileRows { labels: Some(&THREE_CLASSES), process: Some(binarize_rows) },
+        file: FileRows { labels: Some(&THREE_CLASSES), process: Some(binarize_rows), ..FileRows::AS_READ },
     }
 }
 
@@ -97,6 +97,6 @@ inventory::submit! {
         prompt: PromptFamily::Nli,
         load: load_binary,
         subsets: per_label_subsets,
-        file: FileRows { labels: Some(&THREE_CLASSES), process: Some(binarize_rows) },
+        file: FileRows { labels: Some(&THREE_CLASSES), process: Some(binarize_rows), ..FileRows::AS_READ },
     }
 }

@@ -11,6 +11,7 @@ pub mod paws_qqp;
 pub mod qqp;
 pub mod rte;
 pub mod synthetic;
+pub mod text;
 
 #[cfg(test)]
 mod tests;

@@ -67,6 +67,6 @@ inventory::submit! {
         prompt: PromptFamily::Paraphrase,
         load,
         subsets: per_label_subsets,
-        file: FileRows { labels: None, process: Some(subsample_file) },
+        file: FileRows { labels: None, process: Some(subsample_file), ..FileRows::AS_READ },
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 
+use crate::data::prompt::PromptFamily;
 use crate::data::source::{ColumnMap, Header, LocalSource};
 use crate::data::task::{self, DataOptions, HansScope};
 use crate::hub::Hub;
@@ -227,6 +228,7 @@ fn every_task_is_registered_with_consistent_splits() {
         "rte",
         "synthetic-hans",
         "synthetic-nli",
+        "text",
     ] {
         assert!(names.contains(&expected), "{expected} missing from {names:?}");
     }
@@ -236,7 +238,10 @@ fn every_task_is_registered_with_consistent_splits() {
         for ood in task.ood {
             assert!(task::find(ood).unwrap().train_split.is_none(), "{ood} is eval-only");
         }
-        assert_eq!(task.label_names.len(), task.prompt.pattern(Default::default()).words.len(), "{}", task.name);
+        // One label word per label; documents (the text family) have none.
+        let words = task.prompt.pattern(Default::default()).words.len();
+        let expected = if task.prompt == PromptFamily::Text { 0 } else { task.label_names.len() };
+        assert_eq!(words, expected, "{}", task.name);
     }
     assert!(task::find("nope").unwrap_err().to_string().contains("synthetic-nli"));
 }
