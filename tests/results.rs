@@ -282,3 +282,26 @@ fn a_sweep_pins_its_workers_to_devices() {
     let stderr = String::from_utf8_lossy(&gpu.stderr);
     assert!(!gpu.status.success() && stderr.contains("CUDA device"), "{stderr}");
 }
+
+/// A grid's `[slurm]` table and per-cell `"slurm.KEY"` overrides become the `#SBATCH` lines of
+/// one job array per set of resources (`--dry-run` needs no cluster); `--slurm` flags win.
+#[test]
+fn slurm_resources_group_cells_into_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let axes = "shots = [8, 16]\ndata_seed = [0, 1]\n[grid.when.\"shots=16\"]\n\"slurm.mem\" = \"2G\"\n";
+    let file = grid(dir.path(), axes);
+    let text =
+        std::fs::read_to_string(&file).unwrap().replace("[grid]", "[slurm]\nmem = \"1G\"\ngres = \"gpu:1\"\n[grid]");
+    std::fs::write(&file, text).unwrap();
+    let path = file.to_str().unwrap();
+    let scripts = ok(&ftlab(&["sweep", path, "--backend", "slurm", "--dry-run", "--slurm", "gres=gpu:2"]));
+    let arrays: Vec<&str> = scripts.split("#!/bin/bash").skip(1).collect();
+    assert_eq!(arrays.len(), 2, "{scripts}");
+    for (mem, cells) in [("1G", "k8_"), ("2G", "k16_")] {
+        let array = arrays.iter().find(|a| a.contains(&format!("#SBATCH --mem={mem}\n"))).unwrap();
+        assert!(array.contains("#SBATCH --array=0-1\n") && array.contains("#SBATCH --gres=gpu:2\n"), "{array}");
+        assert_eq!(array.matches(cells).count(), 2, "{array}");
+    }
+    let bad = ftlab(&["sweep", path, "--backend", "slurm", "--dry-run", "--slurm", "partitio=gpu"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("partitio"));
+}

@@ -213,6 +213,61 @@ fn an_interrupted_run_resumed_equals_an_uninterrupted_one() {
     assert_eq!(json(&run.join("record.json"))["config"]["train"]["epochs"], 1);
 }
 
+/// SIGTERM (what Slurm sends at a time limit, on preemption or `scancel`) stops a run after a
+/// whole optimizer step, mid-epoch: it writes a checkpoint of exactly where it stopped and a
+/// failed record saying so, and `--resume` ends where an uninterrupted run ends.
+#[test]
+fn a_run_stopped_by_sigterm_resumes_mid_epoch_to_the_same_result() {
+    let (whole, parts) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = |out: &Path| -> Vec<String> {
+        let flags =
+            ["run", "--plugin", "pbft", "--shots", "128", "--set", "train.epochs=4", "--set", "eval.max_examples=40"];
+        let mut args: Vec<String> = flags.map(String::from).to_vec();
+        args.extend(["--out".into(), out.display().to_string()]);
+        args
+    };
+    let ftlab_in = |out: &Path, extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ftlab"));
+        command.args(args(out)).args(extra).env("HF_HUB_OFFLINE", "1");
+        command
+    };
+    assert!(ftlab_in(whole.path(), &[]).output().unwrap().status.success());
+    let run = parts.path().join("pbft_synthetic-nli_tiny-opt_k128_d0_s0");
+    let child = ftlab_in(parts.path(), &[]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Once training has begun (the zero-shot line is written), stop it.
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(true, |m| m.is_empty()) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // SAFETY: signalling the child this test spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let stopped = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(stopped.status.code(), Some(1), "{stderr}");
+    let record = json(&run.join("record.json"));
+    assert_eq!(record["status"], "failed");
+    assert!(record["error"].as_str().unwrap().contains("terminated by SIGTERM"), "{record}");
+    let progress = json(&run.join("checkpoint/progress.json"));
+    assert!(progress["partial"].is_object(), "stopped inside an epoch: {progress}");
+
+    let resumed = ftlab_in(parts.path(), &["--resume"]).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let strip = |lines: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        lines
+            .into_iter()
+            .map(|mut l| {
+                l["eval"]["report"] = serde_json::Value::Null; // holds wall-clock timings
+                l
+            })
+            .collect()
+    };
+    let reference = whole.path().join("pbft_synthetic-nli_tiny-opt_k128_d0_s0");
+    assert_eq!(strip(metrics_lines(&reference)), strip(metrics_lines(&run)));
+    let (a, b) = (json(&reference.join("record.json")), json(&run.join("record.json")));
+    assert_eq!(a["last"]["acc_in"], b["last"]["acc_in"]);
+    assert_eq!(a["train_resources"]["tokens"], b["train_resources"]["tokens"], "every token counted once");
+}
+
 /// Bad values fail before anything runs, and a run whose scores become NaN fails naming the
 /// eval set and the step instead of recording chance accuracy.
 #[test]

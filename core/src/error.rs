@@ -161,6 +161,17 @@ pub enum Error {
         /// The optimizer step it happened at (1-based).
         step: usize,
     },
+    /// The run was asked to stop (SIGTERM: a Slurm time limit, preemption or `scancel`) and
+    /// stopped after a whole optimizer step.
+    #[error("terminated by SIGTERM after step {step} (epoch {epoch}){saved}")]
+    Terminated {
+        /// Optimizer steps taken.
+        step: usize,
+        /// The 1-based epoch it stopped in.
+        epoch: usize,
+        /// What was kept: `; --resume continues from the checkpoint written then`, or nothing.
+        saved: String,
+    },
     /// A model's weights hold NaN or infinite values and the run is strict.
     #[error("model `{model}`: NaN or infinite values in {parameters} (a damaged or diverged checkpoint)")]
     NonFiniteWeights {

@@ -140,6 +140,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options =
         RunOptions { resume: args.resume, force: args.force, epochs_budget: args.epochs_budget, strict: args.strict };
     eprintln!("run {} → {}", config.run_name(), config.out.join(config.run_name()).display());
+    // SIGTERM (a Slurm time limit, preemption, scancel) stops after the current step with a
+    // checkpoint that --resume continues from.
+    ftlab_core::run::stop::on_sigterm();
     let record = run::run(&config, &options, &Registry::discover())?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&record)?);

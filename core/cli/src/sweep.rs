@@ -71,6 +71,9 @@ pub struct CellArgs {
 
 /// Runs one cell folder as a local sweep would: claim, `ftlab run`, record.
 pub fn run_cell(args: CellArgs) -> anyhow::Result<ExitCode> {
+    // Slurm signals every process of the job: outlive the SIGTERM so the run (which checkpoints
+    // on it) is waited for rather than orphaned when the step ends.
+    ftlab_core::run::stop::on_sigterm();
     let exe = std::env::current_exe().context("locating the ftlab executable")?;
     let report = sweep::run_cell(&args.dir, &exe)?;
     eprintln!("{}: {:?}", report.name, report.outcome);

@@ -11,7 +11,7 @@ use ftlab_sdk::{Inputs, Role};
 use super::data::RunData;
 use super::optim::AdamW;
 use super::record::{sha256_of, RunDir};
-use super::train::{self, EpochMetrics, Progress};
+use super::train::{self, EpochEnd, EpochMetrics, PartialEpoch, Progress};
 use super::{ExportedAdapter, Headline, MethodProvenance, RunConfig, RunOptions, RunRecord, Timings};
 use crate::data::dataset::EvalSet;
 use crate::device::Platform;
@@ -130,7 +130,8 @@ impl<'a> Session<'a> {
         let mut optimizer = AdamW::new(run.trainable(), &self.config.train);
         record.trainable_parameters = optimizer.num_parameters();
         let (epochs, total) = self.plan(run, record.trainable_parameters > 0);
-        let progress = if checkpoint { train::load_checkpoint(self.dir, &mut optimizer)? } else { Progress::default() };
+        let mut progress =
+            if checkpoint { train::load_checkpoint(self.dir, &mut optimizer)? } else { Progress::default() };
         record.timings.add(&progress.timings);
         record.train_resources = progress.train_resources;
         record.zero_shot = progress.zero_shot;
@@ -149,7 +150,9 @@ impl<'a> Session<'a> {
             if budget.is_some_and(|budget| ran >= budget) {
                 return Ok(false);
             }
-            self.epoch(run, &mut optimizer, (epoch, epochs, total), record, &mut best)?;
+            // A run stopped mid-epoch continues that epoch where it stopped.
+            let from = progress.partial.take().filter(|_| epoch == progress.epochs_done);
+            self.epoch(run, &mut optimizer, (epoch, epochs, total), from, record, &mut best)?;
             ran += 1;
         }
         if record.last.is_none() {
@@ -206,19 +209,37 @@ impl<'a> Session<'a> {
         run: &mut MethodRun,
         optimizer: &mut AdamW,
         (epoch, epochs, total): (usize, usize, usize),
+        from: Option<PartialEpoch>,
         record: &mut RunRecord,
         best: &mut Option<(usize, Headline)>,
     ) -> Result<()> {
         let config = self.config;
         let mut meter = PhaseMeter::start(self.model.device());
-        let mut metrics = train::train_epoch(config, run, self.data, &self.model.tokenizer, optimizer, epoch, total)?;
-        meter.add_tokens(metrics.tokens);
+        let tokens_before = from.as_ref().map_or(0, |p| p.tokens);
+        let end =
+            train::train_epoch_from(config, run, self.data, &self.model.tokenizer, optimizer, (epoch, total), from)?;
+        meter.add_tokens(match &end {
+            EpochEnd::Done(metrics) => metrics.tokens - tokens_before,
+            EpochEnd::Stopped(partial) => partial.tokens - tokens_before,
+        });
         let used = meter.finish();
         record.timings.train += used.wall_seconds;
         record.train_resources = Some(match record.train_resources.take() {
             Some(before) => before.then(used),
             None => used,
         });
+        let mut metrics = match end {
+            EpochEnd::Done(metrics) => metrics,
+            EpochEnd::Stopped(partial) => {
+                let saved = if config.train.checkpoint {
+                    self.checkpoint(optimizer, epoch, Some(partial), record)?;
+                    "; --resume continues from the checkpoint written then"
+                } else {
+                    " (train.checkpoint = false: nothing kept)"
+                };
+                return Err(Error::Terminated { step: optimizer.step, epoch: epoch + 1, saved: saved.into() });
+            }
+        };
         if config.train.eval_every_epoch || epoch + 1 == epochs {
             let headline = self.evaluate(run, optimizer.step, epoch + 1, record)?;
             if best.as_ref().is_none_or(|(_, b)| headline.acc_in > b.acc_in) {
@@ -231,20 +252,33 @@ impl<'a> Session<'a> {
         tracing::info!(epoch = epoch + 1, loss = metrics.train_loss, acc_in, "epoch done");
         self.dir.append_metrics(&metrics)?;
         if config.train.checkpoint {
-            let progress = Progress {
-                epochs_done: epoch + 1,
-                steps: optimizer.step,
-                timings: Timings {
-                    total: record.timings.total + self.start.elapsed().as_secs_f64(),
-                    ..record.timings.clone()
-                },
-                train_resources: record.train_resources.clone(),
-                zero_shot: record.zero_shot.clone(),
-                icl_reference: record.icl_reference.clone(),
-            };
-            train::save_checkpoint(self.dir, optimizer, &progress)?;
+            self.checkpoint(optimizer, epoch + 1, None, record)?;
         }
         Ok(())
+    }
+
+    /// Saves the optimizer and what the run measured so far, after `epochs_done` epochs and the
+    /// `partial` steps of the next.
+    fn checkpoint(
+        &self,
+        optimizer: &AdamW,
+        epochs_done: usize,
+        partial: Option<PartialEpoch>,
+        record: &RunRecord,
+    ) -> Result<()> {
+        let progress = Progress {
+            epochs_done,
+            steps: optimizer.step,
+            timings: Timings {
+                total: record.timings.total + self.start.elapsed().as_secs_f64(),
+                ..record.timings.clone()
+            },
+            train_resources: record.train_resources.clone(),
+            zero_shot: record.zero_shot.clone(),
+            icl_reference: record.icl_reference.clone(),
+            partial,
+        };
+        train::save_checkpoint(self.dir, optimizer, &progress)
     }
 
     /// [`evaluate`] after `step` optimizer steps (`epoch` epochs), its time added to the

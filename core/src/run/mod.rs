@@ -10,6 +10,7 @@ pub mod data;
 mod execute;
 pub mod optim;
 pub mod record;
+pub mod stop;
 pub mod train;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -37,6 +37,36 @@ pub struct Progress {
     /// The in-context reference, when scored.
     #[serde(default)]
     pub icl_reference: Option<Headline>,
+    /// Where in the next epoch a run stopped on request (SIGTERM), if it stopped mid-epoch.
+    #[serde(default)]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// An epoch stopped after some of its optimizer steps: how far it got and its sums so far, so
+/// the rest of it runs as if it had never stopped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// Optimizer steps (groups of micro-batches) of the epoch done.
+    pub groups_done: usize,
+    /// Sum of the micro-batch losses so far.
+    pub loss_sum: f64,
+    /// Micro-batches so far.
+    pub loss_count: usize,
+    /// Tokens trained on so far.
+    pub tokens: usize,
+    /// The learning rate of the last step.
+    pub lr: f64,
+    /// The methods' metrics so far (each micro-batch's).
+    pub method_metrics: Vec<(String, f64)>,
+}
+
+/// How an epoch ended.
+#[derive(Debug)]
+pub enum EpochEnd {
+    /// It ran to its end.
+    Done(EpochMetrics),
+    /// A stop was requested ([`super::stop`]); it stopped after a whole step.
+    Stopped(PartialEpoch),
 }
 
 /// One epoch's line in `metrics.jsonl`.
@@ -74,10 +104,27 @@ pub fn train_epoch(
     epoch: usize,
     total: usize,
 ) -> Result<EpochMetrics> {
+    match train_epoch_from(config, run, data, tokenizer, optimizer, (epoch, total), None)? {
+        EpochEnd::Done(metrics) => Ok(metrics),
+        EpochEnd::Stopped(_) => Err(Error::Terminated { step: optimizer.step, epoch: epoch + 1, saved: String::new() }),
+    }
+}
+
+/// Runs epoch `epoch` (0-based) of `total` steps in all, from where `from` stopped (or its
+/// start), until its end or a requested stop.
+pub fn train_epoch_from(
+    config: &RunConfig,
+    run: &mut MethodRun,
+    data: &RunData,
+    tokenizer: &Tokenizer,
+    optimizer: &mut AdamW,
+    (epoch, total): (usize, usize),
+    from: Option<PartialEpoch>,
+) -> Result<EpochEnd> {
     run.set_train(true)?;
-    // Dropout and batch order depend only on (seed, epoch): a resumed run repeats them.
+    // Batch order depends only on (seed, epoch) and dropout on (seed, epoch, step): a run
+    // resumed at an epoch boundary or mid-epoch repeats them.
     let epoch_seed = config.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64);
-    tch::manual_seed(epoch_seed as i64);
     let micro = config.train.batch_size / config.train.grad_accum;
     let device = run.model.device();
     let inputs = run.objective.inputs;
@@ -85,12 +132,17 @@ pub fn train_epoch(
     let order = BatchOrder::BucketedShuffled { seed: epoch_seed };
     let batches = batch::batches(tokenizer, encoded, &data.prompt.word_ids, micro, order, device);
     let bar = progress_bar(batches.len() as u64, &format!("epoch {}", epoch + 1));
-    let (mut loss_sum, mut loss_count, mut lr, mut tokens) = (0.0, 0usize, 0.0, 0);
-    let mut method_metrics: Vec<(String, f64)> = Vec::new();
-    for group in batches.chunks(config.train.grad_accum) {
+    let mut done = from.unwrap_or_default();
+    bar.inc((done.groups_done * config.train.grad_accum) as u64);
+    for (g, group) in batches.chunks(config.train.grad_accum).enumerate().skip(done.groups_done) {
         if optimizer.step >= total {
             break;
         }
+        if super::stop::requested() {
+            bar.finish_and_clear();
+            return Ok(EpochEnd::Stopped(done));
+        }
+        tch::manual_seed(epoch_seed.wrapping_mul(1_000_003).wrapping_add(g as u64) as i64);
         optimizer.zero_grad();
         for b in group {
             let batch = data.method_batch(b, examples, inputs == Inputs::Unlabelled);
@@ -100,32 +152,33 @@ pub fn train_epoch(
                 return Err(Error::NonFiniteLoss { value, step: optimizer.step + 1 });
             }
             (loss * (optimizer.loss_scale.scale / group.len() as f64)).backward();
-            loss_sum += value;
-            loss_count += 1;
-            tokens += b.tokens;
-            method_metrics.extend(metrics);
+            done.loss_sum += value;
+            done.loss_count += 1;
+            done.tokens += b.tokens;
+            done.method_metrics.extend(metrics);
             bar.inc(1);
         }
         optimizer.unscale_grads();
         let norm = optimizer.clip_grad_norm(config.train.grad_clip);
         if optimizer.loss_scale.update(norm.is_finite()) {
-            lr = learning_rate(&config.train, optimizer.step, total);
-            optimizer.step(lr)?;
+            done.lr = learning_rate(&config.train, optimizer.step, total);
+            optimizer.step(done.lr)?;
         } else {
             tracing::debug!(scale = optimizer.loss_scale.scale, "fp16 gradients overflowed: step skipped");
         }
-        bar.set_message(format!("loss {:.4}", loss_sum / loss_count.max(1) as f64));
+        done.groups_done = g + 1;
+        bar.set_message(format!("loss {:.4}", done.loss_sum / done.loss_count.max(1) as f64));
     }
     bar.finish_and_clear();
-    Ok(EpochMetrics {
+    Ok(EpochEnd::Done(EpochMetrics {
         epoch: epoch + 1,
         step: optimizer.step,
-        train_loss: loss_sum / loss_count.max(1) as f64,
-        lr,
-        tokens,
-        method_metrics: average(method_metrics),
+        train_loss: done.loss_sum / done.loss_count.max(1) as f64,
+        lr: done.lr,
+        tokens: done.tokens,
+        method_metrics: average(done.method_metrics),
         eval: None,
-    })
+    }))
 }
 
 fn average(metrics: Vec<(String, f64)>) -> Vec<(String, f64)> {

@@ -209,7 +209,10 @@ pub fn status(grid: &Grid) -> Result<Vec<CellStatus>> {
     let mut cells = Vec::with_capacity(grid.cells.len());
     for (cell, submitted) in grid.cells.iter().zip(submissions) {
         let record = state(cell)?;
-        let queued = submitted.as_ref().and_then(|s| slurm.get(&s.job_id)).copied();
+        // A task Slurm never split off its array (cancelled while pending) is listed as the
+        // array's own job id.
+        let queued =
+            submitted.as_ref().and_then(|s| slurm.get(&s.job_id).or_else(|| slurm.get(&s.array_job_id))).copied();
         let state = match (record, queued, &submitted) {
             (CellState::Completed, _, _) => SlurmState::Completed,
             (_, Some(q), _) if q.queued() => q,
