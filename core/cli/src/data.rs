@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use ftlab_core::data::source::{ColumnMap, Header, LocalSource};
+use ftlab_core::data::source::LocalSource;
 use ftlab_core::data::synthetic::SyntheticConfig;
 use ftlab_core::data::{
     sampling, task, Compat, DataOptions, Dataset, HansScope, PatternStyle, Prompt, PromptSpec, TaskDef,
@@ -116,13 +116,8 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
 impl SourceArgs {
     fn resolve(&self) -> anyhow::Result<(&'static TaskDef, DataOptions)> {
         let task = task::find(&self.task)?;
-        let local = match &self.file {
-            None => None,
-            Some(path) => {
-                let columns = ColumnMap::parse(self.columns.as_deref().unwrap_or_default(), task.fields())?;
-                Some(LocalSource { path: path.clone(), columns, header: Header::Present })
-            }
-        };
+        let columns = self.columns.as_deref().unwrap_or_default();
+        let local = self.file.as_deref().map(|f| LocalSource::mapped(f, columns, task.fields())).transpose()?;
         let options = DataOptions {
             hans: if self.hans_all { HansScope::All } else { HansScope::LexicalOverlap },
             synthetic: SyntheticConfig { seed: self.synthetic_seed, ..SyntheticConfig::default() },

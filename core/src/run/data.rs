@@ -9,7 +9,7 @@ use crate::data::batch::{self, Batch, EncodedExample};
 use crate::data::dataset::{Dataset, EvalSet, Example};
 use crate::data::prompt::{Prompt, PromptFamily};
 use crate::data::sampling;
-use crate::data::source::{ColumnMap, Header, HubSnapshot, LocalSource};
+use crate::data::source::{HubSnapshot, LocalSource};
 use crate::data::task::{self, DataOptions, TaskDef};
 use crate::data::text;
 use crate::error::Result;
@@ -87,13 +87,8 @@ impl RunData {
     /// Loads and samples the data of `config` for `tokenizer`, from the user's HF cache.
     pub fn load(config: &RunConfig, tokenizer: &Tokenizer) -> Result<Self> {
         let task = task::find(&config.task)?;
-        let local = match &config.file {
-            None => None,
-            Some(path) => {
-                let columns = ColumnMap::parse(&config.columns, task.fields())?;
-                Some(LocalSource { path: path.clone(), columns, header: Header::Present })
-            }
-        };
+        let local =
+            config.file.as_deref().map(|f| LocalSource::mapped(f, &config.columns, task.fields())).transpose()?;
         Self::load_from(config, tokenizer, &DataOptions { local, ..DataOptions::from_env() })
     }
 
@@ -296,8 +291,7 @@ fn draw_unlabelled(pool: &Dataset, taken: &[usize], count: usize, data_seed: u32
 
 /// The first `train.unlabelled` inputs of a user's file.
 fn unlabelled_from_file(task: &TaskDef, path: &std::path::Path, train: &TrainConfig) -> Result<Dataset> {
-    let columns = ColumnMap::parse(&train.unlabelled_columns, task.fields())?;
-    let source = LocalSource { path: path.into(), columns, header: Header::Present };
+    let source = LocalSource::mapped(path, &train.unlabelled_columns, task.fields())?;
     let inputs = source.load_inputs(&format!("{}-unlabelled", task.name), task.label_names)?;
     let first: Vec<usize> = (0..inputs.len().min(train.unlabelled)).collect();
     Ok(inputs.select(inputs.name.clone(), &first))

@@ -31,6 +31,12 @@ pub struct LocalSource {
 }
 
 impl LocalSource {
+    /// `path` with a header, its columns mapped by `--columns` `spec` for a task whose text
+    /// fields are `fields`.
+    pub fn mapped(path: &Path, spec: &str, fields: &[&str]) -> Result<Self> {
+        Ok(Self { path: path.into(), columns: ColumnMap::parse(spec, fields)?, header: Header::Present })
+    }
+
     /// Reads the file as the examples of a task with `label_names`, named `name`; rows whose
     /// label is none of them are left out and counted in the dataset's `unknown_labels`.
     pub fn load(&self, name: &str, label_names: &[&str]) -> Result<Dataset> {
