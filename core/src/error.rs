@@ -105,6 +105,9 @@ pub enum Error {
     /// A device or dtype name is not one ftlab knows, or the device is unavailable.
     #[error("{0}")]
     Device(String),
+    /// A Slurm client command (sbatch, squeue, scancel) could not run or failed.
+    #[error("slurm: {0}")]
+    Slurm(String),
     /// A forward hook (a method plugin) failed.
     #[error("hook at {site} failed: {message}")]
     Hook {

@@ -163,12 +163,10 @@ fn submission(dir: &Path) -> Option<Submission> {
 /// Runs a Slurm client command, its stdout on success or an error naming it.
 fn slurm(program: &str, args: &[String]) -> Result<String> {
     let output = Command::new(program).args(args).output().map_err(|e| {
-        Error::Device(format!(
-            "`{program}` could not be started ({e}): is this a Slurm login node with SLURM_CONF set?"
-        ))
+        Error::Slurm(format!("`{program}` could not be started ({e}): is this a Slurm login node (SLURM_CONF set)?"))
     })?;
     if !output.status.success() {
-        return Err(Error::Device(format!(
+        return Err(Error::Slurm(format!(
             "`{program} {}` failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
