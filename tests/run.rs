@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 mod common;
 
+use common::{metrics_lines, metrics_without_timings};
+
 fn ftlab(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ftlab")).args(args).env("HF_HUB_OFFLINE", "1").output().unwrap()
 }
@@ -34,14 +36,6 @@ fn quick(out: &Path, extra: &[&str]) -> Output {
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn metrics_lines(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 const RUN: &str = "pbft_synthetic-nli_tiny-opt_k24_d0_s0";
@@ -186,16 +180,7 @@ fn an_interrupted_run_resumed_equals_an_uninterrupted_one() {
     std::fs::write(run.join("record.json"), failed.to_string()).unwrap();
     let done = quick(parts.path(), &["--resume"]);
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-    let strip = |lines: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
-        lines
-            .into_iter()
-            .map(|mut l| {
-                l["eval"]["report"] = serde_json::Value::Null; // holds wall-clock timings
-                l
-            })
-            .collect()
-    };
-    assert_eq!(strip(metrics_lines(&whole.path().join(RUN))), strip(metrics_lines(&run)));
+    assert_eq!(metrics_without_timings(&whole.path().join(RUN)), metrics_without_timings(&run));
     let (a, b) = (json(&whole.path().join(RUN).join("record.json")), json(&run.join("record.json")));
     assert_eq!(a["last"]["acc_in"], b["last"]["acc_in"]);
     assert_eq!(a["best"][0], b["best"][0]);
@@ -252,17 +237,8 @@ fn a_run_stopped_by_sigterm_resumes_mid_epoch_to_the_same_result() {
 
     let resumed = ftlab_in(parts.path(), &["--resume"]).output().unwrap();
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
-    let strip = |lines: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
-        lines
-            .into_iter()
-            .map(|mut l| {
-                l["eval"]["report"] = serde_json::Value::Null; // holds wall-clock timings
-                l
-            })
-            .collect()
-    };
     let reference = whole.path().join("pbft_synthetic-nli_tiny-opt_k128_d0_s0");
-    assert_eq!(strip(metrics_lines(&reference)), strip(metrics_lines(&run)));
+    assert_eq!(metrics_without_timings(&reference), metrics_without_timings(&run));
     let (a, b) = (json(&reference.join("record.json")), json(&run.join("record.json")));
     assert_eq!(a["last"]["acc_in"], b["last"]["acc_in"]);
     assert_eq!(a["train_resources"]["tokens"], b["train_resources"]["tokens"], "every token counted once");

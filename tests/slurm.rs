@@ -118,8 +118,7 @@ fn record(dir: &Path) -> serde_json::Value {
 
 /// The epochs a run folder's metrics log holds.
 fn epochs(dir: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap()).collect()
+    common::metrics_lines(dir).iter().map(|l| l["epoch"].as_u64().unwrap()).collect()
 }
 
 /// How many array tasks and local workers ran each cell to completion (`Completed` in Slurm's
@@ -221,11 +220,8 @@ fn a_cancelled_cell_resumes_to_the_uninterrupted_result() {
         assert_eq!(resumed["last"][key], uninterrupted["last"][key], "{key}");
     }
     assert_eq!(resumed["last"]["report"], uninterrupted["last"]["report"]);
-    let losses = |d: &Path| -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
-        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"].clone()).collect()
-    };
-    assert_eq!(losses(&dir), losses(&reference.join(&name)), "the same loss every epoch");
+    let reference_lines = common::metrics_without_timings(&reference.join(&name));
+    assert_eq!(common::metrics_without_timings(&dir), reference_lines, "the same loss and scores every epoch");
 }
 
 #[test]

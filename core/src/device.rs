@@ -145,7 +145,7 @@ fn load_torch_cuda() -> bool {
 /// results differ in the last digits can be told apart by this.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Platform {
-    /// The device the run computed on (`cpu`, `cuda:0`).
+    /// The device the run computed on (`cpu`, `cuda:0`; `cuda:0,cuda:1` for a spread model).
     pub device: String,
     /// libtorch's CPU kernel set (`DEFAULT`, `AVX2`, `AVX512`; see
     /// `torch.backends.cpu.get_cpu_capability()`), capped by `ATEN_CPU_CAPABILITY`.
@@ -161,12 +161,14 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// The platform a computation on `device` runs on in this process, now.
-    pub fn of(device: Device) -> Result<Self> {
-        let device = match device {
+    /// The platform a computation on `devices` (one, or those a model is spread over) runs on
+    /// in this process, now.
+    pub fn of(devices: &[Device]) -> Result<Self> {
+        let name = |device: &Device| match device {
             Device::Cuda(n) => format!("cuda:{n}"),
             other => format!("{other:?}").to_lowercase(),
         };
+        let device = devices.iter().map(name).collect::<Vec<_>>().join(",");
         let cpu_capability =
             ftlab_torch_ext::cpu_capability().map_err(|e| Error::Device(format!("libtorch's CPU capability: {e}")))?;
         Ok(Self {

@@ -26,7 +26,7 @@ pub use abi::{Inputs, Role};
 pub use error::{Error, Result};
 pub use host::{ForwardOutput, ForwardRequest, Host, HostRequest, Init, LoadedModel, Logits, ModelInfo, TaskInfo};
 pub use message::Tensors;
-pub use method::{last_token_logits, verbalizer_logits, Batch, Export, Loss, Method, Site};
+pub use method::{last_token_logits, next_token_targets, verbalizer_logits, Batch, Export, Loss, Method, Site};
 
 #[doc(hidden)]
 pub use inventory;
@@ -50,7 +50,9 @@ pub mod template {
 /// Everything a method file needs.
 pub mod prelude {
     pub use crate::host::{ForwardRequest, Host, Init, Logits};
-    pub use crate::method::{last_token_logits, verbalizer_logits, Batch, Export, Loss, Method, Site};
+    pub use crate::method::{
+        last_token_logits, next_token_targets, verbalizer_logits, Batch, Export, Loss, Method, Site,
+    };
     pub use crate::{Error, Inputs, Result, Role, Tensors};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

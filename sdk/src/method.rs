@@ -311,3 +311,14 @@ pub fn verbalizer_logits(host: &mut Host<'_>, batch: &Batch, grad: bool) -> Resu
     let index = Tensor::from_slice(&label_ids).to_device(logits.device()).to_kind(Kind::Int64);
     Ok(logits.index_select(1, &index))
 }
+
+/// The next-token targets of a batch for a language-modelling loss: `input_ids[:, 1:]`
+/// (`[B, T-1]`, predicted by the logits at positions `0..T-1`) and which of them count (bool
+/// `[B, T-1]`): real tokens at or after each row's `target_start`.
+pub fn next_token_targets(input_ids: &Tensor, attention_mask: &Tensor, target_start: &Tensor) -> (Tensor, Tensor) {
+    let width = input_ids.size()[1];
+    let positions = Tensor::arange_start(1, width, (Kind::Int64, input_ids.device())).unsqueeze(0);
+    let real = attention_mask.narrow(1, 1, width - 1).ne(0);
+    let scored = positions.ge_tensor(&target_start.unsqueeze(1)).logical_and(&real);
+    (input_ids.narrow(1, 1, width - 1), scored)
+}

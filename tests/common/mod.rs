@@ -73,3 +73,19 @@ fn newest_file(dir: &Path) -> Option<PathBuf> {
 pub fn numerics(name: &str, value: f64, bound: &str) {
     eprintln!("numerics: {name} {value:.6} {bound}");
 }
+
+/// The lines of a run folder's `metrics.jsonl`, parsed.
+pub fn metrics_lines(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// [`metrics_lines`] without the evaluation reports, which hold wall-clock timings: what two
+/// runs that should agree must agree on.
+pub fn metrics_without_timings(run: &Path) -> Vec<serde_json::Value> {
+    let mut lines = metrics_lines(run);
+    for line in &mut lines {
+        line["eval"]["report"] = serde_json::Value::Null;
+    }
+    lines
+}

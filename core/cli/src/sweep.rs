@@ -103,8 +103,8 @@ pub fn run(args: SweepArgs) -> anyhow::Result<ExitCode> {
         Some(spec) => {
             let gpus = usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
             let devices = sweep::devices::parse(spec, gpus)?;
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let slots = sweep::devices::slots(&devices, usize::from(args.jobs), usize::from(args.per_device), cores)?;
+            let (jobs, per_device) = (usize::from(args.jobs), usize::from(args.per_device));
+            let slots = sweep::devices::slots(&devices, jobs, per_device, sweep::devices::machine_cores())?;
             SweepOptions { slots, pin_devices: true, exe }
         }
     };

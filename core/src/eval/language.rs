@@ -14,6 +14,7 @@ use crate::data::dataset::EvalSet;
 use crate::data::text;
 use crate::error::{Error, Result};
 use crate::tokenizer::{Padding, Tokenizer};
+use ftlab_sdk::next_token_targets;
 
 /// Token-level scores of one text set.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -24,24 +25,6 @@ pub struct LanguageScores {
     pub loss: f64,
     /// `exp(loss)`.
     pub perplexity: f64,
-}
-
-/// The per-token negative log-likelihoods and argmax hits of one batch, `[B, T-1]` each, and
-/// the mask of the tokens scored.
-fn token_losses(
-    logits: &Tensor,
-    batch_ids: &Tensor,
-    mask: &Tensor,
-    target_starts: &Tensor,
-) -> (Tensor, Tensor, Tensor) {
-    let width = batch_ids.size()[1];
-    let logits = logits.narrow(1, 0, width - 1).to_kind(Kind::Float);
-    let targets = batch_ids.narrow(1, 1, width - 1);
-    let positions = Tensor::arange_start(1, width, (Kind::Int64, batch_ids.device())).unsqueeze(0);
-    let scored = positions.ge_tensor(&target_starts.unsqueeze(1)).logical_and(&mask.narrow(1, 1, width - 1).ne(0));
-    let nll = -logits.log_softmax(-1, Kind::Float).gather(2, &targets.unsqueeze(2), false).squeeze_dim(2);
-    let hits = logits.argmax(-1, false).eq_tensor(&targets);
-    (nll, hits, scored)
 }
 
 /// Scores `set` (a text set) with `scorer`: every row within `options.max_length`, long rows cut
@@ -73,14 +56,16 @@ pub fn score_set(
         if logits.dim() != 3 || logits.size()[..2] != [rows, width] {
             return Err(Error::ScoresShape { found: logits.size(), rows });
         }
-        let (nll, hit, scored) = token_losses(&logits, &batch.input_ids, &batch.attention_mask, &batch.target_starts);
+        // Per token: its negative log-likelihood and whether it was the argmax.
+        let (targets, scored) = next_token_targets(&batch.input_ids, &batch.attention_mask, &batch.target_starts);
+        let logits = logits.narrow(1, 0, width - 1).to_kind(Kind::Float);
+        let nll = -logits.log_softmax(-1, Kind::Float).gather(2, &targets.unsqueeze(2), false).squeeze_dim(2);
+        let hit = logits.argmax(-1, false).eq_tensor(&targets);
         let kept = nll.masked_fill(&scored.logical_not(), 0.0);
         let row_nll: Vec<f64> = Vec::try_from(kept.sum_dim_intlist(1, false, Kind::Double).to_device(Device::Cpu))?;
         let row_tokens: Vec<i64> = Vec::try_from(scored.sum_dim_intlist(1, false, Kind::Int64).to_device(Device::Cpu))?;
         hits += hit.logical_and(&scored).sum(Kind::Int64).int64_value(&[]) as usize;
-        let targets: Vec<i64> =
-            Vec::try_from(batch.input_ids.narrow(1, 1, width - 1).masked_select(&scored).to_device(Device::Cpu))?;
-        for t in targets {
+        for t in Vec::<i64>::try_from(targets.masked_select(&scored).to_device(Device::Cpu))? {
             *counts.entry(t).or_default() += 1;
         }
         for (row, &position) in batch.positions.iter().enumerate() {

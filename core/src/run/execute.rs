@@ -55,8 +55,7 @@ pub(super) fn execute(
         tracing::warn!("{warning}");
         record.warnings.push(warning);
     }
-    let names = devices.iter().map(|&d| Platform::of(d).map(|p| p.device)).collect::<Result<Vec<_>>>()?;
-    record.platform = Some(Platform { device: names.join(","), ..Platform::of(device)? });
+    record.platform = Some(Platform::of(&devices)?);
     let data = RunData::load(config, &model.tokenizer)?;
     record.data = Some(data.summary.clone());
     // A resumed run continues from its checkpoint, or starts over if it was killed before one.

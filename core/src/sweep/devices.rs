@@ -19,6 +19,11 @@ pub struct Slot {
     pub threads: usize,
 }
 
+/// The CPU cores this process may use (at least 1): what the jobs of a sweep share.
+pub fn machine_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The devices of `--devices`: `cpu`, `all` (every GPU of `gpus`, or the CPU without any), or a
 /// comma-separated list such as `cuda:0,cuda:1` (each named once, each below `gpus`).
 pub fn parse(spec: &str, gpus: usize) -> Result<Vec<String>> {

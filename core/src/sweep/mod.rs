@@ -100,8 +100,8 @@ pub struct SweepOptions {
 impl SweepOptions {
     /// `jobs` cells at once on the cells' own devices, sharing the machine's cores.
     pub fn local(jobs: usize, exe: PathBuf) -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let slots = devices::slots(&["cpu".into()], jobs, 1, cores).expect("the CPU takes any number of jobs");
+        let slots = devices::slots(&["cpu".into()], jobs, 1, devices::machine_cores())
+            .expect("the CPU takes any number of jobs");
         Self { slots, pin_devices: false, exe }
     }
 }
@@ -233,8 +233,8 @@ pub fn run_cell(dir: &Path, exe: &Path) -> Result<CellReport> {
         tracing::info!("{}: claimed by another sweep, skipped", dir.display());
         return Ok(report);
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse().ok()).unwrap_or(cores);
+    let slurm_cpus = std::env::var("SLURM_CPUS_PER_TASK").ok().and_then(|v| v.parse().ok());
+    let threads = slurm_cpus.unwrap_or_else(devices::machine_cores);
     let report = run_claimed(&cell, exe, None, threads);
     drop(claim);
     report

@@ -53,26 +53,22 @@ impl Method for Lm {
     }
 
     fn loss(&mut self, host: &mut Host, batch: &Batch) -> Result<Loss> {
-        let ids = batch.input_ids()?;
-        let width = ids.size()[1];
         let starts = match self.config.response_only {
             true => batch.target_start()?.shallow_clone(),
             false => batch.target_start()?.clamp_max(1),
         };
-        // Position t predicts token t + 1: score the targets at or after each row's start.
-        let positions = Tensor::arange_start(1, width, (Kind::Int64, ids.device())).unsqueeze(0);
-        let mask = batch.attention_mask()?.narrow(1, 1, width - 1).ne(0);
-        let scored = positions.ge_tensor(&starts.unsqueeze(1)).logical_and(&mask);
+        let (targets, scored) = next_token_targets(batch.input_ids()?, batch.attention_mask()?, &starts);
         if !bool::try_from(scored.any())? {
             return Err(Error::msg("no tokens to predict in this batch (empty documents?)"));
         }
-        let targets = ids.narrow(1, 1, width - 1).masked_fill(&scored.logical_not(), -100);
-        let logits = Self::all_logits(host, batch, true)?.narrow(1, 0, width - 1).to_kind(Kind::Float);
+        let targets = targets.masked_fill(&scored.logical_not(), -100);
+        let logits = Self::all_logits(host, batch, true)?;
+        let logits = logits.narrow(1, 0, targets.size()[1]).to_kind(Kind::Float);
         let vocab = logits.size()[2];
         let loss = logits.reshape([-1, vocab]).cross_entropy_loss::<Tensor>(
             &targets.reshape([-1]),
             None,
-            ftlab_sdk::tch::Reduction::Mean,
+            Reduction::Mean,
             -100,
             0.0,
         );
