@@ -13,6 +13,7 @@
 
 use std::path::Path;
 
+use super::batch::EncodedExample;
 use super::dataset::{Dataset, Example};
 use super::source::{files, ColumnMap, FileFormat, Header};
 use crate::error::{Error, Result};
@@ -74,10 +75,15 @@ pub fn split(name: &str, all: &[Example], split: &str) -> Dataset {
     Dataset::new(format!("{name}/{split}"), &LABEL_NAMES, rows.map(|(_, e)| e.clone()).collect())
 }
 
-/// A row's token ids and where its loss starts: `</s>`, the document (or prompt), then the
-/// response. Rows over `max_length` keep their first tokens. `None` when nothing is left to
-/// predict (an empty document, or a prompt that fills the window).
-pub fn encode(tokenizer: &Tokenizer, example: &Example, max_length: usize) -> Result<Option<(Vec<i64>, usize)>> {
+/// Row `position`'s token ids and where its loss starts: `</s>`, the document (or prompt), then
+/// the response; and whether it was cut. Rows over `max_length` keep their first tokens. `None`
+/// when nothing is left to predict (an empty document, or a prompt that fills the window).
+pub fn encode(
+    tokenizer: &Tokenizer,
+    position: usize,
+    example: &Example,
+    max_length: usize,
+) -> Result<Option<(EncodedExample, bool)>> {
     let mut ids = tokenizer.encode(&example.text1)?;
     // A document's loss reads every token after `</s>`; a response's only the response.
     let target_start = match &example.text2 {
@@ -88,8 +94,9 @@ pub fn encode(tokenizer: &Tokenizer, example: &Example, max_length: usize) -> Re
             start
         }
     };
+    let truncated = ids.len() > max_length;
     ids.truncate(max_length);
-    Ok((ids.len() > target_start).then_some((ids, target_start)))
+    Ok((ids.len() > target_start).then_some((EncodedExample { position, ids, label: 0, target_start }, truncated)))
 }
 
 #[cfg(test)]
@@ -111,14 +118,18 @@ mod tests {
     fn a_response_is_the_only_target_and_long_rows_keep_their_start() {
         let tokenizer = crate::model::tiny::tokenizer().unwrap();
         let prompt = Example::new(0, "The cat sat on the mat.", Some(" Yes".into()), 0);
-        let (ids, start) = encode(&tokenizer, &prompt, 64).unwrap().unwrap();
+        let (row, cut) = encode(&tokenizer, 7, &prompt, 64).unwrap().unwrap();
+        let (ids, start) = (&row.ids, row.target_start);
+        assert_eq!((row.position, cut), (7, false));
         assert_eq!(ids[..start], tokenizer.encode("The cat sat on the mat.").unwrap()[..]);
         assert_eq!(ids[start..], tokenizer.encode_plain(" Yes").unwrap()[..]);
-        assert_eq!(encode(&tokenizer, &prompt, start).unwrap(), None, "no room left for the response");
+        assert_eq!(encode(&tokenizer, 7, &prompt, start).unwrap(), None, "no room left for the response");
+        // Exactly filling the window is not a cut.
+        assert_eq!(encode(&tokenizer, 7, &prompt, ids.len()).unwrap().unwrap().1, false);
         let doc = Example::new(1, "The cat sat on the mat and the dog slept.", None, 0);
-        let (ids, start) = encode(&tokenizer, &doc, 4).unwrap().unwrap();
-        assert_eq!((ids.len(), start), (4, 1));
-        assert_eq!(ids[..], tokenizer.encode(&doc.text1).unwrap()[..4]);
+        let (row, cut) = encode(&tokenizer, 0, &doc, 4).unwrap().unwrap();
+        assert_eq!((row.ids.len(), row.target_start, cut), (4, 1, true));
+        assert_eq!(row.ids[..], tokenizer.encode(&doc.text1).unwrap()[..4]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::harness::{EvalOptions, Prediction, Scores, SetReport};
 use super::metrics::MetricValues;
 use super::resources::PhaseMeter;
-use crate::data::batch::{self, Batch, BatchOrder, EncodedExample};
+use crate::data::batch::{self, Batch, BatchOrder};
 use crate::data::dataset::EvalSet;
 use crate::data::text;
 use crate::error::{Error, Result};
@@ -38,10 +38,10 @@ pub fn score_set(
 ) -> Result<SetReport> {
     let (mut encoded, mut dropped, mut truncated) = (Vec::new(), 0, 0);
     for (position, example) in set.data.examples.iter().enumerate() {
-        match text::encode(tokenizer, example, options.max_length)? {
-            Some((ids, target_start)) => {
-                truncated += usize::from(ids.len() == options.max_length);
-                encoded.push(EncodedExample { position, ids, label: 0, target_start });
+        match text::encode(tokenizer, position, example, options.max_length)? {
+            Some((row, cut)) => {
+                truncated += usize::from(cut);
+                encoded.push(row);
             }
             None => dropped += 1,
         }

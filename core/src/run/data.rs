@@ -246,9 +246,10 @@ fn encode(
     let mut encoded = Vec::with_capacity(data.len());
     for (position, example) in data.examples.iter_mut().enumerate() {
         if prompt.family == PromptFamily::Text {
-            match text::encode(tokenizer, example, max_length)? {
-                Some((ids, target_start)) => {
-                    encoded.push(EncodedExample { position, ids, label: 0, target_start });
+            match text::encode(tokenizer, position, example, max_length)? {
+                Some((row, cut)) => {
+                    fitted.truncated += usize::from(cut);
+                    encoded.push(row);
                 }
                 None => fitted.dropped += 1,
             }
