@@ -95,7 +95,8 @@ impl RunDir {
 }
 
 /// Writes `bytes` to a temp file beside `path`, syncs it, and renames it over `path`. A failed
-/// write removes its temp file; a successful one also removes those that killed writers left.
+/// write removes its temp file; a successful one also removes those that killed writers left
+/// (not those of live processes writing the same file, such as two sweeps preparing one cell).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let partial = path.with_extension(format!("partial-{}", std::process::id()));
     let written = std::fs::File::create(&partial)
@@ -110,7 +111,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let (folder, stem) =
         (path.parent().unwrap_or(Path::new(".")), stem.file_name().unwrap_or_default().to_string_lossy());
     for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(stem.as_ref()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(stem.as_ref()) else { continue };
+        // Another live process may be writing the same file (two sweeps preparing one cell):
+        // only a dead writer's partial is a leftover.
+        let writing = pid.parse::<u32>().is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !writing {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -153,10 +159,15 @@ mod tests {
     #[test]
     fn atomic_writes_leave_no_partial_files() {
         let dir = tempfile::tempdir().unwrap();
-        let stale = dir.path().join("record.partial-999");
+        // No process has the largest pid; pid 1 always runs.
+        let stale = dir.path().join(format!("record.partial-{}", u32::MAX));
         std::fs::write(&stale, "left by a killed writer").unwrap();
+        let live = dir.path().join("record.partial-1");
+        std::fs::write(&live, "being written by another process").unwrap();
         write_atomically(&dir.path().join("record.json"), b"{}").unwrap();
         assert!(!stale.exists(), "a successful write removes stale partial files");
+        assert!(live.exists(), "but not one a live writer is still writing");
+        std::fs::remove_file(&live).unwrap();
         // A write that cannot land (the target is a folder) removes its own partial file.
         std::fs::create_dir(dir.path().join("blocked.json")).unwrap();
         assert!(write_atomically(&dir.path().join("blocked.json"), b"{}").is_err());
