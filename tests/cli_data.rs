@@ -249,3 +249,30 @@ fn a_glue_mnli_file_is_binarized_like_the_hub_split() {
     assert_eq!(split["unknown_labels"]["-"], 1, "{report}");
     assert!(succeeds(&args).contains("label `-` is none of the task's"));
 }
+
+/// `ftlab data episodes`: a deterministic JSONL corpus of few-shot episodes in the synthetic
+/// task's in-context strings; with `--first-item-prior 1` every Yes/No document's first item
+/// says Yes or True whatever its example.
+#[test]
+fn episodes_are_a_deterministic_text_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str| {
+        let path = dir.path().join(name);
+        let args = ["data", "episodes", path.to_str().unwrap(), "--documents", "40", "--demonstrations", "2"];
+        let out = ftlab(&[&args[..], &["--reserved", "0", "--first-item-prior", "1"]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(path).unwrap()
+    };
+    let (a, b) = (write("a.jsonl"), write("b.jsonl"));
+    assert_eq!(a, b, "same seed, same corpus");
+    let rows: Vec<Value> = a.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 40);
+    for row in &rows {
+        let text = row["text"].as_str().unwrap();
+        let items: Vec<&str> = text.split("\\n\\n").collect();
+        assert_eq!(items.len(), 3, "{text}");
+        assert!(items[0].ends_with(" ? Yes") || items[0].ends_with(" ? True"), "{text}");
+    }
+    let bad = ftlab(&["data", "episodes", dir.path().join("c.jsonl").to_str().unwrap(), "--reserved", "2"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("reserved"));
+}

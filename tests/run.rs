@@ -536,6 +536,8 @@ fn a_language_model_run_lowers_held_out_perplexity() {
         "train.epochs=4",
         "--set",
         "train.lr=3e-3",
+        "--set",
+        "train.save_model=true",
         "--json",
     ];
     let result = ftlab(&args);
@@ -549,6 +551,18 @@ fn a_language_model_run_lowers_held_out_perplexity() {
     assert!(before > 500.0, "an untrained model is near uniform over 1024 tokens: {before}");
     common::numerics("run.lm.perplexity_fraction", after / before, "<0.02");
     assert!(after < 0.02 * before, "held-out perplexity {before} -> {after}");
+    // The trained model was saved as an HF folder: a run starting from it scores the held-out
+    // documents as the first run ended.
+    assert_eq!(record["saved_model"]["folder"], "model");
+    let model = out.path().join(record["name"].as_str().unwrap()).join("model");
+    let again = tempfile::tempdir().unwrap();
+    let (again_out, model) = (again.path().to_str().unwrap(), model.to_str().unwrap());
+    let more = [&args[..5], &["--file", corpus.to_str().unwrap(), "--model", model, "--shots", "1000"]].concat();
+    let resumed = ftlab(&[&more[..], &["--set", "train.max_steps=1", "--out", again_out, "--json"]].concat());
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let resumed: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    let reloaded = resumed["zero_shot"]["report"][0]["language"]["perplexity"].as_f64().unwrap();
+    assert!((reloaded - after).abs() < 1e-6 * after, "saved {after}, reloaded {reloaded}");
     // The summary prints the perplexity row.
     let text = ftlab(&[&args[..args.len() - 1], &["--force"]].concat());
     let stdout = String::from_utf8_lossy(&text.stdout);

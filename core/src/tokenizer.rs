@@ -242,6 +242,13 @@ impl Tokenizer {
         self.inner.as_ref().and_then(|t| t.token_to_id(token)).map(i64::from)
     }
 
+    /// Every token string, sorted (empty when absent); byte-level BPE writes a leading space as `Ġ`.
+    pub fn tokens_of_vocabulary(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = self.inner.as_ref().map(|t| t.get_vocab(true).into_keys().collect()).unwrap_or_default();
+        tokens.sort();
+        tokens
+    }
+
     /// Number of tokens, special ones included (0 when absent).
     pub fn vocab_size(&self) -> usize {
         self.inner.as_ref().map_or(0, |t| t.get_vocab_size(true))

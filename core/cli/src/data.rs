@@ -1,5 +1,6 @@
-//! `ftlab data list|show|sample`: what tasks exist, what their data looks like after the task's
-//! filtering, and exactly which rows and prompts a few-shot run would use.
+//! `ftlab data list|show|sample|episodes`: what tasks exist, what their data looks like after the
+//! task's filtering, exactly which rows and prompts a few-shot run would use, and the synthetic
+//! episodes the embedded model is pretrained on.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ftlab_core::data::source::LocalSource;
+use ftlab_core::data::synthetic::episodes::{self, EpisodeConfig};
 use ftlab_core::data::synthetic::SyntheticConfig;
 use ftlab_core::data::{
     sampling, task, Compat, DataOptions, Dataset, HansScope, PatternStyle, Prompt, PromptSpec, TaskDef,
@@ -28,6 +30,65 @@ pub enum DataCommand {
     Show(ShowArgs),
     /// The exact rows (in sampling order) and rendered prompts of a few-shot run.
     Sample(SampleArgs),
+    /// Write few-shot episodes of the synthetic task as a JSONL corpus (a `text` column) for
+    /// `ftlab run --plugin lm --task text --file F`: the documents the embedded model is
+    /// pretrained on to learn in context (scripts/pretrain-embedded runs the stages).
+    Episodes(EpisodesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EpisodesArgs {
+    /// The JSONL file to write.
+    out: PathBuf,
+    /// Documents to write.
+    #[arg(long, default_value_t = 1000)]
+    documents: usize,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Demonstrations before each document's last item: `K` or `MIN-MAX` (uniform).
+    #[arg(long, default_value = "0-8", value_parser = parse_range)]
+    demonstrations: (usize, usize),
+    /// Share of documents with no demonstrations at all (the others draw from the range).
+    #[arg(long, default_value_t = 0.0)]
+    without_demonstrations: f64,
+    /// Share of documents whose label words are the reserved ` dog`/` river` (else ` Yes`/` No`
+    /// or ` True`/` False`).
+    #[arg(long, default_value_t = 1.0)]
+    reserved: f64,
+    /// Share of Yes/No and True/False documents with the pair's meaning swapped.
+    #[arg(long, default_value_t = 0.0)]
+    reversed: f64,
+    /// The first item of a Yes/No or True/False document carries the pair's first word with this
+    /// probability, whatever its example: before a demonstration the label is unknowable.
+    #[arg(long)]
+    first_item_prior: Option<f64>,
+    /// Share of documents starting with a prefix of neutral words (position invariance).
+    #[arg(long, default_value_t = 0.0)]
+    prefix: f64,
+    /// Longest prefix, in words.
+    #[arg(long, default_value_t = 120)]
+    max_prefix_words: usize,
+    /// Share of last items written as the in-context query (`?  word`) rather than as a demonstration.
+    #[arg(long, default_value_t = 0.5)]
+    query_form: f64,
+    /// Weights of the item families: the task's templates, copy-or-substitute, person-in-premise.
+    #[arg(long, default_value = "0.5,0.3,0.2", value_parser = parse_families)]
+    families: [f64; 3],
+}
+
+fn parse_range(text: &str) -> Result<(usize, usize), String> {
+    let number = |s: &str| s.trim().parse::<usize>().map_err(|e| format!("`{s}`: {e}"));
+    match text.split_once('-') {
+        Some((low, high)) => Ok((number(low)?, number(high)?)),
+        None => number(text).map(|k| (k, k)),
+    }
+}
+
+fn parse_families(text: &str) -> Result<[f64; 3], String> {
+    let weights: Vec<f64> =
+        text.split(',').map(|w| w.trim().parse::<f64>().map_err(|e| format!("`{w}`: {e}"))).collect::<Result<_, _>>()?;
+    weights.try_into().map_err(|w: Vec<f64>| format!("three weights expected, got {}", w.len()))
 }
 
 /// Which data: a task, or a user's file read as that task's data.
@@ -110,7 +171,27 @@ pub fn run(command: DataCommand) -> anyhow::Result<ExitCode> {
         DataCommand::List { json } => list(json),
         DataCommand::Show(args) => show(args),
         DataCommand::Sample(args) => sample(args),
+        DataCommand::Episodes(args) => episodes(args),
     }
+}
+
+fn episodes(args: EpisodesArgs) -> anyhow::Result<ExitCode> {
+    let config = EpisodeConfig {
+        seed: args.seed,
+        documents: args.documents,
+        demonstrations: args.demonstrations,
+        without_demonstrations: args.without_demonstrations,
+        reserved: args.reserved,
+        reversed: args.reversed,
+        first_item_prior: args.first_item_prior,
+        prefix: args.prefix,
+        max_prefix_words: args.max_prefix_words,
+        query_form: args.query_form,
+        families: args.families,
+    };
+    let rows = episodes::write_embedded(config, &args.out)?;
+    eprintln!("wrote {rows} episodes to {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 impl SourceArgs {
@@ -370,7 +451,8 @@ fn sample(args: SampleArgs) -> anyhow::Result<ExitCode> {
                 id: example.id,
                 label: pool.label_names[example.label].clone(),
                 query: prompt.query(example),
-                label_word: prompt.words[example.label].clone(),
+                // Documents (the `text` task) have no label word.
+                label_word: prompt.words.get(example.label).cloned().unwrap_or_default(),
             }
         })
         .collect();

@@ -17,6 +17,8 @@
 
 use serde::Serialize;
 
+pub mod episodes;
+
 use super::dataset::{Dataset, Example};
 use super::numpy::{LegacyRandomState, NumpyShuffle};
 

@@ -43,9 +43,14 @@ impl ResultRow {
         }
     }
 
-    /// The value of column `name` (one of [`COLUMNS`]).
+    /// The value of column `name`: one of [`COLUMNS`], or `acc@NAME`, the accuracy after
+    /// training on the eval set or subset `NAME` (`synthetic-hans-ln_passive`, or `ln_passive`
+    /// within any set: the per-subcase figures of a HANS-like set).
     pub fn get(&self, name: &str) -> Result<Value> {
-        Ok((column(name)?.get)(self))
+        match name.strip_prefix("acc@") {
+            Some(subset) => Ok(Value::Float(self.record.last.as_ref().and_then(|h| subset_accuracy(&h.report, subset)))),
+            None => Ok((column(name)?.get)(self)),
+        }
     }
 }
 
@@ -87,6 +92,24 @@ pub struct ColumnDef {
     /// What it holds (for `--help` and errors).
     pub about: &'static str,
     get: fn(&ResultRow) -> Value,
+}
+
+/// The verbalizer accuracy of the set or subset `name` in a headline's report.
+fn subset_accuracy(report: &serde_json::Value, name: &str) -> Option<f64> {
+    let accuracy = |scores: &serde_json::Value| scores["verbalizer"]["accuracy"].as_f64();
+    for set in report.as_array()? {
+        let set_name = set["name"].as_str().unwrap_or_default();
+        if set_name == name {
+            return accuracy(&set["scores"]);
+        }
+        for pair in set["subsets"].as_array().into_iter().flatten() {
+            let subset = pair[0].as_str().unwrap_or_default();
+            if subset == name || subset.strip_prefix(set_name).and_then(|r| r.strip_prefix('-')) == Some(name) {
+                return accuracy(&pair[1]);
+            }
+        }
+    }
+    None
 }
 
 fn text(s: &str) -> Value {
@@ -278,7 +301,10 @@ pub const COLUMNS: &[ColumnDef] = &[
 pub fn column(name: &str) -> Result<&'static ColumnDef> {
     COLUMNS.iter().find(|c| c.name == name).ok_or_else(|| {
         let known: Vec<&str> = COLUMNS.iter().map(|c| c.name).collect();
-        Error::Results(format!("unknown column `{name}`; columns: {}", known.join(", ")))
+        Error::Results(format!(
+            "unknown column `{name}`; columns: {}, and acc@SET or acc@SUBSET (e.g. acc@ln_passive)",
+            known.join(", ")
+        ))
     })
 }
 
@@ -404,6 +430,24 @@ mod tests {
     use super::*;
     use crate::results::testing::row;
     use crate::run::RunConfig;
+
+    #[test]
+    fn subset_accuracies_are_read_by_full_or_short_name() {
+        let report = serde_json::json!([
+            {"name": "synthetic-nli", "scores": {"verbalizer": {"accuracy": 0.9}}, "subsets": []},
+            {"name": "synthetic-hans", "scores": {"verbalizer": {"accuracy": 0.6}}, "subsets": [
+                ["synthetic-hans-ln_passive", {"verbalizer": {"accuracy": 0.25}}],
+                ["synthetic-hans-ln_subject/object_swap", {"verbalizer": {"accuracy": 0.5}}],
+            ]},
+        ]);
+        assert_eq!(subset_accuracy(&report, "synthetic-nli"), Some(0.9));
+        assert_eq!(subset_accuracy(&report, "synthetic-hans-ln_passive"), Some(0.25));
+        assert_eq!(subset_accuracy(&report, "ln_subject/object_swap"), Some(0.5));
+        assert_eq!(subset_accuracy(&report, "passive"), None);
+        let mut run = row("pbft", "full", 16, 0, Some((0.7, 0.5)));
+        run.record.last.as_mut().unwrap().report = report;
+        assert_eq!(run.get("acc@ln_passive").unwrap().number(), Some(0.25));
+    }
 
     #[test]
     fn rows_flatten_into_every_column() {

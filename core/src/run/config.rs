@@ -120,6 +120,10 @@ pub struct TrainConfig {
     /// precomputation): `none` (default), `bf16` or `fp16`, as `torch.autocast`; weights and
     /// optimizer state stay in `dtype`. fp16 training scales the loss dynamically.
     pub autocast: crate::device::Autocast,
+    /// Write the trained model as an HF folder (`model/` in the run folder: config.json,
+    /// model.safetensors, tokenizer.json) that `--model` and transformers load: how a model
+    /// pretrained or fully fine-tuned with ftlab is kept. Adapters export themselves instead.
+    pub save_model: bool,
 }
 
 impl Default for TrainConfig {
@@ -143,6 +147,7 @@ impl Default for TrainConfig {
             unlabelled_file: None,
             unlabelled_columns: String::new(),
             autocast: crate::device::Autocast::None,
+            save_model: false,
         }
     }
 }
@@ -278,6 +283,9 @@ impl RunConfig {
         if self.method.name.is_empty() {
             return Err(bad(("method.name", "no objective named (`--plugin NAME`, or `name` in `[method]`)".into())));
         }
+        if self.train.save_model && !self.adapters.is_empty() {
+            return Err(bad(("train.save_model", "writes a fully trained model; adapters export themselves (drop the adapters or this key)".into())));
+        }
         for m in std::iter::once(&self.method).chain(&self.adapters) {
             if !m.config.is_object() {
                 return Err(Error::RunConfig(format!("`{}.config`: must be a table", m.name)));
@@ -312,6 +320,8 @@ mod tests {
             assert!(err.contains(key), "{err}");
         };
         check(&RunConfig { method: MethodSpec::default(), ..c.clone() }, "method.name");
+        let saves = TrainConfig { save_model: true, ..c.train.clone() };
+        check(&RunConfig { train: saves, adapters: vec![MethodSpec::named("lora")], ..c.clone() }, "train.save_model");
         check(&RunConfig { task: "no-such-task".into(), ..c.clone() }, "task");
         check(&RunConfig { eval: EvalConfig { max_examples: Some(0), ..c.eval.clone() }, ..c.clone() }, "max_examples");
         for (train, key) in [

@@ -12,7 +12,7 @@ use super::data::RunData;
 use super::optim::AdamW;
 use super::record::{sha256_of, RunDir};
 use super::train::{self, EpochEnd, EpochMetrics, PartialEpoch, Progress};
-use super::{ExportedAdapter, Headline, MethodProvenance, RunConfig, RunOptions, RunRecord, Timings};
+use super::{ExportedFolder, Headline, MethodProvenance, RunConfig, RunOptions, RunRecord, Timings};
 use crate::data::dataset::EvalSet;
 use crate::device::Platform;
 use crate::error::{Error, Result};
@@ -72,7 +72,12 @@ pub(super) fn execute(
         return Ok(false);
     }
     for folder in run.export_adapters(&dir.path)? {
-        record.exported_adapters.push(ExportedAdapter::of(&dir.path, &folder)?);
+        record.exported_adapters.push(ExportedFolder::of(&dir.path, &folder)?);
+    }
+    if config.train.save_model {
+        let folder = dir.path.join("model");
+        model.save_pretrained(&folder)?;
+        record.saved_model = Some(ExportedFolder::of(&dir.path, &folder)?);
     }
     record.timings.total += start.elapsed().as_secs_f64();
     Ok(true)

@@ -57,16 +57,16 @@ pub struct MethodProvenance {
     pub sha256: String,
 }
 
-/// An adapter folder a run exported.
+/// A folder a run exported (an adapter, or the model with `train.save_model`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportedAdapter {
+pub struct ExportedFolder {
     /// The folder, relative to the run folder (`adapter`, or `adapter-<name>` for several).
     pub folder: std::path::PathBuf,
     /// Bytes of its files (`adapter_config.json` and the weights).
     pub bytes: u64,
 }
 
-impl ExportedAdapter {
+impl ExportedFolder {
     /// `folder` (inside `run`) and the size of its files.
     pub fn of(run: &std::path::Path, folder: &std::path::Path) -> Result<Self> {
         let files = std::fs::read_dir(folder).map_err(Error::io(folder))?;
@@ -170,7 +170,10 @@ pub struct RunRecord {
     pub git_dirty: bool,
     /// The adapters the run exported (PEFT-format folders in the run folder), with their size.
     #[serde(default)]
-    pub exported_adapters: Vec<ExportedAdapter>,
+    pub exported_adapters: Vec<ExportedFolder>,
+    /// The trained model's folder (`model`) and size, with `train.save_model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_model: Option<ExportedFolder>,
     /// ftlab's version.
     pub ftlab_version: String,
     /// Sampling facts.
@@ -214,6 +217,7 @@ impl RunRecord {
             git_revision: GIT_REVISION.into(),
             git_dirty: GIT_DIRTY,
             exported_adapters: Vec::new(),
+            saved_model: None,
             ftlab_version: env!("CARGO_PKG_VERSION").into(),
             data: None,
             trainable_parameters: 0,
