@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(subset_accuracy(&report, "synthetic-hans-ln_passive"), Some(0.25));
         assert_eq!(subset_accuracy(&report, "ln_subject/object_swap"), Some(0.5));
         assert_eq!(subset_accuracy(&report, "passive"), None);
-        let mut run = row("pbft", "full", 16, 0, Some((0.7, 0.5)));
+        let mut run = row("an_objective", "full", 16, 0, Some((0.7, 0.5)));
         run.record.last.as_mut().unwrap().report = report;
         assert_eq!(run.get("acc@ln_passive").unwrap().number(), Some(0.25));
     }

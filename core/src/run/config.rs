@@ -321,7 +321,7 @@ mod tests {
         };
         check(&RunConfig { method: MethodSpec::default(), ..c.clone() }, "method.name");
         let saves = TrainConfig { save_model: true, ..c.train.clone() };
-        check(&RunConfig { train: saves, adapters: vec![MethodSpec::named("lora")], ..c.clone() }, "train.save_model");
+        check(&RunConfig { train: saves, adapters: vec![MethodSpec::named("an_adapter")], ..c.clone() }, "train.save_model");
         check(&RunConfig { task: "no-such-task".into(), ..c.clone() }, "task");
         check(&RunConfig { eval: EvalConfig { max_examples: Some(0), ..c.eval.clone() }, ..c.clone() }, "max_examples");
         for (train, key) in [

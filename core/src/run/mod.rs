@@ -60,9 +60,11 @@ pub struct MethodProvenance {
 /// A folder a run exported (an adapter, or the model with `train.save_model`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportedFolder {
-    /// The folder, relative to the run folder (`adapter`, or `adapter-<name>` for several).
+    /// The folder, relative to the run folder (`adapter`, `adapter-<name>` for several, or
+    /// `model`).
     pub folder: std::path::PathBuf,
-    /// Bytes of its files (`adapter_config.json` and the weights).
+    /// Bytes of its files (an adapter's `adapter_config.json` and weights; the model's config,
+    /// weights and tokenizer).
     pub bytes: u64,
 }
 

@@ -54,6 +54,13 @@ impl LegacyRandomState {
         y ^ (y >> 18)
     }
 
+    /// A uniform double in [0, 1) from two outputs (`random_sample`, numpy's `rk_double`).
+    pub fn random_sample(&mut self) -> f64 {
+        let a = (self.next_u32() >> 5) as f64;
+        let b = (self.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
+    }
+
     fn twist(&mut self) {
         let mix = |upper: u32, lower: u32, far: u32| {
             let y = (upper & UPPER_MASK) | (lower & LOWER_MASK);

@@ -148,20 +148,13 @@ impl Episodes {
         Ok(Self { rng: LegacyRandomState::seed(config.seed), config, neutral })
     }
 
-    /// A uniform draw in [0, 1), as numpy's `random_sample` makes it from two outputs.
-    fn uniform(&mut self) -> f64 {
-        let a = (self.rng.next_u32() >> 5) as f64;
-        let b = (self.rng.next_u32() >> 6) as f64;
-        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
-    }
-
     fn chance(&mut self, p: f64) -> bool {
-        self.uniform() < p
+        self.rng.random_sample() < p
     }
 
     /// An index drawn with these (unnormalised) weights.
     fn weighted(&mut self, weights: &[f64]) -> usize {
-        let mut x = self.uniform() * weights.iter().sum::<f64>();
+        let mut x = self.rng.random_sample() * weights.iter().sum::<f64>();
         for (i, w) in weights.iter().enumerate() {
             if x < *w {
                 return i;
@@ -185,10 +178,11 @@ impl Episodes {
         let families = self.config.families;
         let family = self.weighted(&families);
         let reserved = self.chance(self.config.reserved);
-        let mut words = match reserved {
+        let canonical = match reserved {
             true => RESERVED,
             false => NATURAL[self.rng.interval(NATURAL.len() as u32 - 1) as usize],
         };
+        let mut words = canonical;
         if !reserved && self.config.reversed > 0.0 && self.chance(self.config.reversed) {
             words.reverse();
         }
@@ -207,8 +201,7 @@ impl Episodes {
             let mut word = words[label];
             if i == 0 && !reserved {
                 if let Some(first) = self.config.first_item_prior {
-                    // The canonical (unreversed) pair: its first word with probability `first`.
-                    let canonical = if words[0] == "No" || words[0] == "False" { [words[1], words[0]] } else { words };
+                    // The unreversed pair's first word with probability `first`.
                     word = if self.chance(first) { canonical[0] } else { canonical[1] };
                 }
             }
