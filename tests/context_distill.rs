@@ -41,7 +41,7 @@ struct Toy {
 
 impl Toy {
     fn new() -> Self {
-        let model = Model::embedded(LoadOptions::default()).unwrap();
+        let model = Model::embedded_random(LoadOptions::default()).unwrap();
         // DESIGN.md's readable prompt: with llmft's, every teacher query ends in the same space
         // token, after which the random model's two label words are near-ties whose argmax
         // (the agreement measured here) no distillation can pin down.

@@ -56,7 +56,7 @@ struct Toy {
 
 impl Toy {
     fn new(n: usize) -> Self {
-        let model = Model::embedded(LoadOptions::default()).unwrap();
+        let model = Model::embedded_random(LoadOptions::default()).unwrap();
         let train = TrainConfig {
             batch_size: 8,
             weight_decay: 0.0,
@@ -397,7 +397,7 @@ fn lora_freezes_the_base_and_merges_exactly() {
     let files = AdapterFiles::load(&folders[0]).unwrap();
     let config = (files.config["r"].as_i64(), files.config["lora_alpha"].as_f64(), files.tensors.len());
     assert_eq!(config, (Some(4), Some(16.0), 32));
-    let fresh = Model::embedded(LoadOptions::default()).unwrap();
+    let fresh = Model::embedded_random(LoadOptions::default()).unwrap();
     merge_adapter_dir(&fresh, &registry(), &folders[0]).unwrap();
     let rows = &toy.batches[0];
     let input = ForwardInput {
@@ -549,7 +549,7 @@ fn icl_with_the_cached_context_equals_icl_without_it() {
 #[test]
 fn lm_loss_is_next_token_cross_entropy_over_the_targets() {
     let _guard = serial();
-    let model = Model::embedded(LoadOptions::default()).unwrap();
+    let model = Model::embedded_random(LoadOptions::default()).unwrap();
     let tokenizer = &model.tokenizer;
     let document = tokenizer.encode("The cat sat on the mat and the dog slept.").unwrap();
     let prompt = tokenizer.encode("The doctor met the lawyer. The doctor paid the lawyer. ?").unwrap();

@@ -359,7 +359,7 @@ fn import_refuses_what_ftlab_does_not_implement() {
     let err = merge_edited(&model, |c| c["r"] = serde_json::json!(8)).unwrap();
     assert!(err.contains("shape") && err.contains("[4, 32]"), "{err}");
     // An adapter for another model shape cannot merge, and the model is left unchanged.
-    let model = Model::embedded(LoadOptions::default()).unwrap();
+    let model = Model::embedded_random(LoadOptions::default()).unwrap();
     let before = model.vs.variables()["model.decoder.layers.0.self_attn.q_proj.weight"].copy();
     let err = merge_adapter_dir(&model, &common::registry(&["lora"]), &fixture("peft/from-peft")).unwrap_err();
     let err = err.to_string();

@@ -86,7 +86,7 @@ fn spec(name: &str) -> MethodSpec {
 
 #[test]
 fn scaffolded_plugins_load_and_train_on_the_embedded_model() {
-    let model = Model::embedded(LoadOptions::default()).unwrap();
+    let model = Model::embedded_random(LoadOptions::default()).unwrap();
     let before: Vec<(String, Tensor)> = model.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
     let registry = registry();
     let mut run = MethodRun::new(&model, &registry, &spec("myce"), &[spec("myscale")], task(&model), 0).unwrap();
@@ -126,7 +126,7 @@ fn scaffolded_plugins_load_and_train_on_the_embedded_model() {
 
 #[test]
 fn plugin_faults_become_errors_naming_method_and_call() {
-    let model = Model::embedded(LoadOptions::default()).unwrap();
+    let model = Model::embedded_random(LoadOptions::default()).unwrap();
     let registry = registry();
 
     let err = MethodRun::new(&model, &registry, &spec("myce"), &[spec("fault_panic_at_new")], task(&model), 0)

@@ -528,6 +528,8 @@ fn a_language_model_run_lowers_held_out_perplexity() {
         "text",
         "--file",
         corpus.to_str().unwrap(),
+        "--model",
+        "tiny-opt-random",
         "--shots",
         "1000",
         "--out",

@@ -244,7 +244,8 @@ impl Tokenizer {
 
     /// Every token string, sorted (empty when absent); byte-level BPE writes a leading space as `Ġ`.
     pub fn tokens_of_vocabulary(&self) -> Vec<String> {
-        let mut tokens: Vec<String> = self.inner.as_ref().map(|t| t.get_vocab(true).into_keys().collect()).unwrap_or_default();
+        let mut tokens: Vec<String> =
+            self.inner.as_ref().map(|t| t.get_vocab(true).into_keys().collect()).unwrap_or_default();
         tokens.sort();
         tokens
     }

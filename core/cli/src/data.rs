@@ -86,8 +86,10 @@ fn parse_range(text: &str) -> Result<(usize, usize), String> {
 }
 
 fn parse_families(text: &str) -> Result<[f64; 3], String> {
-    let weights: Vec<f64> =
-        text.split(',').map(|w| w.trim().parse::<f64>().map_err(|e| format!("`{w}`: {e}"))).collect::<Result<_, _>>()?;
+    let weights: Vec<f64> = text
+        .split(',')
+        .map(|w| w.trim().parse::<f64>().map_err(|e| format!("`{w}`: {e}")))
+        .collect::<Result<_, _>>()?;
     weights.try_into().map_err(|w: Vec<f64>| format!("three weights expected, got {}", w.len()))
 }
 

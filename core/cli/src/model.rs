@@ -16,7 +16,7 @@ use tch::{Kind, Tensor};
 pub enum ModelCommand {
     /// Print a model's configuration, parameter count and weight memory per dtype.
     Info {
-        /// `tiny-opt` (embedded), a folder with config.json, or a hub id such as facebook/opt-125m.
+        /// `tiny-opt` (embedded, pretrained), `tiny-opt-random`, a folder with config.json, or a hub id such as facebook/opt-125m.
         model: String,
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -26,7 +26,7 @@ pub struct RunArgs {
     /// Experiment file (TOML) with any of the settings.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Model: `tiny-opt`, a folder, or a hub id such as facebook/opt-125m.
+    /// Model: `tiny-opt` (embedded, pretrained), `tiny-opt-random`, a folder, or a hub id such as facebook/opt-125m.
     #[arg(long)]
     model: Option<String>,
     /// Tokenizer (a folder or hub id) for a model folder that has none, e.g. one written by

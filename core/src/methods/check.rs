@@ -102,7 +102,7 @@ pub fn check_method(
         ..Default::default()
     };
     let data_options = DataOptions { synthetic: SyntheticConfig::default(), ..DataOptions::from_env() };
-    let model = Model::embedded(LoadOptions::default())?;
+    let model = Model::embedded_random(LoadOptions::default())?;
     let data = RunData::load_from(&config, &model.tokenizer, &data_options)?;
     let before: Vec<(String, Tensor)> = model.vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
     let mut run = MethodRun::new(&model, registry, &objective, &adapters, data.task_info(), config.seed)?;
@@ -173,7 +173,7 @@ fn export_round_trip(
 ) -> Result<Check> {
     const PROPERTY: &str = "export → import gives the same logits";
     let Some(files) = run.adapters[0].export()? else { return Ok(Check::skipped(PROPERTY, "exports nothing")) };
-    let fresh_model = Model::embedded(LoadOptions::default())?;
+    let fresh_model = Model::embedded_random(LoadOptions::default())?;
     // The run's trained base tensors (full fine-tuning beside the adapter) are not the adapter's.
     for (name, var) in fresh_model.vs.variables() {
         if run.base_trains(&name)? {

@@ -80,7 +80,8 @@ impl Model {
     /// Loads `spec` (see [`ModelSpec::parse`]).
     pub fn load(spec: &str, options: LoadOptions) -> Result<Self> {
         let files = match ModelSpec::parse(spec)? {
-            ModelSpec::Embedded => return Self::embedded(options),
+            ModelSpec::Embedded { random: false } => return Self::embedded(options),
+            ModelSpec::Embedded { random: true } => return Self::embedded_random(options),
             ModelSpec::Dir(dir) => ModelFiles::in_dir(&dir, options.weights_format)?,
             ModelSpec::Hub { repo, revision } => ModelFiles::from_hub(&repo, &revision, options.weights_format)?,
         };
@@ -104,12 +105,22 @@ impl Model {
         Self::checked(vs, net, tokenizer, origin)
     }
 
-    /// The embedded tiny model, randomly initialised from [`tiny::SEED`].
+    /// The embedded tiny model, pretrained to learn in context (`tiny-opt`).
     pub fn embedded(options: LoadOptions) -> Result<Self> {
+        let config = tiny::config()?;
+        let (vs, net) = Self::build(&OptConfig { init_std: 0.0, ..config.clone() }, options);
+        checkpoint::load_bytes_into(&vs, tiny::WEIGHTS, Path::new("<embedded tiny-opt weights>"))?;
+        let net = OptForCausalLM { config, ..net };
+        let origin = ModelOrigin { id: source::EMBEDDED.into(), revision: None, weight_files: vec![] };
+        Self::checked(vs, net, tiny::tokenizer()?, origin)
+    }
+
+    /// The embedded tiny model randomly initialised from [`tiny::SEED`] (`tiny-opt-random`).
+    pub fn embedded_random(options: LoadOptions) -> Result<Self> {
         let config = tiny::config()?;
         tch::manual_seed(tiny::SEED);
         let (vs, net) = Self::build(&config, options);
-        let origin = ModelOrigin { id: source::EMBEDDED.into(), revision: None, weight_files: vec![] };
+        let origin = ModelOrigin { id: source::EMBEDDED_RANDOM.into(), revision: None, weight_files: vec![] };
         Self::checked(vs, net, tiny::tokenizer()?, origin)
     }
 
@@ -198,7 +209,7 @@ impl Model {
 /// hub model's from the HF cache. No weights are read and nothing is downloaded.
 pub fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
     match ModelSpec::parse(spec)? {
-        ModelSpec::Embedded => tiny::tokenizer(),
+        ModelSpec::Embedded { .. } => tiny::tokenizer(),
         ModelSpec::Dir(dir) => Tokenizer::from_dir(&dir),
         ModelSpec::Hub { repo, revision } => {
             let hub = crate::hub::Hub::from_env();
@@ -237,8 +248,8 @@ mod tests {
     /// of the layers, and back for the head (with and without a cache).
     #[test]
     fn a_spread_model_equals_the_single_device_one_and_moves_only_at_boundaries() {
-        let single = Model::embedded(LoadOptions::default()).unwrap();
-        let mut spread = Model::embedded(LoadOptions::default()).unwrap();
+        let single = Model::embedded_random(LoadOptions::default()).unwrap();
+        let mut spread = Model::embedded_random(LoadOptions::default()).unwrap();
         let plan = spread.spread(&[Device::Cpu, Device::Cpu]).unwrap();
         // The embeddings (token table, tied head, positions) weigh 2.6 layers of the tiny model:
         // balanced by bytes, the first device holds them and one layer.

@@ -11,12 +11,18 @@ use crate::hub::{folder_of, Hub, RepoKind};
 
 /// The name of the embedded model.
 pub const EMBEDDED: &str = "tiny-opt";
+/// The embedded model's shape and tokenizer, randomly initialised (for tests that need a model
+/// that knows nothing, and as the start of its pretraining).
+pub const EMBEDDED_RANDOM: &str = "tiny-opt-random";
 
 /// A model as the user names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSpec {
-    /// The built-in tiny OPT (`tiny-opt`).
-    Embedded,
+    /// The built-in tiny OPT: pretrained (`tiny-opt`) or randomly initialised (`tiny-opt-random`).
+    Embedded {
+        /// `tiny-opt-random`.
+        random: bool,
+    },
     /// A local folder holding `config.json`, weights and tokenizer files.
     Dir(PathBuf),
     /// A hub repository, `org/name` or `org/name@revision` (branch, tag or commit hash).
@@ -29,10 +35,10 @@ pub enum ModelSpec {
 }
 
 impl ModelSpec {
-    /// Parses `tiny-opt`, a path to an existing folder, or `org/name[@revision]`.
+    /// Parses `tiny-opt`, `tiny-opt-random`, a path to an existing folder, or `org/name[@revision]`.
     pub fn parse(spec: &str) -> Result<Self> {
-        if spec == EMBEDDED {
-            return Ok(Self::Embedded);
+        if spec == EMBEDDED || spec == EMBEDDED_RANDOM {
+            return Ok(Self::Embedded { random: spec == EMBEDDED_RANDOM });
         }
         let path = Path::new(spec);
         if path.is_dir() {
@@ -108,7 +114,7 @@ impl ModelFiles {
 /// inspecting a 30b model does not download its weights.
 pub fn config_of(spec: &str) -> Result<OptConfig> {
     match ModelSpec::parse(spec)? {
-        ModelSpec::Embedded => super::tiny::config(),
+        ModelSpec::Embedded { .. } => super::tiny::config(),
         ModelSpec::Dir(dir) => OptConfig::from_file(&dir.join("config.json")),
         ModelSpec::Hub { repo, revision } => {
             let hub = Hub::from_env();
@@ -172,7 +178,8 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        assert_eq!(ModelSpec::parse("tiny-opt").unwrap(), ModelSpec::Embedded);
+        assert_eq!(ModelSpec::parse("tiny-opt").unwrap(), ModelSpec::Embedded { random: false });
+        assert_eq!(ModelSpec::parse("tiny-opt-random").unwrap(), ModelSpec::Embedded { random: true });
         assert_eq!(
             ModelSpec::parse("facebook/opt-125m").unwrap(),
             ModelSpec::Hub { repo: "facebook/opt-125m".into(), revision: "main".into() }

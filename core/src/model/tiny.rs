@@ -1,15 +1,22 @@
 //! The embedded default model: a tiny OPT that needs no download.
 //!
-//! It is randomly initialised from a fixed seed (like a fresh HF model with `init_std`), and its
-//! tokenizer is a byte-level BPE trained at load time on a small English corpus shipped in the
-//! binary, with OPT's special tokens at ids 0–3 and OPT's `</s>` prefix. It exists for the
-//! quickstart and the tests: every code path of a real OPT runs, in milliseconds.
+//! `tiny-opt` is pretrained to learn the synthetic NLI task in context: its weights
+//! ([`WEIGHTS`], 1.3 MB) were made by `scripts/pretrain-embedded`, which trains the random model
+//! with ftlab's `lm` plugin on few-shot episodes ([`crate::data::synthetic::episodes`]).
+//! `tiny-opt-random` is the same shape randomly initialised from a fixed seed (like a fresh HF
+//! model with `init_std`), for tests that need a model that knows nothing. Both share a
+//! byte-level BPE tokenizer trained at load time on a small English corpus shipped in the
+//! binary, with OPT's special tokens at ids 0–3 and OPT's `</s>` prefix. Every code path of a
+//! real OPT runs on them, in milliseconds.
 
 use std::path::Path;
 
 use super::config::OptConfig;
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
+
+/// The pretrained embedded model's weights (safetensors, HF key names, float32).
+pub(crate) const WEIGHTS: &[u8] = include_bytes!("../../assets/tiny-opt.safetensors");
 
 /// Seed of the embedded model's random initialisation.
 pub const SEED: i64 = 0;

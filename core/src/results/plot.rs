@@ -16,7 +16,7 @@
 //! Text is set in DejaVu Sans embedded in the binary (`core/assets/`, with its license), so a
 //! figure looks the same on a machine without system fonts, such as CI.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -363,33 +363,54 @@ fn frontier_points(runs: &[&ResultRow], cost: &str, accuracy: &str, scale: f64) 
 }
 
 fn frontier<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[&ResultRow]) -> Result<()> {
-    let panels = area.split_evenly((2, 2));
     let axes = [
         ("cost_seconds", "seconds (training + prepare; ICL: inference)", 1.0),
         ("peak_rss_bytes", "peak memory (MiB)", 1024.0 * 1024.0),
     ];
-    let mut drawn = 0;
-    for (row, (accuracy, label)) in
-        [("acc_in", "in-domain accuracy"), ("acc_ood", "out-of-domain accuracy")].iter().enumerate()
-    {
-        for (col, (cost, unit, scale)) in axes.iter().enumerate() {
-            let points = frontier_points(runs, cost, accuracy, *scale)?;
-            if points.is_empty() {
-                continue;
-            }
-            drawn += 1;
-            frontier_panel(&panels[row * 2 + col], &points, label, unit)?;
+    let accuracies = [("acc_in", "in-domain accuracy"), ("acc_ood", "out-of-domain accuracy")];
+    let mut panels = Vec::new();
+    for (accuracy, label) in accuracies {
+        for (cost, unit, scale) in axes {
+            panels.push((frontier_points(runs, cost, accuracy, scale)?, label, unit));
         }
     }
-    if drawn == 0 {
+    // One key beside the panels (a legend inside each would cover points), one style per series.
+    let names: Vec<String> =
+        panels.iter().flat_map(|(points, ..)| points.iter().map(|p| p.name.clone())).collect::<BTreeSet<_>>().into_iter().collect();
+    if names.is_empty() {
         return Err(Error::Results("no completed run has an accuracy and a cost".into()));
     }
+    let (plots, key) = area.split_horizontally(area.dim_in_pixel().0 * 18 / 25);
+    for ((points, label, unit), panel) in panels.iter().zip(plots.split_evenly((2, 2)).iter()) {
+        if !points.is_empty() {
+            frontier_panel(panel, points, &names, label, unit)?;
+        }
+    }
+    let text = TextStyle::from((FONT, 11).into_font()).color(&BLACK);
+    key.draw(&PathElement::new([(8, 30), (28, 30)], BLACK.mix(0.5))).map_err(plot_error)?;
+    key.draw(&Text::new("Pareto front", (34, 24), text.clone())).map_err(plot_error)?;
+    for (i, name) in names.iter().enumerate() {
+        let y = 50 + 20 * i as i32;
+        draw_marker(&key, i, (18, y))?;
+        key.draw(&Text::new(name.clone(), (34, y - 6), text.clone())).map_err(plot_error)?;
+    }
     Ok(())
+}
+
+/// Series `i`'s marker at `at`: a filled circle in one of [`COLOURS`], a triangle past them.
+fn draw_marker<DB: DrawingBackend, C: CoordTranslate>(area: &DrawingArea<DB, C>, i: usize, at: C::From) -> Result<()> {
+    let colour = COLOURS[i % COLOURS.len()].filled();
+    match i < COLOURS.len() {
+        true => area.draw(&Circle::new(at, 5, colour)),
+        false => area.draw(&TriangleMarker::new(at, 7, colour)),
+    }
+    .map_err(plot_error)
 }
 
 fn frontier_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     points: &[FrontierPoint],
+    names: &[String],
     accuracy: &str,
     unit: &str,
 ) -> Result<()> {
@@ -407,38 +428,24 @@ fn frontier_panel<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(unit)
         .y_desc(accuracy)
+        .x_labels(6)
         .label_style((FONT, 12))
         .light_line_style(WHITE.mix(0.0))
         .draw()
         .map_err(plot_error)?;
     let front: Vec<(f64, f64)> =
         pareto_front(points).iter().map(|&i| (points[i].cost.0, points[i].accuracy.0)).collect();
-    chart
-        .draw_series(LineSeries::new(front, BLACK.mix(0.5).stroke_width(1)))
-        .map_err(plot_error)?
-        .label("Pareto front")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.5)));
-    for (i, p) in points.iter().enumerate() {
+    chart.draw_series(LineSeries::new(front, BLACK.mix(0.5).stroke_width(1))).map_err(plot_error)?;
+    let plotting = chart.plotting_area();
+    for p in points {
+        let i = names.iter().position(|n| *n == p.name).unwrap_or_default();
         let colour = COLOURS[i % COLOURS.len()];
         let ((c, cs), (a, as_)) = (p.cost, p.accuracy);
-        let vertical = ErrorBar::new_vertical(c, a - as_, a, a + as_, colour.stroke_width(1), 6);
-        chart.draw_series(std::iter::once(vertical)).map_err(plot_error)?;
-        let horizontal = ErrorBar::new_horizontal(a, c - cs, c, c + cs, colour.stroke_width(1), 6);
-        chart.draw_series(std::iter::once(horizontal)).map_err(plot_error)?;
-        chart
-            .draw_series(std::iter::once(Circle::new((c, a), 5, colour.filled())))
-            .map_err(plot_error)?
-            .label(p.name.clone())
-            .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
+        plotting.draw(&ErrorBar::new_vertical(c, a - as_, a, a + as_, colour.stroke_width(1), 6)).map_err(plot_error)?;
+        plotting.draw(&ErrorBar::new_horizontal(a, c - cs, c, c + cs, colour.stroke_width(1), 6)).map_err(plot_error)?;
+        draw_marker(plotting, i, (c, a))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FONT, 11))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()
-        .map_err(plot_error)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -45,12 +45,24 @@ impl ResultRow {
 
     /// The value of column `name`: one of [`COLUMNS`], or `acc@NAME`, the accuracy after
     /// training on the eval set or subset `NAME` (`synthetic-hans-ln_passive`, or `ln_passive`
-    /// within any set: the per-subcase figures of a HANS-like set).
+    /// within any set: the per-subcase figures of a HANS-like set), or `zero_shot_acc@NAME`, the
+    /// same before training.
     pub fn get(&self, name: &str) -> Result<Value> {
-        match name.strip_prefix("acc@") {
-            Some(subset) => Ok(Value::Float(self.record.last.as_ref().and_then(|h| subset_accuracy(&h.report, subset)))),
-            None => Ok((column(name)?.get)(self)),
+        let subset = |headline: &Option<Headline>, subset: &str| {
+            Value::Float(headline.as_ref().and_then(|h| subset_accuracy(&h.report, subset)))
+        };
+        if let Some(name) = name.strip_prefix("acc@") {
+            return Ok(subset(&self.record.last, name));
         }
+        if let Some(name) = name.strip_prefix("zero_shot_acc@") {
+            return Ok(subset(&self.record.zero_shot, name));
+        }
+        Ok((column(name)?.get)(self))
+    }
+
+    /// Whether `name` is a column [`ResultRow::get`] reads.
+    pub fn has_column(name: &str) -> bool {
+        name.starts_with("acc@") || name.starts_with("zero_shot_acc@") || column(name).is_ok()
     }
 }
 
@@ -445,8 +457,14 @@ mod tests {
         assert_eq!(subset_accuracy(&report, "ln_subject/object_swap"), Some(0.5));
         assert_eq!(subset_accuracy(&report, "passive"), None);
         let mut run = row("an_objective", "full", 16, 0, Some((0.7, 0.5)));
-        run.record.last.as_mut().unwrap().report = report;
+        run.record.last.as_mut().unwrap().report = report.clone();
         assert_eq!(run.get("acc@ln_passive").unwrap().number(), Some(0.25));
+        assert_eq!(run.get("zero_shot_acc@ln_passive").unwrap().number(), None);
+        let mut before = run.record.last.clone().unwrap();
+        before.report[1]["subsets"][0][1]["verbalizer"]["accuracy"] = serde_json::json!(0.75);
+        run.record.zero_shot = Some(before);
+        assert_eq!(run.get("zero_shot_acc@ln_passive").unwrap().number(), Some(0.75));
+        assert!(ResultRow::has_column("zero_shot_acc@ln_passive") && !ResultRow::has_column("acc_passive"));
     }
 
     #[test]

@@ -249,9 +249,9 @@ pub fn build(runs: &[ResultRow], spec: &TableSpec) -> Result<Table> {
             for (c, (key, metric)) in columns.iter().enumerate() {
                 // Metrics without a before-training column (costs) stay empty.
                 let before = format!("zero_shot_{metric}");
-                let value = match crate::results::store::column(&before) {
-                    Ok(_) if *key == col_key => run.get(&before)?.number(),
-                    _ => None,
+                let value = match ResultRow::has_column(&before) && *key == col_key {
+                    true => run.get(&before)?.number(),
+                    false => None,
                 };
                 zero[c].values.extend(value.filter(|v| v.is_finite()));
             }

@@ -284,7 +284,10 @@ impl RunConfig {
             return Err(bad(("method.name", "no objective named (`--plugin NAME`, or `name` in `[method]`)".into())));
         }
         if self.train.save_model && !self.adapters.is_empty() {
-            return Err(bad(("train.save_model", "writes a fully trained model; adapters export themselves (drop the adapters or this key)".into())));
+            return Err(bad((
+                "train.save_model",
+                "writes a fully trained model; adapters export themselves (drop the adapters or this key)".into(),
+            )));
         }
         for m in std::iter::once(&self.method).chain(&self.adapters) {
             if !m.config.is_object() {
@@ -321,7 +324,10 @@ mod tests {
         };
         check(&RunConfig { method: MethodSpec::default(), ..c.clone() }, "method.name");
         let saves = TrainConfig { save_model: true, ..c.train.clone() };
-        check(&RunConfig { train: saves, adapters: vec![MethodSpec::named("an_adapter")], ..c.clone() }, "train.save_model");
+        check(
+            &RunConfig { train: saves, adapters: vec![MethodSpec::named("an_adapter")], ..c.clone() },
+            "train.save_model",
+        );
         check(&RunConfig { task: "no-such-task".into(), ..c.clone() }, "task");
         check(&RunConfig { eval: EvalConfig { max_examples: Some(0), ..c.eval.clone() }, ..c.clone() }, "max_examples");
         for (train, key) in [

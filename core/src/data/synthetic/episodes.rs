@@ -25,7 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{clause, in_domain_pair, sentence, Cast, NOUNS, VERBS, PLACES};
+use super::{clause, in_domain_pair, sentence, Cast, NOUNS, PLACES, VERBS};
 use crate::data::numpy::{LegacyRandomState, NumpyShuffle};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -143,7 +143,9 @@ impl Episodes {
             .filter(|w| w.len() >= 2 && w.chars().all(|c| c.is_ascii_alphabetic()) && !taken.contains(&w.as_str()))
             .collect();
         if config.prefix > 0.0 && neutral.is_empty() {
-            return Err(Error::DataOption("episodes: the tokenizer has no neutral one-token words for prefixes".into()));
+            return Err(Error::DataOption(
+                "episodes: the tokenizer has no neutral one-token words for prefixes".into(),
+            ));
         }
         Ok(Self { rng: LegacyRandomState::seed(config.seed), config, neutral })
     }

@@ -106,7 +106,7 @@ fn synthetic_pool() -> crate::data::Dataset {
 
 #[test]
 fn the_embedded_model_is_scored_end_to_end() {
-    let model = crate::model::Model::embedded(Default::default()).unwrap();
+    let model = crate::model::Model::embedded_random(Default::default()).unwrap();
     let prompt = Prompt::new(PromptFamily::Nli, 2, &PromptSpec::default(), &model.tokenizer).unwrap();
     let sets = task::find("synthetic-nli").unwrap().eval_sets(&small_data(), None).unwrap();
     let mut scorer = model_scorer(&model.net);

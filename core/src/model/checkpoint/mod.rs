@@ -143,22 +143,55 @@ pub fn canonical_name(key: &str) -> Option<String> {
 /// Copies every checkpoint tensor into the variable of the same name in `vs`, checking shapes,
 /// converting dtype and device. Every variable must be filled and every tensor used.
 pub fn load_into(vs: &VarStore, weights: &WeightFiles) -> Result<()> {
+    let dir = weights.files.first().and_then(|f| f.parent()).unwrap_or(Path::new("."));
+    let files = weights.files.iter().map(|file| Ok((file.clone(), read_file(file, weights.format)?)));
+    fill(vs, files, dir)
+}
+
+/// [`load_into`] from a safetensors file held in memory (the embedded model's weights);
+/// `origin` names it in errors.
+pub fn load_bytes_into(vs: &VarStore, bytes: &[u8], origin: &Path) -> Result<()> {
+    let invalid = |why: String| Error::Io {
+        path: origin.into(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, format!("not a valid safetensors file: {why}")),
+    };
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| invalid(e.to_string()))?;
+    let mut tensors = Vec::new();
+    for (name, view) in file.tensors() {
+        let kind = match view.dtype() {
+            safetensors::Dtype::F32 => tch::Kind::Float,
+            safetensors::Dtype::F16 => tch::Kind::Half,
+            safetensors::Dtype::BF16 => tch::Kind::BFloat16,
+            other => return Err(invalid(format!("tensor `{name}` has dtype {other:?}"))),
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        tensors.push((name, Tensor::f_from_data_size(view.data(), &shape, kind)?));
+    }
+    fill(vs, std::iter::once(Ok((origin.to_path_buf(), sorted(tensors)))), origin)
+}
+
+/// Fills `vs` from `files` (each file's path and tensors); `dir` names a missing tensor's source.
+fn fill(
+    vs: &VarStore,
+    files: impl Iterator<Item = Result<(PathBuf, Vec<(String, Tensor)>)>>,
+    dir: &Path,
+) -> Result<()> {
     let variables = vs.variables();
     let mut filled = BTreeSet::new();
-    for file in &weights.files {
-        for (key, tensor) in read_file(file, weights.format)? {
+    for file in files {
+        let (file, tensors) = file?;
+        for (key, tensor) in tensors {
             let Some(name) = canonical_name(&key) else { continue };
             let Some(var) = variables.get(&name) else {
-                return Err(Error::UnexpectedTensor { path: file.clone(), key });
+                return Err(Error::UnexpectedTensor { path: file, key });
             };
             if var.size() != tensor.size() {
-                return Err(Error::Shape { path: file.clone(), key, expected: var.size(), found: tensor.size() });
+                return Err(Error::Shape { path: file, key, expected: var.size(), found: tensor.size() });
             }
             tch::no_grad(|| var.shallow_clone().f_copy_(&tensor))?;
             filled.insert(name);
         }
     }
-    let dir = weights.files.first().and_then(|f| f.parent()).unwrap_or(Path::new("."));
     let mut missing: Vec<&String> = variables.keys().filter(|k| !filled.contains(*k)).collect();
     missing.sort();
     match missing.first() {
