@@ -246,6 +246,21 @@ fn a_run_stopped_by_sigterm_resumes_mid_epoch_to_the_same_result() {
 
 /// Bad values fail before anything runs, and a run whose scores become NaN fails naming the
 /// eval set and the step instead of recording chance accuracy.
+/// The embedded `tiny-opt` is loaded, not drawn from a seed: the classification head vanilla_ft
+/// adds must still come from the run's seed, so two runs of one config train alike.
+#[test]
+fn new_parameters_on_a_loaded_model_are_drawn_from_the_run_seed() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for out in [&a, &b] {
+        let args = ["run", "--plugin", "vanilla_ft", "--shots", "16", "--set", "train.epochs=2"];
+        let output =
+            ftlab(&[&args[..], &["--set", "eval.max_examples=40", "--out", out.path().to_str().unwrap()]].concat());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let run = "vanilla_ft_synthetic-nli_tiny-opt_k16_d0_s0";
+    assert_eq!(metrics_without_timings(&a.path().join(run)), metrics_without_timings(&b.path().join(run)));
+}
+
 #[test]
 fn empty_runs_are_refused_and_a_diverged_model_fails() {
     let out = tempfile::tempdir().unwrap();

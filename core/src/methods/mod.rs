@@ -101,7 +101,9 @@ pub struct MethodRun<'m> {
 
 impl<'m> MethodRun<'m> {
     /// Creates the methods (adapters first, then the objective, so it may run the adapted
-    /// model), then freezes every base parameter no method wants trained.
+    /// model), then freezes every base parameter no method wants trained. Their new parameters
+    /// are initialised from `seed`: libtorch seeds its default generator nondeterministically,
+    /// so without this a head or adapter drawn on a loaded model differed from run to run.
     pub fn new(
         model: &'m Model,
         registry: &Registry,
@@ -110,6 +112,7 @@ impl<'m> MethodRun<'m> {
         task: TaskInfo,
         seed: u64,
     ) -> Result<Self> {
+        tch::manual_seed(seed as i64);
         let mut state = HostState::new(task, seed);
         let loaded = load_adapters(model, registry, adapters, &mut state)?;
         let object = create(registry, model, &loaded, &mut state, objective, Role::Objective)?;

@@ -375,8 +375,12 @@ fn frontier<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[&ResultRo
         }
     }
     // One key beside the panels (a legend inside each would cover points), one style per series.
-    let names: Vec<String> =
-        panels.iter().flat_map(|(points, ..)| points.iter().map(|p| p.name.clone())).collect::<BTreeSet<_>>().into_iter().collect();
+    let names: Vec<String> = panels
+        .iter()
+        .flat_map(|(points, ..)| points.iter().map(|p| p.name.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     if names.is_empty() {
         return Err(Error::Results("no completed run has an accuracy and a cost".into()));
     }
@@ -441,8 +445,12 @@ fn frontier_panel<DB: DrawingBackend>(
         let i = names.iter().position(|n| *n == p.name).unwrap_or_default();
         let colour = COLOURS[i % COLOURS.len()];
         let ((c, cs), (a, as_)) = (p.cost, p.accuracy);
-        plotting.draw(&ErrorBar::new_vertical(c, a - as_, a, a + as_, colour.stroke_width(1), 6)).map_err(plot_error)?;
-        plotting.draw(&ErrorBar::new_horizontal(a, c - cs, c, c + cs, colour.stroke_width(1), 6)).map_err(plot_error)?;
+        plotting
+            .draw(&ErrorBar::new_vertical(c, a - as_, a, a + as_, colour.stroke_width(1), 6))
+            .map_err(plot_error)?;
+        plotting
+            .draw(&ErrorBar::new_horizontal(a, c - cs, c, c + cs, colour.stroke_width(1), 6))
+            .map_err(plot_error)?;
         draw_marker(plotting, i, (c, a))?;
     }
     Ok(())
