@@ -47,7 +47,7 @@ pub fn costs(
     for (spec, model) in train.iter().zip(&models) {
         let mut run = MethodRun::new(model, &registry, spec, &[], data.task_info(), 0)?;
         run.prepare(data.prepare_data(&model.tokenizer, model.device()))?;
-        let optimizer = AdamW::new(run.trainable(), &run_config.train);
+        let optimizer = AdamW::new(run.trainable(), &run_config.train)?;
         runs.push((run, optimizer));
     }
     let mut times: [Vec<f64>; 2] = Default::default();

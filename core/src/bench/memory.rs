@@ -54,7 +54,7 @@ pub fn training_cost(
     let trainable_parameters = trainable.iter().map(|(_, t)| t.numel() as i64).sum();
     let optimizer_state_bytes =
         trainable.iter().map(|(_, t)| 2 * (t.numel() * t.kind().elt_size_in_bytes()) as i64).sum();
-    let mut optimizer = AdamW::new(trainable, &Default::default());
+    let mut optimizer = AdamW::new(trainable, &Default::default())?;
     let input_ids = Tensor::randint_low(4, config.vocab_size, [shape.batch, shape.seq], (Kind::Int64, Device::Cpu));
     let labels = Tensor::randint(2, [shape.batch], (Kind::Int64, Device::Cpu));
     let gold = Tensor::from_slice(&ids).index_select(0, &labels);

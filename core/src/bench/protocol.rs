@@ -20,7 +20,7 @@ pub fn epoch_seconds(shape: &Shape, shots: usize, epochs: usize) -> Result<[f64;
     for (padded, time) in [false, true].into_iter().zip(&mut times) {
         let model = random_model(&config, Device::Cpu)?;
         let data = RunData::load(&run_config, &model.tokenizer)?;
-        let mut optimizer = AdamW::new(model.vs.variables().into_iter().collect(), &run_config.train);
+        let mut optimizer = AdamW::new(model.vs.variables().into_iter().collect(), &run_config.train)?;
         let mut examples = data.encoded.clone();
         if padded {
             // llmft pads every sequence to max_length; padding sits on the right.

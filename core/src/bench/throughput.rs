@@ -70,7 +70,7 @@ pub fn forward_throughput(model: &Model, batch: i64, seq: i64, repeats: usize) -
 pub fn train_step_throughput(model: &Model, batch: i64, seq: i64, repeats: usize) -> Result<Throughput> {
     let ids = random_batch(model, batch, seq);
     let config = TrainConfig { weight_decay: 0.01, ..Default::default() };
-    let mut optimizer = AdamW::new(model.vs.variables().into_iter().collect(), &config);
+    let mut optimizer = AdamW::new(model.vs.variables().into_iter().collect(), &config)?;
     let seconds = median_seconds(repeats, || {
         let out = model.net.forward(ForwardInput { input_ids: Some(&ids), train: true, ..Default::default() })?;
         let logits = out.logits.expect("LogitsAt::All returns logits").narrow(1, 0, seq - 1);

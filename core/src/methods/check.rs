@@ -125,7 +125,7 @@ fn loss_falls(run: &mut MethodRun, config: &RunConfig, data: &RunData, options: 
     if params.is_empty() {
         return Ok(Check::skipped(PROPERTY, "nothing trains"));
     }
-    let mut optimizer = AdamW::new(params, &config.train);
+    let mut optimizer = AdamW::new(params, &config.train)?;
     let (examples, _) = data.training_set(run.objective.inputs);
     let total = train::total_steps(config, examples.len());
     let mut losses = Vec::new();

@@ -131,7 +131,7 @@ impl<'a> Session<'a> {
         budget: Option<usize>,
         record: &mut RunRecord,
     ) -> Result<bool> {
-        let mut optimizer = AdamW::new(run.trainable(), &self.config.train);
+        let mut optimizer = AdamW::new(run.trainable(), &self.config.train)?;
         record.trainable_parameters = optimizer.num_parameters();
         let (epochs, total) = self.plan(run, record.trainable_parameters > 0);
         let mut progress =

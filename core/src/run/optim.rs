@@ -19,6 +19,8 @@ struct Slot {
     m: Tensor,
     v: Tensor,
     decay: bool,
+    /// Its learning rate relative to `train.lr` (its group's rate over `train.lr`).
+    lr_factor: f64,
 }
 
 /// AdamW over named tensors.
@@ -39,12 +41,22 @@ pub fn decays(name: &str) -> bool {
 }
 
 impl AdamW {
-    /// State for `params` (name, tensor).
-    pub fn new(params: Vec<(String, Tensor)>, config: &TrainConfig) -> Self {
+    /// State for `params` (name, tensor), each at its `train.lr_groups` rate; an error names a
+    /// group that matches none of them.
+    pub fn new(params: Vec<(String, Tensor)>, config: &TrainConfig) -> Result<Self> {
+        if let Some(unused) =
+            config.lr_groups.keys().find(|prefix| !params.iter().any(|(name, _)| name.starts_with(prefix.as_str())))
+        {
+            let example = params.first().map(|(n, _)| format!(" (names look like `{n}`)")).unwrap_or_default();
+            return Err(Error::RunConfig(format!(
+                "`train.lr_groups`: \"{unused}\" is the start of no trainable parameter's name{example}"
+            )));
+        }
         let slots = params
             .into_iter()
             .map(|(name, param)| Slot {
                 decay: decays(&name),
+                lr_factor: group_lr(config, &name) / config.lr,
                 m: param.zeros_like(),
                 v: param.zeros_like(),
                 name,
@@ -52,7 +64,7 @@ impl AdamW {
             })
             .collect();
         let loss_scale = LossScaler::new(config.autocast == crate::device::Autocast::Fp16);
-        Self { slots, betas: config.betas, eps: config.eps, weight_decay: config.weight_decay, step: 0, loss_scale }
+        Ok(Self { slots, betas: config.betas, eps: config.eps, weight_decay: config.weight_decay, step: 0, loss_scale })
     }
 
     /// The gradients that exist (a parameter no loss reached has none).
@@ -96,15 +108,22 @@ impl AdamW {
         self.scale_grads(1.0 / self.loss_scale.scale);
     }
 
-    /// One update at learning rate `lr`, with PyTorch's fused AdamW kernel (one pass over each
-    /// tensor; the decayed and the undecayed parameters as two groups).
+    /// One update at learning rate `lr` (each group's rate scaled alike), with PyTorch's fused
+    /// AdamW kernel (one pass over each tensor; decayed and undecayed parameters of each rate as
+    /// their own groups).
     pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
         let Some(first) = self.slots.first() else { return Ok(()) };
         let step = Tensor::from(self.step as f32).to_device(first.param.device());
-        for decay in [true, false] {
+        let mut groups: Vec<(bool, f64)> = Vec::new();
+        for s in &self.slots {
+            if !groups.contains(&(s.decay, s.lr_factor)) {
+                groups.push((s.decay, s.lr_factor));
+            }
+        }
+        for (decay, lr_factor) in groups {
             let slots: Vec<(&Slot, Tensor)> = (self.slots.iter())
-                .filter(|s| s.decay == decay)
+                .filter(|s| s.decay == decay && s.lr_factor == lr_factor)
                 .map(|s| (s, s.param.grad()))
                 .filter(|(_, g)| g.defined())
                 .collect();
@@ -112,7 +131,7 @@ impl AdamW {
                 continue;
             }
             let hyper = ftlab_torch_ext::AdamWStep {
-                lr,
+                lr: lr * lr_factor,
                 betas: self.betas,
                 weight_decay: if decay { self.weight_decay } else { 0.0 },
                 eps: self.eps,
@@ -163,6 +182,15 @@ impl AdamW {
     pub fn num_parameters(&self) -> i64 {
         self.slots.iter().map(|s| s.param.numel() as i64).sum()
     }
+}
+
+/// The peak learning rate of parameter `name`: its longest `train.lr_groups` prefix's, else
+/// `train.lr`.
+pub fn group_lr(config: &TrainConfig, name: &str) -> f64 {
+    (config.lr_groups.iter())
+        .filter(|(prefix, _)| name.starts_with(prefix.as_str()))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map_or(config.lr, |(_, lr)| *lr)
 }
 
 /// Learning rate at optimizer step `step` (0-based) of `total`.
@@ -245,7 +273,7 @@ mod tests {
     fn first_step_matches_torch_adamw() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
         let c = TrainConfig { weight_decay: 0.1, ..Default::default() };
-        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone())], &c);
+        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone())], &c).unwrap();
         (&p * Tensor::from_slice(&[3.0f32, -0.5])).sum(Kind::Float).backward();
         opt.step(0.01).unwrap();
         let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
@@ -258,10 +286,33 @@ mod tests {
         assert!(decays("model.decoder.layers.0.fc1.weight"));
     }
 
+    /// A group's rate replaces `lr` for the names it starts (the longest prefix winning), scaled
+    /// by the schedule as `lr` is; a prefix naming nothing is refused with its name.
+    #[test]
+    fn parameter_groups_step_at_their_own_rates() {
+        let names = ["vanilla_ft.score.weight", "model.decoder.layers.0.fc1.weight", "model.decoder.layers.0.fc1.bias"];
+        let params: Vec<Tensor> = names.iter().map(|_| Tensor::from_slice(&[0.0f32]).set_requires_grad(true)).collect();
+        let groups = [("vanilla_ft.".to_string(), 0.1), ("model.decoder.layers.0.fc1.b".to_string(), 0.001)];
+        let c = TrainConfig { lr: 0.01, lr_groups: groups.into_iter().collect(), ..Default::default() };
+        let named = || names.iter().map(|n| n.to_string()).zip(params.iter().map(Tensor::shallow_clone)).collect();
+        let mut opt = AdamW::new(named(), &c).unwrap();
+        for p in &params {
+            (p * -1.0).sum(Kind::Float).backward();
+        }
+        opt.step(0.005).unwrap(); // half the peak rate, as a schedule would give
+        let moved: Vec<f64> = params.iter().map(|p| p.double_value(&[0])).collect();
+        for (got, expected) in moved.iter().zip([0.05, 0.005, 0.0005]) {
+            assert!((got - expected).abs() < 1e-7, "{moved:?}");
+        }
+        let typo = TrainConfig { lr_groups: [("vanila_ft.".to_string(), 0.1)].into_iter().collect(), ..c };
+        let err = AdamW::new(named(), &typo).err().unwrap().to_string();
+        assert!(err.contains("train.lr_groups") && err.contains("vanila_ft."), "{err}");
+    }
+
     #[test]
     fn clipping_bounds_the_global_norm() {
         let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
-        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone())], &TrainConfig::default());
+        let mut opt = AdamW::new(vec![("w".into(), p.shallow_clone())], &TrainConfig::default()).unwrap();
         (&p * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
         assert!((opt.clip_grad_norm(1.0) - 5.0).abs() < 1e-6);
         let g: Vec<f32> = Vec::try_from(&p.grad()).unwrap();

@@ -3,7 +3,9 @@
 //! `OPTForSequenceClassification`, the head reads the final hidden state (width
 //! `word_embed_proj_dim`, what the LM head would read) of each row's last non-pad token; the
 //! loss is the cross-entropy over the task's labels and the prediction is the head's scores.
-//! The LM head is never computed.
+//! The LM head is never computed. The head is new: on a few examples give it a larger step
+//! than the pretrained body's (`--set 'train.lr_groups={"vanilla_ft." = 3e-2}'`), or it barely
+//! moves while the body fits the examples instead.
 
 use ftlab_sdk::prelude::*;
 
