@@ -160,7 +160,7 @@ fn distil(config: &serde_json::Value, sharpen: f64) -> (Vec<f64>, (f64, f64), (f
     let (train, held_out) = (toy.batches(&toy.unlabelled, true), toy.batches(&toy.held_out, true));
     let before = measure(&mut run, &held_out);
 
-    let mut optimizer = AdamW::new(run.trainable(), &TrainConfig { weight_decay: 0.0, ..Default::default() });
+    let mut optimizer = AdamW::new(run.trainable(), &TrainConfig { weight_decay: 0.0, ..Default::default() }).unwrap();
     run.set_train(true).unwrap();
     let mut losses = Vec::new();
     for _ in 0..10 {

@@ -111,7 +111,7 @@ fn train(run: &mut MethodRun, toy: &Toy, epochs: usize, lr: f64) -> Vec<f64> {
     config.train.epochs = epochs;
     let params = run.trainable();
     assert!(!params.is_empty(), "nothing trains");
-    let mut optimizer = AdamW::new(params, &config.train);
+    let mut optimizer = AdamW::new(params, &config.train).unwrap();
     let total = train::total_steps(&config, toy.run_data.encoded.len());
     let tokenizer = &toy.model.tokenizer;
     let losses = (0..epochs)
