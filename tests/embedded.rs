@@ -13,7 +13,14 @@ use std::process::Command;
 /// `ftlab run ARGS --json` into a fresh folder; the record.
 fn run(args: &[&str]) -> serde_json::Value {
     let out = tempfile::tempdir().unwrap();
-    let result = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ftlab"));
+    // Tests run two at a time on two cores: one libtorch thread per run (unless the caller,
+    // e.g. scripts/test-numerics, sets the count), or their thread pools spin against each
+    // other and a run of seconds takes minutes.
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        command.env("OMP_NUM_THREADS", "1");
+    }
+    let result = command
         .args(["run"])
         .args(args)
         .args(["--out", out.path().to_str().unwrap(), "--json"])
