@@ -9,17 +9,22 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Mutex;
 
 /// `ftlab run ARGS --json` into a fresh folder; the record.
 fn run(args: &[&str]) -> serde_json::Value {
     let out = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_ftlab"));
-    // Tests run two at a time on two cores: one libtorch thread per run (unless the caller,
-    // e.g. scripts/test-numerics, sets the count), or their thread pools spin against each
-    // other and a run of seconds takes minutes.
-    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+    // Tests run two at a time on two cores: one libtorch thread per run, or their thread pools
+    // spin against each other and a run of seconds takes minutes. A caller that sets more
+    // (scripts/test-numerics) gets its count, one run at a time.
+    static ONE_MULTITHREADED_RUN: Mutex<()> = Mutex::new(());
+    let threads = std::env::var("OMP_NUM_THREADS").ok();
+    if threads.is_none() {
         command.env("OMP_NUM_THREADS", "1");
     }
+    let _turn = (threads.is_some_and(|t| t != "1"))
+        .then(|| ONE_MULTITHREADED_RUN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
     let result = command
         .args(["run"])
         .args(args)
