@@ -157,17 +157,11 @@ fn scatter<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[&ResultRow
         .draw_series(LineSeries::new([(range.start, range.start), (range.end, range.end)], BLACK.mix(0.3)))
         .map_err(plot_error)?;
     for (i, (name, points)) in series.iter().enumerate() {
-        let colour = COLOURS[i % COLOURS.len()];
-        let style = colour.filled();
-        let drawn = match i / COLOURS.len() % 3 {
-            0 => chart.draw_series(points.iter().map(|&p| Circle::new(p, 5, style))),
-            1 => chart.draw_series(points.iter().map(|&p| TriangleMarker::new(p, 6, style))),
-            _ => chart.draw_series(points.iter().map(|&p| Cross::new(p, 5, colour.stroke_width(2)))),
-        };
-        drawn
+        chart
+            .draw_series(points.iter().map(|&p| marker(i, p)))
             .map_err(plot_error)?
             .label(name.clone())
-            .legend(move |(x, y)| Circle::new((x + 10, y), 5, colour.filled()));
+            .legend(move |(x, y)| marker(i, (x + 10, y)));
     }
     legend(&mut chart)
 }
@@ -395,20 +389,22 @@ fn frontier<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[&ResultRo
     key.draw(&Text::new("Pareto front", (34, 24), text.clone())).map_err(plot_error)?;
     for (i, name) in names.iter().enumerate() {
         let y = 50 + 20 * i as i32;
-        draw_marker(&key, i, (18, y))?;
+        key.draw(&marker(i, (18, y))).map_err(plot_error)?;
         key.draw(&Text::new(name.clone(), (34, y - 6), text.clone())).map_err(plot_error)?;
     }
     Ok(())
 }
 
-/// Series `i`'s marker at `at`: a filled circle in one of [`COLOURS`], a triangle past them.
-fn draw_marker<DB: DrawingBackend, C: CoordTranslate>(area: &DrawingArea<DB, C>, i: usize, at: C::From) -> Result<()> {
-    let colour = COLOURS[i % COLOURS.len()].filled();
-    match i < COLOURS.len() {
-        true => area.draw(&Circle::new(at, 5, colour)),
-        false => area.draw(&TriangleMarker::new(at, 7, colour)),
+/// Series `i`'s marker at `at`, in the plot and in its key: one of [`COLOURS`], and for each
+/// further ten series the next shape (disc, triangle, ring, cross), so forty series stay apart.
+fn marker<'a, DB: DrawingBackend, C: Clone + 'static>(i: usize, at: C) -> DynElement<'a, DB, C> {
+    let colour = COLOURS[i % COLOURS.len()];
+    match i / COLOURS.len() % 4 {
+        0 => Circle::new(at, 5, colour.filled()).into_dyn(),
+        1 => TriangleMarker::new(at, 7, colour.filled()).into_dyn(),
+        2 => Circle::new(at, 5, colour.stroke_width(2)).into_dyn(),
+        _ => Cross::new(at, 5, colour.stroke_width(2)).into_dyn(),
     }
-    .map_err(plot_error)
 }
 
 fn frontier_panel<DB: DrawingBackend>(
@@ -420,6 +416,8 @@ fn frontier_panel<DB: DrawingBackend>(
 ) -> Result<()> {
     let x = padded(points.iter().flat_map(|p| [p.cost.0 - p.cost.1, p.cost.0 + p.cost.1]));
     let x = x.start.max(0.0)..x.end;
+    // Whole numbers once the axis spans tens (MiB): `190.0195.0` ran together.
+    let whole = x.end - x.start >= 10.0;
     let y = padded(points.iter().flat_map(|p| [p.accuracy.0 - p.accuracy.1, p.accuracy.0 + p.accuracy.1]));
     let mut chart = ChartBuilder::on(area)
         .caption(format!("{accuracy} vs cost"), (FONT, 16))
@@ -433,6 +431,7 @@ fn frontier_panel<DB: DrawingBackend>(
         .x_desc(unit)
         .y_desc(accuracy)
         .x_labels(6)
+        .x_label_formatter(&|v| if whole { format!("{v:.0}") } else { format!("{v}") })
         .label_style((FONT, 12))
         .light_line_style(WHITE.mix(0.0))
         .draw()
@@ -451,7 +450,7 @@ fn frontier_panel<DB: DrawingBackend>(
         plotting
             .draw(&ErrorBar::new_horizontal(a, c - cs, c, c + cs, colour.stroke_width(1), 6))
             .map_err(plot_error)?;
-        draw_marker(plotting, i, (c, a))?;
+        plotting.draw(&marker(i, (c, a))).map_err(plot_error)?;
     }
     Ok(())
 }
