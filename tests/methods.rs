@@ -28,7 +28,7 @@ mod common;
 use common::serial;
 
 fn registry() -> Registry {
-    common::registry(&["vanilla_ft", "pbft", "icl", "bitfit", "lora", "ia3", "prompt_tuning", "hft"])
+    common::registry(&["vanilla_ft", "pbft", "otr", "icl", "bitfit", "lora", "ia3", "prompt_tuning", "hft", "lift"])
 }
 
 /// One padded batch and its rendered queries.
@@ -145,20 +145,25 @@ fn accuracy(run: &mut MethodRun, toy: &Toy) -> f64 {
 /// final layer norm and the tied embeddings frozen (LoRA), the logits of the random tiny model
 /// cannot grow past ~1.3, so the loss stays above ~5.6 while the verbalizer accuracy reaches 1.
 fn learns(objective: &str, adapter: Option<&str>, lr: f64, epochs: usize) {
+    learns_as(objective, MethodSpec::named(objective), adapter, lr, epochs)
+}
+
+/// [`learns`] with the objective's settings: `label` names it in messages and numerics.
+fn learns_as(label: &str, objective: MethodSpec, adapter: Option<&str>, lr: f64, epochs: usize) {
     let _serial = serial();
     let toy = Toy::new(32);
     let examples = &toy.run_data.train;
     let majority = examples.label_counts().into_iter().max().unwrap() as f64 / examples.len() as f64;
     let adapters: Vec<MethodSpec> = adapter.map(MethodSpec::named).into_iter().collect();
-    let mut run = toy.run(MethodSpec::named(objective), &adapters);
+    let mut run = toy.run(objective, &adapters);
     let before = accuracy(&mut run, &toy);
     let losses = train(&mut run, &toy, epochs, lr);
     let after = accuracy(&mut run, &toy);
-    let name = format!("{objective} + {}", adapter.unwrap_or("full"));
+    let name = format!("{label} + {}", adapter.unwrap_or("full"));
     eprintln!("{name}: loss {:.3} → {:.3}, accuracy {before:.2} → {after:.2}", losses[0], losses[losses.len() - 1]);
     let fraction = losses[losses.len() - 1] / losses[0];
-    common::numerics(&format!("methods.{objective}+{}.loss_fraction", adapter.unwrap_or("full")), fraction, "<0.9");
-    common::numerics(&format!("methods.{objective}+{}.train_accuracy", adapter.unwrap_or("full")), after, ">=0.7");
+    common::numerics(&format!("methods.{label}+{}.loss_fraction", adapter.unwrap_or("full")), fraction, "<0.9");
+    common::numerics(&format!("methods.{label}+{}.train_accuracy", adapter.unwrap_or("full")), after, ">=0.7");
     assert!(losses[losses.len() - 1] < 0.9 * losses[0], "{name}: loss should fall: {losses:?}");
     assert!(after >= majority + 0.2, "{name}: accuracy {after} vs majority {majority}");
 }
@@ -176,6 +181,22 @@ fn vanilla_ft_learns_with_bitfit() {
 #[test]
 fn vanilla_ft_learns_with_lora() {
     learns("vanilla_ft", Some("lora"), 1e-2, 30);
+}
+
+/// One-token rollout at its defaults (256 samples at τ = 1.2, β = -0.1) and in its exact form.
+#[test]
+fn otr_learns_with_full_fine_tuning() {
+    learns("otr", None, 1e-3, 60);
+}
+
+#[test]
+fn otr_learns_with_lora() {
+    learns("otr", Some("lora"), 1e-2, 60);
+}
+
+#[test]
+fn otr_exact_learns_with_full_fine_tuning() {
+    learns_as("otr-exact", spec("otr", json!({ "estimator": "exact" })), None, 1e-3, 30);
 }
 
 #[test]
@@ -281,6 +302,57 @@ fn ia3_freezes_the_base_and_merges_exactly() {
     run.adapters[0].merge_into(&toy.model).unwrap();
     let diff = max_diff(&hooked, &logits(&run, &toy.batches[0], false));
     assert!(diff < 1e-5, "merged vs hooked (IA)³ logits differ by {diff}");
+}
+
+/// LIFT trains exactly its principal entries: one vector per linear of `(in + out)·lora_rank`
+/// entries is all that trains and all the optimizer keeps state for; the base stays
+/// bit-identical; merged, the update changes each weight only at the entries its export lists;
+/// and merged equals hooked.
+#[test]
+fn lift_trains_only_the_principal_entries() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    let before = toy.snapshot();
+    let mut run = toy.run(MethodSpec::named("pbft"), &[spec("lift", json!({ "lora_rank": 4 }))]);
+    // The embedded model: 4 layers of width 64 with 256-wide MLPs.
+    let per_layer = 4 * (64 + 64) * 4 + 2 * (64 + 256) * 4;
+    let trainable = run.trainable();
+    assert_eq!(trainable.len(), 4 * 6);
+    assert_eq!(trainable.iter().map(|(_, t)| t.numel()).sum::<usize>(), 4 * per_layer);
+    let optimizer = AdamW::new(trainable, &toy.config.train).unwrap();
+    let moments: usize =
+        optimizer.state().iter().filter(|(n, _)| !n.starts_with("param/")).map(|(_, t)| t.numel()).sum();
+    assert_eq!(moments, 2 * 4 * per_layer, "optimizer state: two moments per trained entry");
+    train(&mut run, &toy, 5, 1e-2);
+    for (name, old) in &before {
+        assert!(toy.model.vs.variables()[name].equal(old), "{name} changed under lift");
+    }
+    let hooked = logits(&run, &toy.batches[0], true);
+    let files = run.adapters[0].export().unwrap().unwrap();
+    run.adapters[0].merge_into(&toy.model).unwrap();
+    assert!(max_diff(&hooked, &logits(&run, &toy.batches[0], false)) < 1e-5, "merged vs hooked LIFT logits");
+    let mut moved = 0;
+    for (name, old) in &before {
+        let changed = toy.model.vs.variables()[name].ne_tensor(old).reshape([-1]);
+        let listed = format!("base_model.model.{}.lift_indices", name.trim_end_matches(".weight"));
+        let allowed = changed.zeros_like();
+        if let Some((_, indices)) = files.tensors.iter().find(|(n, _)| *n == listed) {
+            let _ = allowed.shallow_clone().index_fill_(0, indices, 1);
+        }
+        let outside = changed.logical_and(&allowed.logical_not()).sum(tch::Kind::Int64).int64_value(&[]);
+        assert_eq!(outside, 0, "{name}: {outside} entries outside the mask changed");
+        moved += changed.sum(tch::Kind::Int64).int64_value(&[]) as usize;
+    }
+    assert!(moved * 10 >= 4 * per_layer * 8, "{moved} of {} trained entries moved", 4 * per_layer);
+}
+
+/// Over the full vocabulary pbft's loss has a floor near 5.8 with the embeddings and layer norms
+/// frozen (see [`learns`]), which sparse updates approach only slowly: LIFT is checked on the
+/// verbalizer's cross-entropy.
+#[test]
+fn pbft_learns_with_lift() {
+    let pbft = spec("pbft", json!({ "restrict_to_verbalizer": true }));
+    learns_as("pbft-verbalizer", pbft, Some("lift"), 1e-2, 30);
 }
 
 /// The non-default options: llmft's head, pbft over the verbalizer only, LoRA on the other
@@ -545,7 +617,7 @@ fn icl_with_the_cached_context_equals_icl_without_it() {
 /// The `lm` objective's loss is the mean next-token cross-entropy over exactly the target
 /// tokens — a document's every token after `</s>`, a prompt/response row's response (or, with
 /// `response_only = false`, its prompt too) — recomputed here in plain Rust from the model's
-/// own logits.
+/// own logits; one-token rollout on documents reads the same tokens.
 #[test]
 fn lm_loss_is_next_token_cross_entropy_over_the_targets() {
     let _guard = serial();
@@ -593,6 +665,27 @@ fn lm_loss_is_next_token_cross_entropy_over_the_targets() {
         // Predictions are the logits at every position (the run scores perplexity from them).
         assert_eq!(run.predict(tensors()).unwrap().size(), logits.size());
     }
+    // One-token rollout reads the same targets (the default, responses only): its reported loss is
+    // their cross-entropy, and in its exact form with every token rewarded (β = 1) at τ = 1 the
+    // objective is the mean entropy of the model's next-token distributions there.
+    let entropy = |row: i64, t: usize| -> f64 {
+        let p = log_probs.get(row).get(t as i64 - 1);
+        -(p.exp() * &p).sum(tch::Kind::Double).double_value(&[])
+    };
+    let rollout = json!({ "estimator": "exact", "temperature": 1.0, "beta": 1.0 });
+    let text = TaskInfo { name: "text".into(), label_words: vec![], label_token_ids: vec![] };
+    let mut run = MethodRun::new(&model, &common::registry(&["otr"]), &spec("otr", rollout), &[], text, 0).unwrap();
+    run.set_train(false).unwrap();
+    let (loss, metrics) = run.loss(tensors()).unwrap();
+    let targets = |nll_or_entropy: &dyn Fn(i64, usize) -> f64| {
+        let document = (1..document.len()).map(|t| nll_or_entropy(0, t));
+        mean(document.chain((prompt.len()..response.len()).map(|t| nll_or_entropy(1, t))).collect())
+    };
+    let expected = targets(&|row, t| if row == 0 { nll(0, &document, t) } else { nll(1, &response, t) });
+    assert!((loss.double_value(&[]) - expected).abs() < 1e-4, "otr: {} vs {expected}", loss.double_value(&[]));
+    let rollout = metrics.iter().find(|(name, _)| name == "rollout").unwrap().1;
+    let expected = targets(&entropy);
+    assert!((rollout - expected).abs() < 1e-4, "otr's exact objective at β = 1: {rollout} vs entropy {expected}");
     // A classification task has no documents to model.
     let err = MethodRun::new(&model, &common::registry(&["lm"]), &MethodSpec::named("lm"), &[], Toy::new(8).task(), 0)
         .err()

@@ -361,7 +361,7 @@ fn cost_in_child(
 
 /// The objectives that train on labelled batches alone (context distillation's costs are
 /// `bench distill`'s) beside full fine-tuning with pbft.
-const FULL_OBJECTIVES: [&str; 1] = ["vanilla_ft"];
+const FULL_OBJECTIVES: [&str; 2] = ["vanilla_ft", "otr"];
 
 fn methods(args: MethodsBench) -> anyhow::Result<()> {
     let shape = args.shape.shape();
