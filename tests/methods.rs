@@ -12,6 +12,7 @@ use ftlab_core::data::task::DataOptions;
 use ftlab_core::methods::export::{adapter_spec, merge_adapter_dir, AdapterFiles};
 use ftlab_core::methods::hooks::AdapterHooks;
 use ftlab_core::methods::{MethodRun, MethodSpec};
+use ftlab_core::model::hooks::ForwardHooks;
 use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model};
 use ftlab_core::run::config::{Schedule, TrainConfig};
 use ftlab_core::run::data::{method_tensors, Queries, RunData};
@@ -28,7 +29,19 @@ mod common;
 use common::serial;
 
 fn registry() -> Registry {
-    common::registry(&["vanilla_ft", "pbft", "otr", "icl", "bitfit", "lora", "ia3", "prompt_tuning", "hft", "lift"])
+    common::registry(&[
+        "vanilla_ft",
+        "pbft",
+        "otr",
+        "icl",
+        "bitfit",
+        "lora",
+        "ia3",
+        "prompt_tuning",
+        "dept",
+        "hft",
+        "lift",
+    ])
 }
 
 /// One padded batch and its rendered queries.
@@ -240,6 +253,41 @@ fn prompt_tuning_trains_only_the_prompt() {
     assert!(!run.trainable()[0].1.equal(&start), "the prompt should move");
     for (name, old) in &before {
         assert!(toy.model.vs.variables()[name].equal(old), "{name} changed under prompt tuning");
+    }
+}
+
+/// DePT prepends its prompt and offsets the input embeddings by `(alpha / √r)·(A·B)[t]` at
+/// each input position t — continuing the positions after kept keys/values, which hold the
+/// prompt already; only the prompt and the two factors train, and the loss falls.
+#[test]
+fn dept_offsets_input_embeddings_by_position() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    let before = toy.snapshot();
+    let config = json!({ "tokens": 3, "rank": 2, "alpha": 8, "max_length": 32 });
+    let mut run = toy.run(MethodSpec::named("pbft"), &[spec("dept", config)]);
+    let trainable = run.trainable();
+    let shapes: Vec<(String, Vec<i64>)> = trainable.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+    let expected =
+        [("lora_embedding_A", vec![32, 2]), ("lora_embedding_B", vec![2, 64]), ("prompt_embeddings", vec![3, 64])];
+    assert_eq!(shapes, expected.map(|(n, s)| (format!("dept.{n}"), s)));
+    let [a, b, prompt] = [0, 1, 2].map(|i| trainable[i].1.shallow_clone());
+    tch::no_grad(|| b.shallow_clone().copy_(&Tensor::randn([2, 64], (tch::Kind::Float, Device::Cpu))));
+    let offset = a.matmul(&b) * (8.0 / 2f64.sqrt()); // (32, 64)
+    let hooks = AdapterHooks { adapters: &run.adapters };
+    let embeds = Tensor::randn([2, 5, 64], (tch::Kind::Float, Device::Cpu));
+    let (out, mask) = hooks.embeddings(embeds.copy(), Tensor::ones([2, 5], (tch::Kind::Int64, Device::Cpu))).unwrap();
+    let want = Tensor::cat(&[prompt.unsqueeze(0).expand([2, -1, -1], false), &embeds + offset.narrow(0, 0, 5)], 1);
+    assert!(max_diff(&out, &want) < 1e-6, "prompt, then embeddings offset at positions 0..5");
+    assert_eq!(mask.size(), [2, 8]);
+    // After 7 kept positions (the prompt's 3 and 4 tokens): positions 4..9, no second prompt.
+    let (out, mask) = hooks.embeddings(embeds.copy(), Tensor::ones([2, 12], (tch::Kind::Int64, Device::Cpu))).unwrap();
+    assert!(max_diff(&out, &(&embeds + offset.narrow(0, 4, 5))) < 1e-6, "offset continues after kept keys/values");
+    assert_eq!(mask.size(), [2, 12]);
+    let losses = train(&mut run, &toy, 10, 1e-1);
+    assert!(losses[9] < 0.97 * losses[0], "the loss should fall: {losses:?}");
+    for (name, old) in &before {
+        assert!(toy.model.vs.variables()[name].equal(old), "{name} changed under dept");
     }
 }
 

@@ -333,6 +333,7 @@ fn every_built_in_method_passes_the_standard_checks() {
         "lora",
         "ia3",
         "prompt_tuning",
+        "dept",
         "hft",
         "lift",
     ];

@@ -21,6 +21,7 @@ mod message;
 mod method;
 pub mod peft;
 pub mod rng;
+pub mod soft_prompt;
 
 pub use abi::{Inputs, Role};
 pub use error::{Error, Result};

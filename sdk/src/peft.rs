@@ -76,8 +76,18 @@ pub fn target_sites(key: &str, value: Option<&Value>) -> Result<Vec<Site>> {
 /// may be missing. Nothing is copied until all are checked, so a refused adapter changes
 /// nothing (a method's tensors may be the base model's own, e.g. LoRA's saved biases).
 pub fn import<'a>(params: impl Iterator<Item = (String, &'a Tensor)>, weights: &Tensors) -> Result<()> {
+    import_prefixed(PREFIX, params, weights)
+}
+
+/// [`import`] for a weights file that names the method's tensors with `prefix` (PEFT saves a
+/// soft prompt's tensors with none).
+pub fn import_prefixed<'a>(
+    prefix: &str,
+    params: impl Iterator<Item = (String, &'a Tensor)>,
+    weights: &Tensors,
+) -> Result<()> {
     let mut wanted: BTreeMap<String, Tensor> =
-        params.map(|(name, t)| (format!("{PREFIX}{name}"), t.shallow_clone())).collect();
+        params.map(|(name, t)| (format!("{prefix}{name}"), t.shallow_clone())).collect();
     let mut copies = Vec::with_capacity(weights.tensors.len());
     for (name, tensor) in &weights.tensors {
         let param = wanted.remove(name).ok_or_else(|| {
