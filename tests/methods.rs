@@ -292,7 +292,7 @@ fn dept_offsets_input_embeddings_by_position() {
 }
 
 /// HFT trains, in every layer, exactly 2 attention projections, 1 MLP linear and 1 layer norm
-/// (weight and bias each), a different draw per layer and per seed; everything else stays
+/// (weight and bias each), a different draw per layer, per seed and (with `redraw`) per epoch; everything else stays
 /// bit-identical and gets no optimizer state; and it learns the task.
 #[test]
 fn hft_trains_half_of_each_layer() {
@@ -302,6 +302,14 @@ fn hft_trains_half_of_each_layer() {
     let names = |run: &MethodRun| run.trainable().into_iter().map(|(n, _)| n).collect::<Vec<String>>();
     // Runs on one model set its trainability in turn: the run trained below comes last.
     let other = names(&toy.run(MethodSpec::named("pbft"), &[spec("hft", json!({ "seed": 1 }))]));
+    // With `redraw`, epoch 0 trains the first draw and each later epoch another half.
+    let mut redrawn = toy.run(MethodSpec::named("pbft"), &[spec("hft", json!({ "redraw": true }))]);
+    let first = names(&redrawn);
+    assert!(!redrawn.epoch_begins(0).unwrap(), "epoch 0 is the first draw");
+    assert!(redrawn.epoch_begins(1).unwrap());
+    let second = names(&redrawn);
+    assert!(second != first && second.len() == first.len(), "{first:?} → {second:?}");
+    assert!(!redrawn.epoch_begins(1).unwrap(), "asking again changes nothing");
     let mut run = toy.run(MethodSpec::named("pbft"), &[MethodSpec::named("hft")]);
     let trained = names(&run);
     assert_eq!(trained.len(), 4 * (2 + 1 + 1) * 2, "{trained:?}");

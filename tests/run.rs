@@ -244,6 +244,43 @@ fn a_run_stopped_by_sigterm_resumes_mid_epoch_to_the_same_result() {
     assert_eq!(a["train_resources"]["tokens"], b["train_resources"]["tokens"], "every token counted once");
 }
 
+/// HFT drawing another half of every layer at each epoch: a run paused after its first epoch
+/// and again after its third resumes to exactly the uninterrupted run's losses — the checkpoint
+/// holds the groups trained in earlier epochs and the optimizer state of the current draw — and
+/// from its second epoch on it trains otherwise than one fixed draw does.
+#[test]
+fn hft_redrawn_every_epoch_resumes_to_the_same_result() {
+    let (whole, parts, fixed) =
+        (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hft = |redraw: bool| format!("adapters=[{{name = \"hft\", config = {{redraw = {redraw}}}}}]");
+    let (redrawn, once) = (hft(true), hft(false));
+    let run = |out: &Path, extra: &[&str]| {
+        let output = quick(out, &[&["--set", "train.epochs=4"], extra].concat());
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    run(whole.path(), &["--set", &redrawn]);
+    run(parts.path(), &["--set", &redrawn, "--epochs-budget", "1"]);
+    run(parts.path(), &["--set", &redrawn, "--resume", "--epochs-budget", "2"]);
+    run(parts.path(), &["--set", &redrawn, "--resume"]);
+    run(fixed.path(), &["--set", &once]);
+    let name = "pbft+hft_synthetic-nli_tiny-opt_k24_d0_s0";
+    let losses = |dir: &Path| -> Vec<f64> {
+        let lines = std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap();
+        lines
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"].as_f64())
+            .collect()
+    };
+    let (whole, parts, fixed) = (losses(whole.path()), losses(parts.path()), losses(fixed.path()));
+    assert_eq!(whole.len(), 4);
+    assert_eq!(whole, parts, "paused and resumed twice");
+    assert_eq!(whole[0], fixed[0], "the first epoch trains the fixed draw");
+    assert!(
+        whole[1..].iter().zip(&fixed[1..]).all(|(a, b)| a != b),
+        "later epochs train other halves: {whole:?} vs {fixed:?}"
+    );
+}
+
 /// Bad values fail before anything runs, and a run whose scores become NaN fails naming the
 /// eval set and the step instead of recording chance accuracy.
 /// The embedded `tiny-opt` is loaded, not drawn from a seed: the classification head vanilla_ft

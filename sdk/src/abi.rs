@@ -267,8 +267,13 @@ pub trait MethodObject {
 
     /// Which inputs the objective trains on: the labelled few-shot set, or unlabelled task
     /// inputs (context distillation). An error refuses the method rather than guessing.
-    #[sabi(last_prefix_field)]
     fn training_inputs(&self) -> RResult<Inputs, PluginError>;
+
+    /// Training epoch `epoch` (0-based) begins, or a resumed run re-enters it: `true` when the
+    /// method's `trains` answers changed, so that the host re-reads them and moves optimizer
+    /// state to the tensors that now train.
+    #[sabi(last_prefix_field)]
+    fn epoch_begins(&mut self, host: HostRef<'_>, epoch: u64) -> RResult<bool, PluginError>;
 }
 
 /// The owned method object the host keeps.

@@ -258,6 +258,14 @@ impl<M: Method> MethodObject for Object<M> {
         guard(M::NAME, || "training_inputs".into(), || Ok(self.0.training_inputs()))
     }
 
+    fn epoch_begins(&mut self, host: HostRef<'_>, epoch: u64) -> RResult<bool, PluginError> {
+        guard(
+            M::NAME,
+            || format!("epoch_begins({epoch})"),
+            || self.0.epoch_begins(&mut Host::new(host), epoch as usize),
+        )
+    }
+
     fn set_train(&mut self, train: bool) -> RResult<(), PluginError> {
         guard(
             M::NAME,

@@ -270,6 +270,16 @@ pub trait Method: Sized + 'static {
         Inputs::Labelled
     }
 
+    /// Training epoch `epoch` (0-based) is about to begin — also when a resumed run re-enters
+    /// it, so the answer must follow from `epoch` and the config alone. Return `true` when what
+    /// [`Self::trains`] answers changed (e.g. a selection redrawn per epoch): the host re-reads
+    /// it, gives the tensors that now train fresh optimizer state and drops the state of those
+    /// now frozen (their trained values stay, and are checkpointed).
+    fn epoch_begins(&mut self, host: &mut Host<'_>, epoch: usize) -> Result<bool> {
+        let _ = (host, epoch);
+        Ok(false)
+    }
+
     /// Training (`true`) or evaluation (`false`) from now on: e.g. dropout inside hooks.
     fn set_train(&mut self, train: bool) {
         let _ = train;

@@ -159,6 +159,16 @@ impl<'m> MethodRun<'m> {
         base
     }
 
+    /// Every tensor that can train, by its name in [`MethodRun::trainable`]: the base
+    /// parameters and the methods' own.
+    pub fn tensors(&self) -> std::collections::HashMap<String, Tensor> {
+        let mut tensors = self.model.vs.variables();
+        for (method, store) in &self.state.stores {
+            tensors.extend(store.variables().into_iter().map(|(n, v)| (format!("{method}.{n}"), v)));
+        }
+        tensors
+    }
+
     /// Switches dropout on (training) or off (evaluation) for forwards that do not choose, and
     /// tells every method.
     pub fn set_train(&mut self, train: bool) -> Result<()> {
@@ -167,6 +177,25 @@ impl<'m> MethodRun<'m> {
             method.object.set_train(train).into_result()?;
         }
         Ok(())
+    }
+
+    /// Tells every method that training epoch `epoch` begins (see `Method::epoch_begins`); when
+    /// one changed what it trains, re-applies trainability and returns `true`.
+    pub fn epoch_begins(&mut self, epoch: usize) -> Result<bool> {
+        let mut changed = false;
+        for i in 0..self.adapters.len() {
+            // Each adapter's host sees the adapters before it, as when it was created.
+            let (before, rest) = self.adapters.split_at_mut(i);
+            let Loaded { name, object, .. } = &mut rest[0];
+            let mut host = RunHost { model: self.model, adapters: before, state: &mut self.state, method: name };
+            changed |=
+                object.epoch_begins(HostObject_TO::from_ptr(&mut host, TD_Opaque), epoch as u64).into_result()?;
+        }
+        changed |= self.call_objective(|object, host| object.epoch_begins(host, epoch as u64))?;
+        if changed {
+            self.apply_trainability()?;
+        }
+        Ok(changed)
     }
 
     /// The objective's training loss of `batch` and the metrics it and the host logged.

@@ -131,11 +131,18 @@ impl<'a> Session<'a> {
         budget: Option<usize>,
         record: &mut RunRecord,
     ) -> Result<bool> {
+        let mut progress = if checkpoint { train::read_progress(self.dir)? } else { Progress::default() };
+        // What trains may change per epoch: the checkpoint's state is that of the epoch it holds.
+        run.epoch_begins(progress.state_epoch())?;
         let mut optimizer = AdamW::new(run.trainable(), &self.config.train)?;
+        if checkpoint {
+            let tensors = run.tensors();
+            train::load_checkpoint(self.dir, &mut optimizer, &progress, |name| {
+                tensors.get(name).map(|t| t.shallow_clone())
+            })?;
+        }
         record.trainable_parameters = optimizer.num_parameters();
         let (epochs, total) = self.plan(run, record.trainable_parameters > 0);
-        let mut progress =
-            if checkpoint { train::load_checkpoint(self.dir, &mut optimizer)? } else { Progress::default() };
         record.timings.add(&progress.timings);
         record.train_resources = progress.train_resources;
         record.zero_shot = progress.zero_shot;
@@ -153,6 +160,9 @@ impl<'a> Session<'a> {
         for epoch in progress.epochs_done..epochs {
             if budget.is_some_and(|budget| ran >= budget) {
                 return Ok(false);
+            }
+            if run.epoch_begins(epoch)? {
+                optimizer.retarget(run.trainable(), &self.config.train);
             }
             // A run stopped mid-epoch continues that epoch where it stopped.
             let from = progress.partial.take().filter(|_| epoch == progress.epochs_done);

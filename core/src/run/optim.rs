@@ -21,11 +21,17 @@ struct Slot {
     decay: bool,
     /// Its learning rate relative to `train.lr` (its group's rate over `train.lr`).
     lr_factor: f64,
+    /// Optimizer steps taken before it started training: its moments' bias correction counts
+    /// from there, as PyTorch's per-parameter step does.
+    start: usize,
 }
 
 /// AdamW over named tensors.
 pub struct AdamW {
     slots: Vec<Slot>,
+    /// Tensors that trained before and are frozen now (a method moved its selection): no
+    /// moments, but their trained values are checkpointed.
+    retired: Vec<(String, Tensor)>,
     betas: (f64, f64),
     eps: f64,
     weight_decay: f64,
@@ -40,6 +46,20 @@ pub fn decays(name: &str) -> bool {
     !(name.ends_with(".bias") || name.contains("layer_norm"))
 }
 
+impl Slot {
+    fn new(name: String, param: Tensor, config: &TrainConfig, start: usize) -> Self {
+        Self {
+            decay: decays(&name),
+            lr_factor: group_lr(config, &name) / config.lr,
+            m: param.zeros_like(),
+            v: param.zeros_like(),
+            name,
+            param,
+            start,
+        }
+    }
+}
+
 impl AdamW {
     /// State for `params` (name, tensor), each at its `train.lr_groups` rate; an error names a
     /// group that matches none of them.
@@ -52,19 +72,32 @@ impl AdamW {
                 "`train.lr_groups`: \"{unused}\" is the start of no trainable parameter's name{example}"
             )));
         }
-        let slots = params
-            .into_iter()
-            .map(|(name, param)| Slot {
-                decay: decays(&name),
-                lr_factor: group_lr(config, &name) / config.lr,
-                m: param.zeros_like(),
-                v: param.zeros_like(),
-                name,
-                param,
-            })
-            .collect();
+        let slots = params.into_iter().map(|(name, param)| Slot::new(name, param, config, 0)).collect();
         let loss_scale = LossScaler::new(config.autocast == crate::device::Autocast::Fp16);
-        Ok(Self { slots, betas: config.betas, eps: config.eps, weight_decay: config.weight_decay, step: 0, loss_scale })
+        Ok(Self {
+            slots,
+            retired: Vec::new(),
+            betas: config.betas,
+            eps: config.eps,
+            weight_decay: config.weight_decay,
+            step: 0,
+            loss_scale,
+        })
+    }
+
+    /// Trains `params` from now on: tensors that trained already keep their moments, new ones
+    /// start with none, and those left out lose theirs (their values stay checkpointed).
+    pub fn retarget(&mut self, params: Vec<(String, Tensor)>, config: &TrainConfig) {
+        let mut old: Vec<Slot> = std::mem::take(&mut self.slots);
+        for (name, param) in params {
+            let slot = match old.iter().position(|s| s.name == name) {
+                Some(i) => old.swap_remove(i),
+                None => Slot::new(name, param, config, self.step),
+            };
+            self.retired.retain(|(n, _)| *n != slot.name);
+            self.slots.push(slot);
+        }
+        self.retired.extend(old.into_iter().map(|s| (s.name, s.param)));
     }
 
     /// The gradients that exist (a parameter no loss reached has none).
@@ -113,23 +146,20 @@ impl AdamW {
     /// their own groups).
     pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
-        let Some(first) = self.slots.first() else { return Ok(()) };
-        let step = Tensor::from(self.step as f32).to_device(first.param.device());
-        let mut groups: Vec<(bool, f64)> = Vec::new();
+        let mut groups: Vec<(bool, f64, usize)> = Vec::new();
         for s in &self.slots {
-            if !groups.contains(&(s.decay, s.lr_factor)) {
-                groups.push((s.decay, s.lr_factor));
+            if !groups.contains(&(s.decay, s.lr_factor, s.start)) {
+                groups.push((s.decay, s.lr_factor, s.start));
             }
         }
-        for (decay, lr_factor) in groups {
+        for (decay, lr_factor, start) in groups {
             let slots: Vec<(&Slot, Tensor)> = (self.slots.iter())
-                .filter(|s| s.decay == decay && s.lr_factor == lr_factor)
+                .filter(|s| s.decay == decay && s.lr_factor == lr_factor && s.start == start)
                 .map(|s| (s, s.param.grad()))
                 .filter(|(_, g)| g.defined())
                 .collect();
-            if slots.is_empty() {
-                continue;
-            }
+            let Some((first, _)) = slots.first() else { continue };
+            let step = Tensor::from((self.step - start) as f32).to_device(first.param.device());
             let hyper = ftlab_torch_ext::AdamWStep {
                 lr: lr * lr_factor,
                 betas: self.betas,
@@ -146,19 +176,31 @@ impl AdamW {
         Ok(())
     }
 
-    /// Everything needed to resume: the parameters and both moments, by name.
+    /// Everything needed to resume: the parameters and both moments by name (with the step a
+    /// tensor started training at, when not 0), and the values of tensors that trained before.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        let mut state = Vec::with_capacity(3 * self.slots.len());
+        let mut state = Vec::with_capacity(3 * self.slots.len() + self.retired.len());
         for s in &self.slots {
             state.push((format!("param/{}", s.name), s.param.detach()));
             state.push((format!("m/{}", s.name), s.m.shallow_clone()));
             state.push((format!("v/{}", s.name), s.v.shallow_clone()));
+            if s.start > 0 {
+                state.push((format!("start/{}", s.name), Tensor::from(s.start as i64)));
+            }
         }
+        state.extend(self.retired.iter().map(|(name, param)| (format!("param/{name}"), param.detach())));
         state
     }
 
     /// Restores [`AdamW::state`] read from `path`; every slot must be present with its shape.
-    pub fn load_state(&mut self, state: &[(String, Tensor)], step: usize, path: &std::path::Path) -> Result<()> {
+    /// Values of tensors that trained before (not slots now) go into `tensor(name)`.
+    pub fn load_state(
+        &mut self,
+        state: &[(String, Tensor)],
+        step: usize,
+        path: &std::path::Path,
+        tensor: impl Fn(&str) -> Option<Tensor>,
+    ) -> Result<()> {
         let find = |key: String| {
             state
                 .iter()
@@ -171,6 +213,18 @@ impl AdamW {
                 s.param.f_copy_(find(format!("param/{}", s.name))?)?;
                 s.m.f_copy_(find(format!("m/{}", s.name))?)?;
                 s.v.f_copy_(find(format!("v/{}", s.name))?)?;
+                let start = state.iter().find(|(n, _)| *n == format!("start/{}", s.name));
+                s.start = start.map_or(0, |(_, t)| t.int64_value(&[]) as usize);
+            }
+            self.retired.clear();
+            for (key, value) in state {
+                let Some(name) = key.strip_prefix("param/").filter(|n| !self.slots.iter().any(|s| s.name == *n)) else {
+                    continue;
+                };
+                let mut param =
+                    tensor(name).ok_or_else(|| crate::Error::Checkpoint { path: path.into(), key: key.clone() })?;
+                param.f_copy_(value)?;
+                self.retired.push((name.to_string(), param));
             }
             Ok(())
         })?;
@@ -307,6 +361,44 @@ mod tests {
         let typo = TrainConfig { lr_groups: [("vanila_ft.".to_string(), 0.1)].into_iter().collect(), ..c };
         let err = AdamW::new(named(), &typo).err().unwrap().to_string();
         assert!(err.contains("train.lr_groups") && err.contains("vanila_ft."), "{err}");
+    }
+
+    /// Retargeting keeps the moments of tensors that go on training; a new one starts with none
+    /// and its bias correction counts from its own first step (so that step moves it by the
+    /// full rate, as any first step does, where the run's 4th would move it by 0.58 of it);
+    /// a dropped one's value stays in the state, and `load_state` puts all of it back.
+    #[test]
+    fn retargeting_moves_state_to_the_tensors_that_train() {
+        let c = TrainConfig { weight_decay: 0.0, ..Default::default() };
+        let scalar = || Tensor::from_slice(&[0.0f32]).set_requires_grad(true);
+        let (a, b) = (scalar(), scalar());
+        let step = |opt: &mut AdamW, p: &Tensor| {
+            opt.zero_grad();
+            (p * -1.0).sum(Kind::Float).backward();
+            opt.step(0.01).unwrap();
+        };
+        let mut opt = AdamW::new(vec![("a".into(), a.shallow_clone())], &c).unwrap();
+        for _ in 0..3 {
+            step(&mut opt, &a);
+        }
+        opt.retarget(vec![("b".into(), b.shallow_clone())], &c);
+        step(&mut opt, &b);
+        assert!((a.double_value(&[0]) - 0.03).abs() < 1e-6 && (b.double_value(&[0]) - 0.01).abs() < 1e-6);
+        let state = opt.state();
+        let mut names: Vec<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["m/b", "param/a", "param/b", "start/b", "v/b"]);
+
+        let (a2, b2) = (scalar(), scalar());
+        let mut resumed = AdamW::new(vec![("b".into(), b2.shallow_clone())], &c).unwrap();
+        let path = std::path::Path::new("state.safetensors");
+        resumed.load_state(&state, 4, path, |n| (n == "a").then(|| a2.shallow_clone())).unwrap();
+        assert_eq!((a2.double_value(&[0]), b2.double_value(&[0])), (a.double_value(&[0]), b.double_value(&[0])));
+        step(&mut opt, &b);
+        step(&mut resumed, &b2);
+        assert_eq!(b.double_value(&[0]), b2.double_value(&[0]), "the resumed optimizer steps alike");
+        let err = AdamW::new(vec![("b".into(), scalar())], &c).unwrap().load_state(&state, 4, path, |_| None);
+        assert!(err.unwrap_err().to_string().contains("param/a"));
     }
 
     #[test]

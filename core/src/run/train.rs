@@ -221,14 +221,35 @@ pub fn save_checkpoint(dir: &RunDir, optimizer: &AdamW, progress: &Progress) -> 
     dir.write_json(&folder.join("progress.json"), progress)
 }
 
-/// Restores a checkpoint into `optimizer`; returns where training stopped.
-pub fn load_checkpoint(dir: &RunDir, optimizer: &mut AdamW) -> Result<Progress> {
-    let folder = dir.checkpoint();
-    let progress_path = folder.join("progress.json");
+/// Where the run's checkpoint says training stopped.
+pub fn read_progress(dir: &RunDir) -> Result<Progress> {
+    let progress_path = dir.checkpoint().join("progress.json");
     let text = std::fs::read_to_string(&progress_path).map_err(Error::io(&progress_path))?;
-    let progress: Progress = serde_json::from_str(&text).map_err(Error::json(&progress_path))?;
-    let state_path = folder.join("state.safetensors");
+    serde_json::from_str(&text).map_err(Error::json(&progress_path))
+}
+
+impl Progress {
+    /// The epoch whose trainable tensors the checkpoint's optimizer state holds: the one it
+    /// stopped inside, else the last one completed.
+    pub fn state_epoch(&self) -> usize {
+        if self.partial.is_some() {
+            self.epochs_done
+        } else {
+            self.epochs_done.saturating_sub(1)
+        }
+    }
+}
+
+/// Restores the checkpoint's optimizer state into `optimizer` (built over the trainable tensors
+/// of [`Progress::state_epoch`]) and the values of tensors that trained before into
+/// `tensor(name)`.
+pub fn load_checkpoint(
+    dir: &RunDir,
+    optimizer: &mut AdamW,
+    progress: &Progress,
+    tensor: impl Fn(&str) -> Option<Tensor>,
+) -> Result<()> {
+    let state_path = dir.checkpoint().join("state.safetensors");
     let state = Tensor::read_safetensors(&state_path)?;
-    optimizer.load_state(&state, progress.steps, &state_path)?;
-    Ok(progress)
+    optimizer.load_state(&state, progress.steps, &state_path, tensor)
 }
