@@ -141,7 +141,7 @@ struct Object<M>(M);
 
 impl<M: Method> MethodObject for Object<M> {
     fn sites(&self) -> RResult<RVec<u8>, PluginError> {
-        guard(M::NAME, || "sites".into(), || Ok(self.0.sites().into_iter().map(Site::code).collect()))
+        guard(M::NAME, || "sites".into(), || Ok(self.0.sites()?.into_iter().map(Site::code).collect()))
     }
 
     fn trains(&self, name: RStr<'_>) -> RResult<ROption<bool>, PluginError> {

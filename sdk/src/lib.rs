@@ -27,7 +27,9 @@ pub use abi::{Inputs, Role};
 pub use error::{Error, Result};
 pub use host::{ForwardOutput, ForwardRequest, Host, HostRequest, Init, LoadedModel, Logits, ModelInfo, TaskInfo};
 pub use message::Tensors;
-pub use method::{last_token_logits, next_token_targets, verbalizer_logits, Batch, Export, Loss, Method, Site};
+pub use method::{
+    last_token_logits, next_token_targets, verbalizer_logits, Batch, Demonstrations, Export, Loss, Method, Site,
+};
 
 #[doc(hidden)]
 pub use inventory;

@@ -137,6 +137,65 @@ impl Tensors {
         let value = self.json.get(key).ok_or_else(|| Error::msg(format!("no `{key}` in the batch metadata")))?;
         Ok(serde_json::from_value(value.clone())?)
     }
+
+    /// The run's in-context demonstrations as one string ending with the separator (`context`
+    /// of the data handed to `prepare`).
+    pub fn context(&self) -> Result<String> {
+        let context = self.json.get("context").and_then(serde_json::Value::as_str);
+        Ok(context.ok_or_else(|| Error::msg("no `context` in the prepare data"))?.to_string())
+    }
+
+    /// The labelled pool of the data handed to `prepare`, checked: as many demonstrations,
+    /// queries and labels, every label in `0..num_labels`.
+    pub fn demonstrations(&self, num_labels: usize) -> Result<Demonstrations> {
+        let (texts, prompts) = (self.strings("demonstrations")?, self.strings("demonstration_prompts")?);
+        let labels = self.json.get("labels_of_demonstrations").cloned();
+        let labels: Vec<i64> = serde_json::from_value(labels.ok_or("no `labels_of_demonstrations` in the data")?)?;
+        if labels.len() != texts.len() || prompts.len() != texts.len() {
+            return Err(Error::msg(format!(
+                "{} demonstrations but {} labels_of_demonstrations and {} demonstration_prompts",
+                texts.len(),
+                labels.len(),
+                prompts.len()
+            )));
+        }
+        let labels = (labels.iter())
+            .map(|&l| usize::try_from(l).ok().filter(|l| *l < num_labels))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::msg(format!("a demonstration's label is outside 0..{num_labels}: {labels:?}")))?;
+        let separator = self.json.get("separator").and_then(|s| s.as_str()).ok_or("no `separator` in the data")?;
+        Ok(Demonstrations { texts, prompts, labels, separator: separator.into(), num_labels })
+    }
+}
+
+/// The labelled few-shot set as `prepare` receives it, for methods that build their own
+/// contexts from it ([`Tensors::demonstrations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demonstrations {
+    /// Each example rendered as an in-context demonstration, label word included.
+    pub texts: Vec<String>,
+    /// Each one's fine-tuning query: an input equal to one reads that demonstration's answer.
+    pub prompts: Vec<String>,
+    /// Their labels, in `0..num_labels`.
+    pub labels: Vec<usize>,
+    /// What follows each demonstration in a context.
+    pub separator: String,
+    /// Labels of the task.
+    pub num_labels: usize,
+}
+
+impl Demonstrations {
+    /// The context of the demonstrations at `positions`, each followed by the separator, as the
+    /// runtime renders an ICL context.
+    pub fn render(&self, positions: &[usize]) -> String {
+        positions.iter().map(|&p| format!("{}{}", self.texts[p], self.separator)).collect()
+    }
+
+    /// Positions of `prompt`'s own demonstration(s), so a labelled input never reads its own
+    /// answer in its context.
+    pub fn positions_of(&self, prompt: &str) -> Vec<usize> {
+        (0..self.prompts.len()).filter(|&p| self.prompts[p] == prompt).collect()
+    }
 }
 
 /// A training loss and metrics to log beside it.
@@ -235,9 +294,10 @@ pub trait Method: Sized + 'static {
         Err(Error::unsupported("merged_deltas"))
     }
 
-    /// The hook sites this method acts on (adapters); the host calls only these.
-    fn sites(&self) -> Vec<Site> {
-        Vec::new()
+    /// The hook sites this method acts on (adapters); the host calls only these. An error
+    /// refuses the method, naming it (a method run without its hooks would hide the bug).
+    fn sites(&self) -> Result<Vec<Site>> {
+        Ok(Vec::new())
     }
 
     /// Whether the base parameter `name` (an HF checkpoint key) trains: `None` for no opinion.
@@ -331,4 +391,30 @@ pub fn next_token_targets(input_ids: &Tensor, attention_mask: &Tensor, target_st
     let real = attention_mask.narrow(1, 1, width - 1).ne(0);
     let scored = positions.ge_tensor(&target_start.unsqueeze(1)).logical_and(&real);
     (input_ids.narrow(1, 1, width - 1), scored)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn prepare_data_gives_the_labelled_pool_and_refuses_an_inconsistent_one() {
+        let mut data = Tensors::new();
+        data.json = json!({
+            "demonstrations": ["a? Yes", "b? No"],
+            "demonstration_prompts": ["a?", "b?"],
+            "labels_of_demonstrations": [0, 1],
+            "separator": "\n\n",
+            "context": "b? No\n\n",
+        });
+        let pool = data.demonstrations(2).unwrap();
+        assert_eq!(pool.render(&[1, 0]), "b? No\n\na? Yes\n\n");
+        assert_eq!(pool.positions_of("b?"), [1]);
+        assert_eq!(data.context().unwrap(), "b? No\n\n");
+        assert!(data.demonstrations(1).unwrap_err().message().contains("outside 0..1"));
+        data.json["labels_of_demonstrations"] = json!([0]);
+        assert!(data.demonstrations(2).unwrap_err().message().contains("but 1 labels_of_demonstrations"));
+    }
 }

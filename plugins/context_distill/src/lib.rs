@@ -30,7 +30,7 @@ use std::time::Instant;
 use ftlab_sdk::prelude::*;
 
 use targets::{agreement, distill_loss, Targets};
-use teacher::{Input, Pool, Teacher};
+use teacher::{Input, Teacher};
 
 /// Which distributions the KL compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -169,7 +169,7 @@ impl Method for ContextDistill {
     fn prepare(&mut self, host: &mut Host, data: &Tensors) -> Result<()> {
         let start = Instant::now();
         let inputs = self.inputs(data)?;
-        let pool = Pool::from_data(data, self.verbalizer.len())?;
+        let pool = data.demonstrations(self.verbalizer.len())?;
         let student = host.model()?;
         let (model, id) = match &self.config.teacher {
             Some(spec) => {

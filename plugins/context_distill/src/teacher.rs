@@ -10,6 +10,7 @@
 use ftlab_sdk::context::after_context;
 use ftlab_sdk::prelude::*;
 use ftlab_sdk::tch::Device;
+use ftlab_sdk::Demonstrations;
 
 use crate::sampler::{balanced, SplitMix64};
 use crate::targets::Targets;
@@ -20,58 +21,6 @@ const TEACHER_BATCH: usize = 16;
 
 /// The stream index of the one shared context (`resample = false`).
 const SHARED_STREAM: u64 = u64::MAX;
-
-/// The labelled demonstrations contexts are drawn from.
-pub struct Pool {
-    /// Each labelled example rendered with its label word.
-    pub demonstrations: Vec<String>,
-    /// Each one's fine-tuning query: an input equal to one reads that demonstration's answer.
-    pub prompts: Vec<String>,
-    /// Their labels, in `0..num_labels`.
-    pub labels: Vec<usize>,
-    /// What follows each demonstration in a context.
-    pub separator: String,
-    /// Labels of the task.
-    pub num_labels: usize,
-}
-
-impl Pool {
-    /// The pool in a `prepare` payload (`demonstrations`, `demonstration_prompts`,
-    /// `labels_of_demonstrations`, `separator`).
-    pub fn from_data(data: &Tensors, num_labels: usize) -> Result<Self> {
-        let demonstrations = data.strings("demonstrations")?;
-        let prompts = data.strings("demonstration_prompts")?;
-        let labels: Vec<i64> = ftlab_sdk::serde_json::from_value(
-            data.json.get("labels_of_demonstrations").cloned().ok_or("no `labels_of_demonstrations` in the data")?,
-        )?;
-        if labels.len() != demonstrations.len() || prompts.len() != demonstrations.len() {
-            return Err(Error::msg(format!(
-                "{} demonstrations but {} labels_of_demonstrations and {} demonstration_prompts",
-                demonstrations.len(),
-                labels.len(),
-                prompts.len()
-            )));
-        }
-        let labels = (labels.iter())
-            .map(|&l| usize::try_from(l).ok().filter(|l| *l < num_labels))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::msg(format!("a demonstration's label is outside 0..{num_labels}: {labels:?}")))?;
-        let separator = data.json.get("separator").and_then(|s| s.as_str()).ok_or("no `separator` in the data")?;
-        Ok(Self { demonstrations, prompts, labels, separator: separator.into(), num_labels })
-    }
-
-    /// The context text of `positions`: each demonstration followed by the separator, as the
-    /// runtime renders the ICL context.
-    pub fn render(&self, positions: &[usize]) -> String {
-        positions.iter().map(|&p| format!("{}{}", self.demonstrations[p], self.separator)).collect()
-    }
-
-    /// Positions of `prompt`'s own demonstration(s), so a labelled input never reads its own
-    /// answer in its context.
-    pub fn positions_of(&self, prompt: &str) -> Vec<usize> {
-        (0..self.prompts.len()).filter(|&p| self.prompts[p] == prompt).collect()
-    }
-}
 
 /// An input distilled on: the fine-tuning query the student reads (and batches name it by), and
 /// the in-context query the teacher reads after its context.
@@ -98,7 +47,7 @@ pub struct Teacher<'a> {
     /// A model loaded for the teacher, or `None` for the run's own model.
     pub model: Option<u64>,
     /// Demonstrations to draw contexts from.
-    pub pool: &'a Pool,
+    pub pool: &'a Demonstrations,
     /// Demonstrations per context (the most; fewer when the window demands).
     pub k: usize,
     /// The run's seed.

@@ -131,8 +131,8 @@ impl Method for Dept {
         ftlab_sdk::peft::import_prefixed("", self.tensors().into_iter(), weights)
     }
 
-    fn sites(&self) -> Vec<Site> {
-        vec![Site::Embeddings]
+    fn sites(&self) -> Result<Vec<Site>> {
+        Ok(vec![Site::Embeddings])
     }
 
     /// Tokens read after kept keys/values (which hold the prompt) continue the input's positions.

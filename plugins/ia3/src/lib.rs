@@ -130,7 +130,7 @@ impl Method for Ia3 {
         Ok(deltas)
     }
 
-    fn sites(&self) -> Vec<Site> {
+    fn sites(&self) -> Result<Vec<Site>> {
         let mut sites: Vec<Site> =
             self.scaled.iter().filter(|(_, s)| !s.feedforward).map(|(&(_, site), _)| site).collect();
         if self.scaled.values().any(|s| s.feedforward) {
@@ -138,7 +138,7 @@ impl Method for Ia3 {
         }
         sites.sort_by_key(|s| s.name());
         sites.dedup();
-        sites
+        Ok(sites)
     }
 
     fn linear(&self, layer: i64, site: Site, _input: &Tensor, output: Tensor) -> Result<Tensor> {

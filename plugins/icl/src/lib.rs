@@ -12,7 +12,6 @@
 
 use ftlab_sdk::context::after_context;
 use ftlab_sdk::prelude::*;
-use ftlab_sdk::serde_json::Value;
 
 /// Hyperparameters, set in an experiment file under `icl`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -60,12 +59,11 @@ impl Method for Icl {
     }
 
     fn prepare(&mut self, host: &mut Host, data: &Tensors) -> Result<()> {
-        let text = data.json.get("context").and_then(Value::as_str);
-        let text = text.ok_or_else(|| Error::msg("icl needs the run's `context` in the prepare data"))?;
+        let text = data.context()?;
         if let Some(old) = self.context.take().and_then(|c| c.cache) {
             host.free_cache(old)?;
         }
-        let ids = host.encode(text, true)?;
+        let ids = host.encode(&text, true)?;
         let mut cache = None;
         if self.config.cache_context {
             let input = Tensor::from_slice(&ids).view([1, -1]).to_device(data.input_ids()?.device());

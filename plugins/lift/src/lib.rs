@@ -131,8 +131,8 @@ impl Method for Lift {
         Ok(Self { entries, config, targets, base_model: model.name })
     }
 
-    fn sites(&self) -> Vec<Site> {
-        self.targets.clone()
+    fn sites(&self) -> Result<Vec<Site>> {
+        Ok(self.targets.clone())
     }
 
     /// `S` is made dense for the product: libtorch's sparse × dense product was 14× slower on

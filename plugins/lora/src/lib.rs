@@ -279,8 +279,8 @@ impl Method for Lora {
         Ok(deltas)
     }
 
-    fn sites(&self) -> Vec<Site> {
-        self.targets.clone()
+    fn sites(&self) -> Result<Vec<Site>> {
+        Ok(self.targets.clone())
     }
 
     fn linear(&self, layer: i64, site: Site, input: &Tensor, output: Tensor) -> Result<Tensor> {

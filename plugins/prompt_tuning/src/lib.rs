@@ -77,8 +77,8 @@ impl Method for PromptTuning {
         ftlab_sdk::peft::import_prefixed("", std::iter::once(("prompt_embeddings".into(), &self.prompt)), weights)
     }
 
-    fn sites(&self) -> Vec<Site> {
-        vec![Site::Embeddings]
+    fn sites(&self) -> Result<Vec<Site>> {
+        Ok(vec![Site::Embeddings])
     }
 
     fn embeddings(&self, embeds: Tensor, mask: Tensor) -> Result<(Tensor, Tensor)> {

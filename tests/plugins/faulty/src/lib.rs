@@ -31,8 +31,8 @@ impl Method for PanicInHook {
     fn new(_: Config, _: &mut Host) -> Result<Self> {
         Ok(Self)
     }
-    fn sites(&self) -> Vec<Site> {
-        vec![Site::QProj]
+    fn sites(&self) -> Result<Vec<Site>> {
+        Ok(vec![Site::QProj])
     }
     fn linear(&self, layer: i64, _: Site, _: &Tensor, _: Tensor) -> Result<Tensor> {
         panic!("deliberate panic in the hook of layer {layer}")
@@ -50,8 +50,8 @@ impl Method for TorchErrorInHook {
     fn new(_: Config, _: &mut Host) -> Result<Self> {
         Ok(Self)
     }
-    fn sites(&self) -> Vec<Site> {
-        vec![Site::Fc1]
+    fn sites(&self) -> Result<Vec<Site>> {
+        Ok(vec![Site::Fc1])
     }
     fn linear(&self, _: i64, _: Site, _: &Tensor, output: Tensor) -> Result<Tensor> {
         Ok(output.matmul(&Tensor::ones([3, 5], (Kind::Float, output.device()))))
@@ -85,7 +85,7 @@ impl Method for PanicInSites {
     fn new(_: Config, _: &mut Host) -> Result<Self> {
         Ok(Self)
     }
-    fn sites(&self) -> Vec<Site> {
+    fn sites(&self) -> Result<Vec<Site>> {
         panic!("deliberate panic in sites")
     }
 }

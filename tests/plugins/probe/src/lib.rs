@@ -21,8 +21,8 @@ impl Method for Noop {
         Ok(Self)
     }
 
-    fn sites(&self) -> Vec<Site> {
-        Site::ALL.to_vec()
+    fn sites(&self) -> Result<Vec<Site>> {
+        Ok(Site::ALL.to_vec())
     }
 
     /// Base parameters keep training as without adapters.
