@@ -23,6 +23,15 @@ fn ftlab(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ftlab")).args(args).output().unwrap()
 }
 
+/// The scaffolded crates' sources (`ROOT/myce`, `ROOT/myscale`) and where cargo builds them.
+fn scaffold_root() -> PathBuf {
+    std::env::temp_dir().join(format!("ftlab-scaffold-{}", std::process::id())).join("src")
+}
+
+fn scaffold_target() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target")
+}
+
 /// Scaffolds an objective (`myce`) and an adapter (`myscale`) with `ftlab plugins new` and builds
 /// them with cargo, once per test binary; returns the folder holding the two libraries.
 fn scaffolded() -> &'static Path {
@@ -30,17 +39,15 @@ fn scaffolded() -> &'static Path {
     DIR.get_or_init(|| {
         // Sources outside the workspace, as an author's would be (cargo reads the config of
         // every folder above a crate); the target folder persists so reruns are quick.
-        let root = std::env::temp_dir().join(format!("ftlab-scaffold-{}", std::process::id()));
+        let (root, target) = (scaffold_root(), scaffold_target());
         let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("src")).unwrap();
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("scaffold-target");
+        std::fs::create_dir_all(&root).unwrap();
         for (name, role) in [("myce", "objective"), ("myscale", "adapter")] {
-            let out = ftlab(&["plugins", "new", name, "--role", role, "--dir", root.join("src").to_str().unwrap()]);
+            let out = ftlab(&["plugins", "new", name, "--role", role, "--dir", root.to_str().unwrap()]);
             assert!(out.status.success(), "plugins new: {}", String::from_utf8_lossy(&out.stderr));
-            let manifest = root.join("src").join(name).join("Cargo.toml");
             let status = Command::new(env!("CARGO"))
-                .args(["build", "--quiet", "--manifest-path", manifest.to_str().unwrap()])
-                .current_dir(root.join("src").join(name))
+                .args(["build", "--quiet"])
+                .current_dir(root.join(name))
                 .env("CARGO_TARGET_DIR", &target)
                 .status()
                 .unwrap();
@@ -231,6 +238,24 @@ fn cli_lists_refused_libraries_with_reasons_and_installs_verified_ones() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(!home.path().join("ftlab/plugins/libjunk.so").exists());
+}
+
+/// A scaffolded crate's own `cargo test` runs `ftlab plugins check` on it (its template's
+/// `tests/check.rs`), and both scaffolds pass.
+#[test]
+fn scaffolded_crates_pass_their_own_check_test() {
+    scaffolded();
+    for name in ["myce", "myscale"] {
+        let out = Command::new(env!("CARGO"))
+            .args(["test", "--quiet", "--test", "check"])
+            .current_dir(scaffold_root().join(name))
+            .env("CARGO_TARGET_DIR", scaffold_target())
+            .env("FTLAB", env!("CARGO_BIN_EXE_ftlab"))
+            .output()
+            .unwrap();
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && report.contains("1 passed"), "{name}: {report}");
+    }
 }
 
 /// The scaffolded crates work with `ftlab run` as any method does, found via $FTLAB_PLUGIN_PATH.

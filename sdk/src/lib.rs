@@ -22,6 +22,7 @@ mod method;
 pub mod peft;
 pub mod rng;
 pub mod soft_prompt;
+pub mod testing;
 
 pub use abi::{Inputs, Role};
 pub use error::{Error, Result};
@@ -48,6 +49,8 @@ pub mod template {
     pub const ADAPTER: &str = include_str!("../template/adapter.rs.in");
     /// `src/lib.rs` of an objective.
     pub const OBJECTIVE: &str = include_str!("../template/objective.rs.in");
+    /// `tests/check.rs`: `ftlab plugins check` on the built library (placeholder `{{ftlab}}`).
+    pub const CHECK_TEST: &str = include_str!("../template/check.rs.in");
 }
 
 /// Everything a method file needs.

@@ -254,9 +254,11 @@ fn new(name: &str, role: RoleArg, dir: &Path, sdk: Option<String>) -> anyhow::Re
         let path = path.canonicalize().unwrap_or(path);
         format!("{{ path = \"{}\" }}", path.display())
     });
+    let ftlab = std::env::current_exe().context("locating the ftlab binary")?;
     let fill = |template: &str| {
         template
             .replace("{{name}}", name)
+            .replace("{{ftlab}}", &ftlab.display().to_string())
             .replace("{{sdk}}", &sdk)
             .replace("{{libtorch}}", ftlab_sdk::abi::LIBTORCH_DIR)
     };
@@ -268,13 +270,15 @@ fn new(name: &str, role: RoleArg, dir: &Path, sdk: Option<String>) -> anyhow::Re
         ("Cargo.toml", fill(ftlab_sdk::template::CARGO_TOML)),
         (".cargo/config.toml", fill(ftlab_sdk::template::CARGO_CONFIG)),
         ("src/lib.rs", fill(source)),
+        ("tests/check.rs", fill(ftlab_sdk::template::CHECK_TEST)),
     ] {
         let path = root.join(file);
         std::fs::create_dir_all(path.parent().expect("has a parent"))
             .with_context(|| format!("creating {}", root.display()))?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    outln!("created {}: build it with `cargo build --release` there, then", root.display());
+    outln!("created {}: `cargo test` there runs `ftlab plugins check {name}` on it; build it with", root.display());
+    outln!("`cargo build --release`, then");
     outln!("  ftlab plugins install {}/target/release/lib{name}.{}", root.display(), std::env::consts::DLL_EXTENSION);
     Ok(ExitCode::SUCCESS)
 }
