@@ -12,7 +12,10 @@
 //! loss is instead the cross-entropy against the teacher's answer, its most probable label word
 //! — sequence-level distillation (Kim & Rush, 2016, <https://arxiv.org/abs/1606.07947>) of a
 //! one-token answer, as Snell et al. train on the teacher's own generations; the KL is still
-//! logged. (A teacher continuation of several tokens as the target is not implemented.)
+//! logged. With `target = "generated"` the target is the teacher's greedy continuation of up
+//! to `max_new_tokens` tokens (its answer first, argmax over the vocabulary, ending at `</s>`),
+//! learnt token by token as SFT on self-generated text learns (see `sequence.rs`); generating
+//! costs the teacher a forward pass per token.
 //!
 //! Efficiency is part of the method: `prepare` computes every teacher distribution once, in
 //! batches, before any step — so the teacher stays the pretrained model even when base weights
@@ -21,6 +24,7 @@
 //! default `predict`).
 
 mod sampler;
+mod sequence;
 mod targets;
 mod teacher;
 
@@ -50,6 +54,8 @@ pub enum Target {
     Soft,
     /// The teacher's answer: cross-entropy against its most probable label word.
     Hard,
+    /// The teacher's greedy continuation (`max_new_tokens`): cross-entropy on each token.
+    Generated,
 }
 
 /// Which inputs x the student is trained on.
@@ -79,9 +85,12 @@ pub struct Config {
     pub temperature: f64,
     /// KL over the full vocabulary (`"vocab"`, default) or the verbalizer tokens (`"verbalizer"`).
     pub kl: KlOver,
-    /// Learn the teacher's distribution (`"soft"`, default) or its answer (`"hard"`: the
-    /// cross-entropy against its most probable label word).
+    /// Learn the teacher's distribution (`"soft"`, default), its answer (`"hard"`: the
+    /// cross-entropy against its most probable label word) or its greedy continuation
+    /// (`"generated"`: the cross-entropy of each of its tokens).
     pub target: Target,
+    /// With `target = "generated"`: the longest continuation, in tokens (default 8).
+    pub max_new_tokens: usize,
     /// Tokens the cached full-vocabulary target keeps (default 64), the rest merged into one
     /// bucket; exact when ≥ the vocabulary. Bounds the cache at m ids and probabilities per input.
     pub top_m: usize,
@@ -107,6 +116,7 @@ impl Default for Config {
             temperature: 1.0,
             kl: KlOver::Vocab,
             target: Target::Soft,
+            max_new_tokens: 8,
             top_m: 64,
             ce_weight: 0.0,
             inputs: Source::Unlabelled,
@@ -131,6 +141,9 @@ impl Config {
         if !(self.ce_weight.is_finite() && self.ce_weight >= 0.0) {
             return Err(Error::msg(format!("`ce_weight` must be ≥ 0, got {}", self.ce_weight)));
         }
+        if self.target == Target::Generated && (self.max_new_tokens == 0 || self.ce_weight > 0.0) {
+            return Err(Error::msg("`target = \"generated\"` needs `max_new_tokens` ≥ 1 and no `ce_weight`"));
+        }
         Ok(())
     }
 }
@@ -144,6 +157,10 @@ pub struct ContextDistill {
     targets: Option<Targets>,
     /// Row of each input prompt in `targets`.
     rows: HashMap<String, i64>,
+    /// The teacher's continuation of each row (`target = "generated"`).
+    continuations: Vec<Vec<i64>>,
+    /// The student's padding id.
+    pad: i64,
 }
 
 impl Method for ContextDistill {
@@ -156,7 +173,8 @@ impl Method for ContextDistill {
     fn new(config: Config, host: &mut Host) -> Result<Self> {
         let verbalizer = host.task()?.label_token_ids;
         config.validate(verbalizer.len())?;
-        Ok(Self { config, verbalizer, targets: None, rows: HashMap::new() })
+        let pad = host.model()?.pad_token_id;
+        Ok(Self { config, verbalizer, targets: None, rows: HashMap::new(), continuations: Vec::new(), pad })
     }
 
     fn training_inputs(&self) -> Inputs {
@@ -196,6 +214,8 @@ impl Method for ContextDistill {
             window: usize::try_from(model.max_position_embeddings).unwrap_or(0),
             pad: model.pad_token_id,
             device,
+            generate: if self.config.target == Target::Generated { self.config.max_new_tokens } else { 0 },
+            eos: host.encode("", true)?[0], // OPT's tokenizer starts every text with `</s>`
         };
         let targets = if self.config.resample {
             teacher.resampled(host, &inputs)
@@ -205,9 +225,10 @@ impl Method for ContextDistill {
         if let Some(id) = id {
             host.free_model(id)?;
         }
-        let targets = targets?;
+        let (targets, continuations) = targets?;
         self.rows = inputs.into_iter().map(|input| input.prompt).zip(0..).collect();
         self.targets = Some(targets);
+        self.continuations = continuations;
         host.log("teacher_seconds", start.elapsed().as_secs_f64())
     }
 
@@ -219,6 +240,15 @@ impl Method for ContextDistill {
         let device = batch.input_ids()?.device();
         let targets = targets.rows(&Tensor::from_slice(&index).to_device(device));
         let verbalizer = Tensor::from_slice(&self.verbalizer).to_device(device);
+        if self.config.target == Target::Generated {
+            let continuations: Vec<&[i64]> = index.iter().map(|&i| &self.continuations[i as usize][..]).collect();
+            let (loss, student) = sequence::continuation_loss(host, batch, &continuations, self.pad)?;
+            let soft = (self.config.temperature, 0.0, Target::Soft);
+            let parts = distill_loss(&student, &targets, &verbalizer, soft, batch.label_token_ids()?, batch.labels()?);
+            host.log("kl", parts.kl)?;
+            host.log("teacher_agreement", agreement(&student, &targets, &verbalizer))?;
+            return Ok(Loss::new(loss));
+        }
         let student = last_token_logits(host, batch, true)?; // (B, V)
         let parts = distill_loss(
             &student,

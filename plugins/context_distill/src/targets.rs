@@ -127,7 +127,9 @@ pub fn distill_loss(
     }
     .mean(Kind::Float);
     let mut loss = match target {
-        Target::Soft => &kl * (tau * tau),
+        // A continuation's loss is the student's cross-entropy on it (`sequence.rs`); the KL here
+        // is only logged.
+        Target::Soft | Target::Generated => &kl * (tau * tau),
         // The teacher's answer: its most probable label word, over the full vocabulary.
         Target::Hard => {
             student.cross_entropy_for_logits(&verbalizer.index_select(0, &targets.verbalizer.argmax(1, false)))

@@ -64,11 +64,18 @@ pub struct Teacher<'a> {
     pub pad: i64,
     /// Where the model runs.
     pub device: Device,
+    /// Tokens of the teacher's greedy continuation to keep per input (0: none).
+    pub generate: usize,
+    /// The id that ends a continuation (OPT's `</s>`).
+    pub eos: i64,
 }
+
+/// The teacher's targets, one row per input, and (with `generate`) each input's continuation.
+pub type Taught = (Targets, Vec<Vec<i64>>);
 
 impl Teacher<'_> {
     /// One context per input, drawn from the input's own random stream.
-    pub fn resampled(&self, host: &mut Host, inputs: &[Input]) -> Result<Targets> {
+    pub fn resampled(&self, host: &mut Host, inputs: &[Input]) -> Result<Taught> {
         let mut rows = Vec::with_capacity(inputs.len());
         let mut ks = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
@@ -83,7 +90,7 @@ impl Teacher<'_> {
 
     /// One context for every input: encoded once and its keys/values reused (`cache`), or
     /// read whole with every input (the uncached reference).
-    pub fn shared(&self, host: &mut Host, inputs: &[Input], cache: bool) -> Result<Targets> {
+    pub fn shared(&self, host: &mut Host, inputs: &[Input], cache: bool) -> Result<Taught> {
         let fitted = self.fit_context(host, inputs, SHARED_STREAM, &[])?;
         self.log_fit(host, &[fitted.k])?;
         if !cache {
@@ -142,26 +149,64 @@ impl Teacher<'_> {
     }
 
     /// The teacher's targets for `rows` of token ids (each `context + query`), `TEACHER_BATCH`
-    /// at a time; with `past` (cache id, the context's ids) each batch reuses the kept
-    /// keys/values of the prefix it shares with the context.
-    fn run_batches(&self, host: &mut Host, rows: &[Vec<i64>], past: Option<(u64, &[i64])>) -> Result<Targets> {
+    /// at a time, and with `generate` each row's greedy continuation; with `past` (cache id,
+    /// the context's ids) each batch reuses the kept keys/values of the prefix it shares with
+    /// the context.
+    fn run_batches(&self, host: &mut Host, rows: &[Vec<i64>], past: Option<(u64, &[i64])>) -> Result<Taught> {
         let mut parts = Vec::with_capacity(rows.len().div_ceil(TEACHER_BATCH));
+        let mut continuations = Vec::new();
         for chunk in rows.chunks(TEACHER_BATCH) {
-            let split = after_context(past.map_or(&[], |(_, ids)| ids), chunk.to_vec());
-            let (ids, mask) = split.tensors(self.pad, self.device);
-            let request = ForwardRequest {
-                logits: Logits::Last,
-                adapters: false,
-                grad: false,
-                train: Some(false),
-                past: past.filter(|_| split.reused > 0).map(|(id, _)| id),
-                past_len: Some(split.reused),
-                keep_cache: false,
-                model: self.model,
-            };
-            let logits = host.forward(&ids, &mask, &request)?.logits.ok_or("the host returned no logits")?; // (B, V)
+            let logits = self.last_logits(host, chunk, past)?; // (B, V)
             parts.push(Targets::from_teacher_logits(&logits, self.tau, self.top_m, &self.verbalizer));
+            if self.generate > 0 {
+                let first = Vec::<i64>::try_from(logits.argmax(1, false))?;
+                continuations.extend(self.continue_greedily(host, chunk, past, first)?);
+            }
         }
-        Targets::cat(&parts)
+        Ok((Targets::cat(&parts)?, continuations))
+    }
+
+    /// The teacher's next-token logits `[B, V]` after each of `rows`.
+    fn last_logits(&self, host: &mut Host, rows: &[Vec<i64>], past: Option<(u64, &[i64])>) -> Result<Tensor> {
+        let split = after_context(past.map_or(&[], |(_, ids)| ids), rows.to_vec());
+        let (ids, mask) = split.tensors(self.pad, self.device);
+        let request = ForwardRequest {
+            logits: Logits::Last,
+            adapters: false,
+            grad: false,
+            train: Some(false),
+            past: past.filter(|_| split.reused > 0).map(|(id, _)| id),
+            past_len: Some(split.reused),
+            keep_cache: false,
+            model: self.model,
+        };
+        Ok(host.forward(&ids, &mask, &request)?.logits.ok_or("the host returned no logits")?)
+    }
+
+    /// Each row's greedy continuation of up to `generate` tokens from `first` (the argmax after
+    /// it), ending at `</s>` or the window: each step reads the rows again with the tokens so far
+    /// (a shared context's kept keys/values still serve its prefix).
+    fn continue_greedily(
+        &self,
+        host: &mut Host,
+        rows: &[Vec<i64>],
+        past: Option<(u64, &[i64])>,
+        first: Vec<i64>,
+    ) -> Result<Vec<Vec<i64>>> {
+        let mut generated: Vec<Vec<i64>> = first.into_iter().map(|t| vec![t]).collect();
+        for _ in 1..self.generate {
+            let open: Vec<usize> = (0..rows.len())
+                .filter(|&i| generated[i].last() != Some(&self.eos) && rows[i].len() + generated[i].len() < self.window)
+                .collect();
+            if open.is_empty() {
+                break;
+            }
+            let extended: Vec<Vec<i64>> = open.iter().map(|&i| [&rows[i][..], &generated[i][..]].concat()).collect();
+            let next = Vec::<i64>::try_from(self.last_logits(host, &extended, past)?.argmax(1, false))?;
+            for (&i, token) in open.iter().zip(next) {
+                generated[i].push(token);
+            }
+        }
+        Ok(generated)
     }
 }
