@@ -29,19 +29,7 @@ mod common;
 use common::serial;
 
 fn registry() -> Registry {
-    common::registry(&[
-        "vanilla_ft",
-        "pbft",
-        "otr",
-        "icl",
-        "bitfit",
-        "lora",
-        "ia3",
-        "prompt_tuning",
-        "dept",
-        "hft",
-        "lift",
-    ])
+    common::registry(&common::BUILT_IN)
 }
 
 /// One padded batch and its rendered queries.

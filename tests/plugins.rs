@@ -347,21 +347,7 @@ fn libraries_that_crash_when_loaded_are_refused_and_the_host_goes_on() {
 #[test]
 fn every_built_in_method_passes_the_standard_checks() {
     let _serial = common::serial();
-    let built_in = [
-        "pbft",
-        "vanilla_ft",
-        "otr",
-        "icl",
-        "context_distill",
-        "lm",
-        "bitfit",
-        "lora",
-        "ia3",
-        "prompt_tuning",
-        "dept",
-        "hft",
-        "lift",
-    ];
+    let built_in = common::BUILT_IN;
     let registry = common::registry(&built_in);
     let mut applicable = 0;
     for name in built_in {

@@ -29,7 +29,8 @@ pub use error::{Error, Result};
 pub use host::{ForwardOutput, ForwardRequest, Host, HostRequest, Init, LoadedModel, Logits, ModelInfo, TaskInfo};
 pub use message::Tensors;
 pub use method::{
-    last_token_logits, next_token_targets, verbalizer_logits, Batch, Demonstrations, Export, Loss, Method, Site,
+    all_logits, last_token_logits, next_token_targets, token_cross_entropy, verbalizer_logits, Batch, Demonstrations,
+    Export, Loss, Method, Site,
 };
 
 #[doc(hidden)]
@@ -57,7 +58,8 @@ pub mod template {
 pub mod prelude {
     pub use crate::host::{ForwardRequest, Host, Init, Logits};
     pub use crate::method::{
-        last_token_logits, next_token_targets, verbalizer_logits, Batch, Export, Loss, Method, Site,
+        all_logits, last_token_logits, next_token_targets, token_cross_entropy, verbalizer_logits, Batch, Export, Loss,
+        Method, Site,
     };
     pub use crate::{Error, Inputs, Result, Role, Tensors};
     pub use schemars::JsonSchema;

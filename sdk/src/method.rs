@@ -373,6 +373,21 @@ pub fn last_token_logits(host: &mut Host<'_>, batch: &Batch, grad: bool) -> Resu
     out.logits.ok_or_else(|| Error::msg("the host returned no logits"))
 }
 
+/// LM logits `[B, T, V]` at every position, with or without autograd history.
+pub fn all_logits(host: &mut Host<'_>, batch: &Batch, grad: bool) -> Result<Tensor> {
+    let request = ForwardRequest { logits: Logits::All, grad, ..Default::default() };
+    let out = host.forward(batch.input_ids()?, batch.attention_mask()?, &request)?;
+    out.logits.ok_or_else(|| Error::msg("the host returned no logits"))
+}
+
+/// The mean cross-entropy of `logits` `[B, T, V]` against `targets` `[B, T]` over the positions
+/// whose target is not -100, in float32.
+pub fn token_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let vocab = logits.size()[2];
+    let flat = logits.to_kind(Kind::Float).reshape([-1, vocab]);
+    flat.cross_entropy_loss::<Tensor>(&targets.reshape([-1]), None, tch::Reduction::Mean, -100, 0.0)
+}
+
 /// LM logits of the task's verbalizer tokens at each row's last real token, `[B, num_labels]`,
 /// with or without autograd history.
 pub fn verbalizer_logits(host: &mut Host<'_>, batch: &Batch, grad: bool) -> Result<Tensor> {

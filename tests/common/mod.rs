@@ -31,6 +31,23 @@ pub fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().find(|d| d.join("plugins").is_dir()).expect("the workspace root")
 }
 
+/// Every built-in method (`plugins/`).
+pub const BUILT_IN: [&str; 13] = [
+    "pbft",
+    "vanilla_ft",
+    "otr",
+    "icl",
+    "context_distill",
+    "lm",
+    "bitfit",
+    "lora",
+    "ia3",
+    "prompt_tuning",
+    "dept",
+    "hft",
+    "lift",
+];
+
 /// The workspace's plugins, refusing any of `plugins` whose library is missing or older than
 /// any file of its source folder (`cargo test` rebuilds only their test harnesses: run
 /// `cargo build --workspace`).

@@ -33,15 +33,8 @@ pub fn continuation_loss(
     let targets = Tensor::from_slice(&targets).view([rows.len() as i64, width]).to_device(ids.device());
     let request = ForwardRequest { logits: Logits::All, ..Default::default() };
     let logits = host.forward(&ids, &mask, &request)?.logits.ok_or("the host returned no logits")?;
-    let logits = logits.to_kind(Kind::Float); // (B, T, V)
+    let loss = token_cross_entropy(&logits, &targets); // logits (B, T, V)
     let vocab = logits.size()[2];
-    let loss = logits.reshape([-1, vocab]).cross_entropy_loss::<Tensor>(
-        &targets.reshape([-1]),
-        None,
-        Reduction::Mean,
-        -100,
-        0.0,
-    );
     let answer = Tensor::from_slice(&lengths).to_device(logits.device()) - 1;
     let at_answer = logits.detach().gather(1, &answer.view([-1, 1, 1]).expand([-1, 1, vocab], false), false);
     Ok((loss, at_answer.squeeze_dim(1)))

@@ -27,15 +27,6 @@ pub struct Lm {
     config: Config,
 }
 
-impl Lm {
-    /// Logits `[B, T, V]` at every position.
-    fn all_logits(host: &mut Host, batch: &Batch, grad: bool) -> Result<Tensor> {
-        let request = ForwardRequest { logits: Logits::All, grad, ..Default::default() };
-        let out = host.forward(batch.input_ids()?, batch.attention_mask()?, &request)?;
-        out.logits.ok_or_else(|| Error::msg("the host returned no logits"))
-    }
-}
-
 impl Method for Lm {
     const NAME: &'static str = "lm";
     const ROLE: Role = Role::Objective;
@@ -62,23 +53,15 @@ impl Method for Lm {
             return Err(Error::msg("no tokens to predict in this batch (empty documents?)"));
         }
         let targets = targets.masked_fill(&scored.logical_not(), -100);
-        let logits = Self::all_logits(host, batch, true)?;
-        let logits = logits.narrow(1, 0, targets.size()[1]).to_kind(Kind::Float);
-        let vocab = logits.size()[2];
-        let loss = logits.reshape([-1, vocab]).cross_entropy_loss::<Tensor>(
-            &targets.reshape([-1]),
-            None,
-            Reduction::Mean,
-            -100,
-            0.0,
-        );
+        let logits = all_logits(host, batch, true)?;
+        let loss = token_cross_entropy(&logits.narrow(1, 0, targets.size()[1]), &targets);
         let perplexity = loss.double_value(&[]).exp();
         Ok(Loss { loss, metrics: vec![("perplexity".into(), perplexity)] })
     }
 
     /// Logits at every position: the run scores held-out loss and perplexity from them.
     fn predict(&mut self, host: &mut Host, batch: &Batch) -> Result<Tensor> {
-        Self::all_logits(host, batch, false)
+        all_logits(host, batch, false)
     }
 }
 

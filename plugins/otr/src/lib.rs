@@ -30,15 +30,6 @@ pub struct Otr {
     documents: bool,
 }
 
-impl Otr {
-    /// Logits `[B, T, V]` at every position (the `text` task).
-    fn all_logits(host: &mut Host, batch: &Batch, grad: bool) -> Result<Tensor> {
-        let request = ForwardRequest { logits: Logits::All, grad, ..Default::default() };
-        let out = host.forward(batch.input_ids()?, batch.attention_mask()?, &request)?;
-        out.logits.ok_or_else(|| Error::msg("the host returned no logits"))
-    }
-}
-
 impl Method for Otr {
     const NAME: &'static str = "otr";
     const ROLE: Role = Role::Objective;
@@ -56,7 +47,7 @@ impl Method for Otr {
         let (logits, gold) = if self.documents {
             let (targets, scored) =
                 next_token_targets(batch.input_ids()?, batch.attention_mask()?, batch.target_start()?);
-            let logits = Self::all_logits(host, batch, true)?.narrow(1, 0, targets.size()[1]);
+            let logits = all_logits(host, batch, true)?.narrow(1, 0, targets.size()[1]);
             let vocab = logits.size()[2];
             (logits.masked_select(&scored.unsqueeze(-1)).reshape([-1, vocab]), targets.masked_select(&scored))
         } else {
@@ -78,7 +69,7 @@ impl Method for Otr {
     /// which the run scores held-out perplexity.
     fn predict(&mut self, host: &mut Host, batch: &Batch) -> Result<Tensor> {
         match self.documents {
-            true => Self::all_logits(host, batch, false),
+            true => all_logits(host, batch, false),
             false => last_token_logits(host, batch, false),
         }
     }
