@@ -22,16 +22,24 @@ pub enum PromptInit {
     Text,
 }
 
-/// A soft prompt's shape and start (PEFT's `num_virtual_tokens`, `prompt_tuning_init`,
-/// `prompt_tuning_init_text`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A soft prompt's shape and start: the settings a soft-prompt method's config holds
+/// (`#[serde(flatten)]`), PEFT's names in brackets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PromptSpec {
-    /// Prompt vectors.
+    /// Soft prompt vectors (`num_virtual_tokens`).
     pub tokens: i64,
-    /// How they start.
+    /// `random` or `text` (`prompt_tuning_init`).
     pub init: PromptInit,
-    /// With [`PromptInit::Text`]: the text whose token embeddings start the prompt.
+    /// With `init = "text"`: the text whose token embeddings start the prompt
+    /// (`prompt_tuning_init_text`).
     pub init_text: Option<String>,
+}
+
+impl PromptSpec {
+    /// `tokens` vectors drawn at random.
+    pub fn random(tokens: i64) -> Self {
+        Self { tokens, init: PromptInit::Random, init_text: None }
+    }
 }
 
 /// The embedding table's key in the checkpoint.

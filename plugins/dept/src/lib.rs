@@ -15,19 +15,15 @@
 use ftlab_sdk::peft::{bad_key, get, number, require_default};
 use ftlab_sdk::prelude::*;
 use ftlab_sdk::serde_json::{json, Value};
-use ftlab_sdk::soft_prompt::{prepend, PromptInit, PromptSpec};
+use ftlab_sdk::soft_prompt::{prepend, PromptSpec};
 use ftlab_sdk::ModelInfo;
 
 /// Hyperparameters, set in an experiment file under `dept` (the authors' names in brackets).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(default)]
 pub struct Config {
-    /// Soft prompt vectors (`num_virtual_tokens`); default 40.
-    pub tokens: i64,
-    /// `random` (default) or `text` (`prompt_tuning_init`).
-    pub init: PromptInit,
-    /// With `init = "text"`: the text whose token embeddings start the prompt.
-    pub init_text: Option<String>,
+    /// The soft prompt (40 vectors, random, by default).
+    #[serde(flatten)]
+    pub prompt: PromptSpec,
     /// Rank of the embedding offset (`r`); default 45.
     pub rank: i64,
     /// The offset is scaled by `alpha / √rank` (`lora_alpha`); default 8.
@@ -39,13 +35,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { tokens: 40, init: PromptInit::Random, init_text: None, rank: 45, alpha: 8.0, max_length: 256 }
-    }
-}
-
-impl Config {
-    fn spec(&self) -> PromptSpec {
-        PromptSpec { tokens: self.tokens, init: self.init, init_text: self.init_text.clone() }
+        Self { prompt: PromptSpec::random(40), rank: 45, alpha: 8.0, max_length: 256 }
     }
 }
 
@@ -85,7 +75,7 @@ impl Method for Dept {
             )));
         }
         let model = host.model()?;
-        let prompt = config.spec().create(host, &model)?;
+        let prompt = config.prompt.create(host, &model)?;
         let a = host.parameter(
             "lora_embedding_A",
             &[config.max_length, config.rank],
@@ -99,7 +89,7 @@ impl Method for Dept {
         for (key, default) in [("load_lora_embeddings", json!(true)), ("load_lora_embedding_B", json!(true))] {
             require_default(c, key, &default)?;
         }
-        let PromptSpec { tokens, init, init_text } = PromptSpec::from_peft(c)?;
+        let prompt = PromptSpec::from_peft(c)?;
         let positive = |key: &str, default: i64| match get(c, key) {
             None => Ok(default),
             Some(v) => v.as_i64().filter(|&n| n > 0).ok_or_else(|| bad_key(key, "expected a positive integer")),
@@ -107,11 +97,11 @@ impl Method for Dept {
         let alpha = get(c, "lora_alpha")
             .map_or(Some(8.0), Value::as_f64)
             .ok_or_else(|| bad_key("lora_alpha", "expected a number"))?;
-        Ok(Config { tokens, init, init_text, rank: positive("r", 8)?, alpha, max_length: positive("max_length", 256)? })
+        Ok(Config { prompt, rank: positive("r", 8)?, alpha, max_length: positive("max_length", 256)? })
     }
 
     fn export(&self) -> Result<Option<Export>> {
-        let mut config = self.config.spec().peft_config("PROMPT_TUNING_LORA", &self.model);
+        let mut config = self.config.prompt.peft_config("PROMPT_TUNING_LORA", &self.model);
         for (key, value) in [
             ("r", json!(self.config.rank)),
             ("lora_alpha", number(self.config.alpha)),
@@ -138,7 +128,7 @@ impl Method for Dept {
     /// Tokens read after kept keys/values (which hold the prompt) continue the input's positions.
     fn embeddings(&self, embeds: Tensor, mask: Tensor) -> Result<(Tensor, Tensor)> {
         let (t, width) = (embeds.size()[1], mask.size()[1]);
-        let start = if width > t { width - t - self.config.tokens } else { 0 };
+        let start = if width > t { width - t - self.config.prompt.tokens } else { 0 };
         if start < 0 || start + t > self.config.max_length {
             return Err(Error::msg(format!(
                 "dept: input positions {start}..{} are outside the offset's max_length {}",

@@ -12,31 +12,21 @@
 
 use ftlab_sdk::prelude::*;
 use ftlab_sdk::serde_json::Value;
-use ftlab_sdk::soft_prompt::{prepend, PromptInit, PromptSpec};
+use ftlab_sdk::soft_prompt::{prepend, PromptSpec};
 use ftlab_sdk::ModelInfo;
 
-/// Hyperparameters, set in an experiment file under `prompt_tuning` (PEFT's names in brackets).
+/// Hyperparameters, set in an experiment file under `prompt_tuning`: the prompt's (20 vectors,
+/// random, by default).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(default)]
 pub struct Config {
-    /// Soft prompt vectors (`num_virtual_tokens`); default 20.
-    pub tokens: i64,
-    /// `random` (default) or `text` (`prompt_tuning_init`).
-    pub init: PromptInit,
-    /// With `init = "text"`: the text whose token embeddings start the prompt
-    /// (`prompt_tuning_init_text`).
-    pub init_text: Option<String>,
+    /// The soft prompt.
+    #[serde(flatten)]
+    pub prompt: PromptSpec,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { tokens: 20, init: PromptInit::Random, init_text: None }
-    }
-}
-
-impl Config {
-    fn spec(&self) -> PromptSpec {
-        PromptSpec { tokens: self.tokens, init: self.init, init_text: self.init_text.clone() }
+        Self { prompt: PromptSpec::random(20) }
     }
 }
 
@@ -58,17 +48,16 @@ impl Method for PromptTuning {
 
     fn new(config: Config, host: &mut Host) -> Result<Self> {
         let model = host.model()?;
-        let prompt = config.spec().create(host, &model)?;
+        let prompt = config.prompt.create(host, &model)?;
         Ok(Self { prompt, config, model })
     }
 
     fn config_from_export(c: &Value) -> Result<Config> {
-        let PromptSpec { tokens, init, init_text } = PromptSpec::from_peft(c)?;
-        Ok(Config { tokens, init, init_text })
+        Ok(Config { prompt: PromptSpec::from_peft(c)? })
     }
 
     fn export(&self) -> Result<Option<Export>> {
-        let config = self.config.spec().peft_config("PROMPT_TUNING", &self.model);
+        let config = self.config.prompt.peft_config("PROMPT_TUNING", &self.model);
         Ok(Some(Export { config, tensors: vec![("prompt_embeddings".into(), self.prompt.detach().copy())] }))
     }
 
