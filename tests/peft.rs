@@ -242,24 +242,31 @@ fn tied_modules_cannot_be_saved_apart() {
     }
 }
 
+/// `ftlab model forward --adapter` runs a PEFT adapter through its plugin: LoRA, and a soft
+/// prompt, which is no weight update (its logits cover the virtual tokens too, as PEFT's do).
 #[test]
 fn cli_model_forward_applies_a_peft_adapter() {
-    let out = tempfile::tempdir().unwrap();
-    let logits_file = out.path().join("logits.safetensors");
-    let input = fixture("peft/from-peft.logits.safetensors");
-    let status = Command::new(env!("CARGO_BIN_EXE_ftlab"))
-        .args(["model", "forward", fixture("opt-pre-ln").to_str().unwrap(), "--device", "cpu"])
-        .args(["--input", input.to_str().unwrap(), "--out", logits_file.to_str().unwrap()])
-        .args(["--adapter", fixture("peft/from-peft").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let ours = Tensor::read_safetensors(&logits_file).unwrap();
-    let ours = &ours.iter().find(|(n, _)| n == "logits").unwrap().1;
-    let [_, mask, expected] = reference("from-peft");
-    let err = relative_error(ours, &expected, &mask);
-    eprintln!("numerics: peft.relative_error {err:e} <{TOLERANCE:e}");
-    assert!(err < TOLERANCE, "CLI logits vs PEFT's: relative error {err}");
+    for name in ["from-peft", "prompt-tuning"] {
+        let out = tempfile::tempdir().unwrap();
+        let logits_file = out.path().join("logits.safetensors");
+        let input = fixture(&format!("peft/{name}.logits.safetensors"));
+        let status = Command::new(env!("CARGO_BIN_EXE_ftlab"))
+            .args(["model", "forward", fixture("opt-pre-ln").to_str().unwrap(), "--device", "cpu"])
+            .args(["--input", input.to_str().unwrap(), "--out", logits_file.to_str().unwrap()])
+            .args(["--adapter", fixture(&format!("peft/{name}")).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{name}: {}", String::from_utf8_lossy(&status.stderr));
+        let ours = Tensor::read_safetensors(&logits_file).unwrap();
+        let ours = &ours.iter().find(|(n, _)| n == "logits").unwrap().1;
+        let [ids, mask, expected] = reference(name);
+        assert_eq!(ours.size(), expected.size(), "{name}");
+        let virtual_tokens = expected.size()[1] - ids.size()[1];
+        let mask = Tensor::cat(&[Tensor::ones([2, virtual_tokens], (Kind::Int64, tch::Device::Cpu)), mask], 1);
+        let err = relative_error(ours, &expected, &mask);
+        eprintln!("numerics: peft.relative_error {err:e} <{TOLERANCE:e}");
+        assert!(err < TOLERANCE, "{name}: CLI logits vs PEFT's: relative error {err}");
+    }
 }
 
 /// A `lora` run on opt-pre-ln holding the adapter of `peft/known` (the Python script sets the

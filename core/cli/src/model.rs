@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use ftlab_core::methods::hooks::AdapterHooks;
+use ftlab_core::model::hooks::ForwardHooks;
 use ftlab_core::model::{self, ForwardInput, LoadOptions, Model, OptConfig, WeightsFormat};
 use ftlab_core::tokenizer::Padding;
 use ftlab_core::{DeviceSpec, Dtype};
@@ -30,13 +32,14 @@ pub enum ModelCommand {
     /// Write a model as an HF folder (config.json, model.safetensors, tokenizer.json).
     ///
     /// E.g. the embedded `tiny-opt` as a folder other tools read, a `.bin` checkpoint converted to
-    /// safetensors in another dtype, or a model with a LoRA adapter merged in (`--adapter`).
+    /// safetensors in another dtype, or a model with an adapter merged in (`--adapter`).
     Save {
         /// The model (see `ftlab model info --help`).
         model: String,
         /// The folder to write.
         out: PathBuf,
-        /// A LoRA adapter folder in HF PEFT format to merge into the weights first.
+        /// An adapter folder (PEFT's format, or an ftlab run's) to merge into the weights
+        /// first; its method must be a weight update (LoRA, IA3, LIFT).
         #[arg(long)]
         adapter: Option<PathBuf>,
         #[command(flatten)]
@@ -85,8 +88,9 @@ pub struct ForwardArgs {
     /// Output safetensors file.
     #[arg(long)]
     out: PathBuf,
-    /// A LoRA adapter folder in HF PEFT format (adapter_config.json + adapter_model.safetensors,
-    /// from PEFT or from an ftlab run), merged into the weights before running.
+    /// An adapter folder (adapter_config.json + adapter_model.safetensors, from PEFT or from an
+    /// ftlab run), run through the plugin its `peft_type` names (LoRA, IA3, a soft prompt — whose
+    /// virtual tokens get logits too —, LIFT, …).
     #[arg(long)]
     adapter: Option<PathBuf>,
     #[command(flatten)]
@@ -176,7 +180,17 @@ fn load_merged(spec: &str, adapter: Option<&Path>, load: &LoadArgs) -> anyhow::R
 }
 
 fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
-    let model = load_merged(&args.model, args.adapter.as_deref(), &args.load)?;
+    let model = load_merged(&args.model, None, &args.load)?;
+    // The adapter runs hooked, as in training: soft prompts have no weights to merge into.
+    let (_state, adapters) = match args.adapter.as_deref() {
+        Some(dir) => {
+            let (state, adapter) = ftlab_core::methods::export::load_adapter_dir(&model, &Registry::discover(), dir)
+                .with_context(|| format!("loading adapter {} onto `{}`", dir.display(), args.model))?;
+            (Some(state), vec![adapter])
+        }
+        None => (None, Vec::new()),
+    };
+    let hooks = AdapterHooks { adapters: &adapters };
     let device = model.device();
     let (ids, mask) = match &args.input {
         Some(path) => read_inputs(path)?,
@@ -187,7 +201,8 @@ fn forward(args: ForwardArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (ids, mask) = (ids.to_device(device), mask.to_device(device));
-    let input = ForwardInput { input_ids: Some(&ids), attention_mask: Some(&mask), ..Default::default() };
+    let hooks: Option<&dyn ForwardHooks> = if adapters.is_empty() { None } else { Some(&hooks) };
+    let input = ForwardInput { input_ids: Some(&ids), attention_mask: Some(&mask), hooks, ..Default::default() };
     let out = tch::no_grad(|| model.net.forward(input)).context("running the model")?;
     let logits =
         out.logits.context("the forward pass returned no logits")?.to_kind(Kind::Float).to_device(tch::Device::Cpu);

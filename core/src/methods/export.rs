@@ -146,14 +146,21 @@ impl MethodRun<'_> {
 /// `peft_type`, created with the hyperparameters it derives from the config, loaded with the
 /// tensors, asked for its merged update.
 pub fn merge_adapter_dir(model: &Model, registry: &Registry, dir: &Path) -> Result<()> {
+    let (_state, adapter) = load_adapter_dir(model, registry, dir)?;
+    adapter.merge_into(model)
+}
+
+/// The adapter in `dir`, created on `model` by the plugin its `peft_type` names and holding the
+/// folder's weights, with the state its parameters live in: to run hooked (an adapter that is
+/// no weight update, such as a soft prompt, cannot be merged).
+pub fn load_adapter_dir(model: &Model, registry: &Registry, dir: &Path) -> Result<(HostState, Loaded)> {
     let files = AdapterFiles::load(dir)?;
     let spec = adapter_spec(registry, &files, dir)?;
     let task = TaskInfo { name: String::new(), label_words: Vec::new(), label_token_ids: Vec::new() };
     let mut state = HostState::new(task, 0);
-    let mut adapters = load_adapters(model, registry, &[spec], &mut state)?;
-    let adapter = &mut adapters[0];
+    let mut adapter = load_adapters(model, registry, &[spec], &mut state)?.remove(0);
     adapter.import(files).map_err(|e| in_file(dir, e))?;
-    adapter.merge_into(model)
+    Ok((state, adapter))
 }
 
 /// A tensor's bytes for the safetensors writer.
