@@ -305,3 +305,38 @@ fn slurm_resources_group_cells_into_arrays() {
     let bad = ftlab(&["sweep", path, "--backend", "slurm", "--dry-run", "--slurm", "partitio=gpu"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("partitio"));
 }
+
+/// `ftlab bench methods --out DIR` writes its measurements as a record (here on the tiny fixture
+/// shape, so that it takes seconds), and `ftlab results plot --kind methods DIR` draws them;
+/// without a record the plot says how to make one.
+#[test]
+fn the_methods_benchmark_is_a_record_results_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/opt-pre-ln/config.json");
+    let (config, out) = (config.to_str().unwrap(), dir.path().to_str().unwrap());
+    let bench =
+        ftlab(&["bench", "methods", "--config", config, "--batch", "2", "--seq", "8", "--steps", "2", "--out", out]);
+    assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    let text = std::fs::read_to_string(dir.path().join("bench-methods.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let cost = |method: &str| {
+        let rows = record["rows"].as_array().unwrap();
+        rows.iter().find(|r| r["method"] == method).unwrap_or_else(|| panic!("no {method} in {text}"))["cost"].clone()
+    };
+    let trainable = |method: &str| cost(method)["trainable_parameters"].as_i64().unwrap();
+    assert!(trainable("lora") > 0 && trainable("lora") * 10 < trainable("full"), "{text}");
+    assert_eq!(cost("full")["optimizer_state_bytes"].as_i64().unwrap(), 2 * 4 * trainable("full"));
+
+    let stem = dir.path().join("methods");
+    let plot = ftlab(&["results", "plot", out, "--kind", "methods", "--out", stem.to_str().unwrap()]);
+    assert!(plot.status.success(), "{}", String::from_utf8_lossy(&plot.stderr));
+    let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+    for label in ["training tokens/s", "peak memory", "optimizer state", "lora", "full"] {
+        assert!(svg.contains(label), "the figure shows `{label}`");
+    }
+    assert!(stem.with_extension("png").metadata().unwrap().len() > 1000);
+    let empty = tempfile::tempdir().unwrap();
+    let missing = ftlab(&["results", "plot", empty.path().to_str().unwrap(), "--kind", "methods", "--out", out]);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && stderr.contains("ftlab bench methods --out"), "{stderr}");
+}

@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use ftlab_core::bench::memory::TrainingCost;
+use ftlab_core::bench::memory::{MethodCost, MethodsRecord, TrainingCost};
 use ftlab_core::bench::{self, reference::Reference, Shape, Throughput};
 use ftlab_core::methods::hooks::AdapterHooks;
 use ftlab_core::methods::{load_adapters, HostState, MethodSpec};
@@ -125,6 +125,10 @@ pub struct MethodsBench {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also write the measurements to DIR/bench-methods.json, for `ftlab results plot --kind
+    /// methods DIR`.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
     /// Measure one method in this process; used by the parent invocation.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -380,14 +384,17 @@ fn methods(args: MethodsBench) -> anyhow::Result<()> {
             Err(e) => eprintln!("{name}: not measured: {e:#}"),
         }
     }
+    let record = MethodsRecord {
+        batch: shape.batch,
+        seq: shape.seq,
+        steps: args.steps,
+        rows: rows.iter().map(|(method, cost)| MethodCost { method: method.clone(), cost: cost.clone() }).collect(),
+    };
+    if let Some(dir) = &args.out {
+        eprintln!("wrote {}", record.write(dir)?.display());
+    }
     if args.json {
-        let rows: Vec<_> = rows.iter().map(|(name, cost)| json!({ "method": name, "cost": cost })).collect();
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({ "batch": shape.batch, "seq": shape.seq, "steps": args.steps, "rows": rows })
-            )?
-        );
+        outln!("{}", serde_json::to_string_pretty(&record)?);
         return Ok(());
     }
     let full =

@@ -129,6 +129,9 @@ enum KindArg {
     /// Accuracy (in- and out-of-domain) vs cost (time, memory) per method with ±std bars and the
     /// Pareto front: which way of learning from the examples is worth its cost.
     Frontier,
+    /// `ftlab bench methods --out DIR`'s record: tokens/s, peak memory and optimizer state of
+    /// every method, as multiples of full fine-tuning's.
+    Methods,
 }
 
 /// Arguments of `ftlab results export`.
@@ -211,16 +214,34 @@ fn table(args: TableArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn plot(args: PlotArgs) -> anyhow::Result<ExitCode> {
-    let (runs, _) = load(&args.dirs)?;
+    anyhow::ensure!(args.width >= 100 && args.height >= 100, "--width and --height must be at least 100 pixels");
     let kind = match args.kind {
         KindArg::Scatter => PlotKind::Scatter,
         KindArg::Shots => PlotKind::Shots,
         KindArg::Cost => PlotKind::Cost,
         KindArg::Frontier => PlotKind::Frontier,
+        KindArg::Methods => return plot_methods(&args),
     };
-    anyhow::ensure!(args.width >= 100 && args.height >= 100, "--width and --height must be at least 100 pixels");
+    let (runs, _) = load(&args.dirs)?;
     let spec = PlotSpec { kind, size: (args.width, args.height), metric: args.metric };
     for path in plot::plot(&runs, &spec, &args.out)? {
+        outln!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--kind methods`: the one `bench-methods.json` in the folders.
+fn plot_methods(args: &PlotArgs) -> anyhow::Result<ExitCode> {
+    let records = ftlab_core::bench::memory::MethodsRecord::find(&args.dirs)?;
+    let [(_, record)] = &records[..] else {
+        let dirs: Vec<String> = args.dirs.iter().map(|d| d.display().to_string()).collect();
+        anyhow::bail!(
+            "--kind methods draws one bench-methods.json (`ftlab bench methods --out DIR` writes it); {} found in {}",
+            records.len(),
+            dirs.join(", ")
+        );
+    };
+    for path in plot::methods(record, (args.width, args.height), &args.out)? {
         outln!("{}", path.display());
     }
     Ok(ExitCode::SUCCESS)

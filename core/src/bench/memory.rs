@@ -107,3 +107,51 @@ pub fn in_child(mut child: Command, what: &str) -> Result<TrainingCost> {
     }
     serde_json::from_slice(&output.stdout).map_err(|e| failed(format!("reading its reply: {e}")))
 }
+
+/// `ftlab bench methods`' measurements as a record: what `ftlab results plot --kind methods`
+/// draws, from a `bench-methods.json` in the folders it is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodsRecord {
+    /// Sequences per batch.
+    pub batch: i64,
+    /// Tokens per sequence.
+    pub seq: i64,
+    /// Optimizer steps per method (the first untimed).
+    pub steps: usize,
+    /// Each configuration measured (`full`, an objective trained in full, or an adapter under
+    /// pbft) and its cost.
+    pub rows: Vec<MethodCost>,
+}
+
+/// One configuration of a [`MethodsRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodCost {
+    /// `full`, an objective's name or an adapter's.
+    pub method: String,
+    /// What it cost.
+    pub cost: TrainingCost,
+}
+
+impl MethodsRecord {
+    /// The file name in a results folder.
+    pub const FILE: &'static str = "bench-methods.json";
+
+    /// Writes `dir/bench-methods.json` (atomically).
+    pub fn write(&self, dir: &std::path::Path) -> Result<std::path::PathBuf> {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+        let path = dir.join(Self::FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Results(e.to_string()))?;
+        crate::run::record::write_atomically(&path, text.as_bytes())?;
+        Ok(path)
+    }
+
+    /// Every `bench-methods.json` directly in one of `dirs`, read.
+    pub fn find(dirs: &[std::path::PathBuf]) -> Result<Vec<(std::path::PathBuf, Self)>> {
+        let mut found = Vec::new();
+        for path in dirs.iter().map(|d| d.join(Self::FILE)).filter(|p| p.is_file()) {
+            let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+            found.push((path.clone(), serde_json::from_str(&text).map_err(Error::json(&path))?));
+        }
+        Ok(found)
+    }
+}

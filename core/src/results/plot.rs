@@ -311,6 +311,43 @@ fn bars<DB: DrawingBackend>(
     Ok(())
 }
 
+/// `ftlab bench methods`' record as three bar panels — training tokens/s, peak memory and
+/// optimizer state, each as a multiple of full fine-tuning's — to `stem.png` and `stem.svg`.
+pub fn methods(record: &crate::bench::memory::MethodsRecord, size: (u32, u32), stem: &Path) -> Result<Vec<PathBuf>> {
+    register_font()?;
+    let full = (record.rows.iter().find(|r| r.method == "full"))
+        .ok_or_else(|| Error::Results("the bench record has no `full` row to compare with".into()))?;
+    let ratio = |value: fn(&crate::bench::memory::TrainingCost) -> f64| -> BTreeMap<String, Cell> {
+        let base = value(&full.cost).max(f64::MIN_POSITIVE);
+        let cell = |v: f64| Cell { values: vec![v / base], ..Default::default() };
+        record.rows.iter().map(|r| (r.method.clone(), cell(value(&r.cost)))).collect()
+    };
+    let panels = [
+        (ratio(|c| c.tokens_per_s), "training tokens/s"),
+        (ratio(|c| c.peak_rss_bytes as f64), "peak memory"),
+        (ratio(|c| c.optimizer_state_bytes as f64), "optimizer state"),
+    ];
+    let caption = format!("× full fine-tuning (batch {} × {})", record.batch, record.seq);
+    if let Some(parent) = stem.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+    }
+    let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
+    fn draw_panels<DB: DrawingBackend>(
+        area: DrawingArea<DB, Shift>,
+        panels: &[(BTreeMap<String, Cell>, &str)],
+        caption: &str,
+    ) -> Result<()> {
+        area.fill(&WHITE).map_err(plot_error)?;
+        for (panel, (cells, title)) in area.split_evenly((panels.len(), 1)).iter().zip(panels) {
+            bars(panel, cells, title, caption)?;
+        }
+        area.present().map_err(plot_error)
+    }
+    draw_panels(BitMapBackend::new(&png, size).into_drawing_area(), &panels, &caption)?;
+    draw_panels(SVGBackend::new(&svg, size).into_drawing_area(), &panels, &caption)?;
+    Ok(vec![png, svg])
+}
+
 /// One point of a frontier panel: a series' mean cost and accuracy, each with its std.
 #[derive(Debug, Clone, PartialEq)]
 struct FrontierPoint {
