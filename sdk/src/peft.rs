@@ -108,6 +108,11 @@ pub fn import_prefixed<'a>(
     Ok(())
 }
 
+/// [`target_sites`] of a method's own list setting `key` (e.g. `targets = ["q_proj", "v_proj"]`).
+pub fn named_sites(key: &str, names: &[String]) -> Result<Vec<Site>> {
+    target_sites(key, Some(&Value::Array(names.iter().map(|n| Value::from(n.as_str())).collect())))
+}
+
 /// A number PEFT writes as an integer when it is one (`lora_alpha = 16`, not `16.0`).
 pub fn number(value: f64) -> Value {
     if value.fract() == 0.0 && value.abs() < 1e15 {

@@ -150,9 +150,8 @@ impl<'m> MethodRun<'m> {
         let mut base: Vec<(String, Tensor)> =
             self.model.vs.variables().into_iter().filter(|(_, v)| v.requires_grad()).collect();
         base.sort_by(|a, b| a.0.cmp(&b.0));
-        for (method, store) in &self.state.stores {
-            let mut own: Vec<(String, Tensor)> =
-                store.variables().into_iter().map(|(n, v)| (format!("{method}.{n}"), v)).collect();
+        for method in self.state.stores.keys() {
+            let mut own = self.method_tensors(method);
             own.sort_by(|a, b| a.0.cmp(&b.0));
             base.extend(own);
         }
@@ -163,10 +162,16 @@ impl<'m> MethodRun<'m> {
     /// parameters and the methods' own.
     pub fn tensors(&self) -> std::collections::HashMap<String, Tensor> {
         let mut tensors = self.model.vs.variables();
-        for (method, store) in &self.state.stores {
-            tensors.extend(store.variables().into_iter().map(|(n, v)| (format!("{method}.{n}"), v)));
+        for method in self.state.stores.keys() {
+            tensors.extend(self.method_tensors(method));
         }
         tensors
+    }
+
+    /// `method`'s own parameters, named `<method>.<name>`.
+    fn method_tensors(&self, method: &str) -> Vec<(String, Tensor)> {
+        let store = self.state.stores.get(method).map(|s| s.variables()).unwrap_or_default();
+        store.into_iter().map(|(n, v)| (format!("{method}.{n}"), v)).collect()
     }
 
     /// Switches dropout on (training) or off (evaluation) for forwards that do not choose, and

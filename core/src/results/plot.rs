@@ -94,14 +94,18 @@ pub fn plot(runs: &[ResultRow], spec: &PlotSpec, stem: &Path) -> Result<Vec<Path
     if completed.is_empty() {
         return Err(Error::Results("no completed runs to plot".into()));
     }
-    if let Some(parent) = stem.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
-    }
-    let png = stem.with_extension("png");
-    let svg = stem.with_extension("svg");
+    let (png, svg) = outputs(stem)?;
     draw(BitMapBackend::new(&png, spec.size).into_drawing_area(), &completed, spec)?;
     draw(SVGBackend::new(&svg, spec.size).into_drawing_area(), &completed, spec)?;
     Ok(vec![png, svg])
+}
+
+/// `stem.png` and `stem.svg`, their folder created.
+fn outputs(stem: &Path) -> Result<(PathBuf, PathBuf)> {
+    if let Some(parent) = stem.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
+    }
+    Ok((stem.with_extension("png"), stem.with_extension("svg")))
 }
 
 fn draw<DB: DrawingBackend>(area: DrawingArea<DB, Shift>, runs: &[&ResultRow], spec: &PlotSpec) -> Result<()> {
@@ -328,10 +332,7 @@ pub fn methods(record: &crate::bench::memory::MethodsRecord, size: (u32, u32), s
         (ratio(|c| c.optimizer_state_bytes as f64), "optimizer state"),
     ];
     let caption = format!("× full fine-tuning (batch {} × {})", record.batch, record.seq);
-    if let Some(parent) = stem.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
-    }
-    let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
+    let (png, svg) = outputs(stem)?;
     fn draw_panels<DB: DrawingBackend>(
         area: DrawingArea<DB, Shift>,
         panels: &[(BTreeMap<String, Cell>, &str)],

@@ -240,27 +240,27 @@ impl Method for ContextDistill {
         let device = batch.input_ids()?.device();
         let targets = targets.rows(&Tensor::from_slice(&index).to_device(device));
         let verbalizer = Tensor::from_slice(&self.verbalizer).to_device(device);
-        if self.config.target == Target::Generated {
+        // With a continuation target the student reads the continuation after its query, and the
+        // loss is its cross-entropy; the KL at the answer is only logged.
+        let (continuation_loss, student, ce_weight) = if self.config.target == Target::Generated {
             let continuations: Vec<&[i64]> = index.iter().map(|&i| &self.continuations[i as usize][..]).collect();
-            let (loss, student) = sequence::continuation_loss(host, batch, &continuations, self.pad)?;
-            let soft = (self.config.temperature, 0.0, Target::Soft);
-            let parts = distill_loss(&student, &targets, &verbalizer, soft, batch.label_token_ids()?, batch.labels()?);
-            host.log("kl", parts.kl)?;
-            host.log("teacher_agreement", agreement(&student, &targets, &verbalizer))?;
-            return Ok(Loss::new(loss));
-        }
-        let student = last_token_logits(host, batch, true)?; // (B, V)
+            let (loss, answer) = sequence::continuation_loss(host, batch, &continuations, self.pad)?;
+            (Some(loss), answer, 0.0)
+        } else {
+            (None, last_token_logits(host, batch, true)?, self.config.ce_weight)
+            // (B, V)
+        };
         let parts = distill_loss(
             &student,
             &targets,
             &verbalizer,
-            (self.config.temperature, self.config.ce_weight, self.config.target),
+            (self.config.temperature, ce_weight, self.config.target),
             batch.label_token_ids()?,
             batch.labels()?,
         );
         host.log("kl", parts.kl)?;
         host.log("teacher_agreement", agreement(&student.detach(), &targets, &verbalizer))?;
-        Ok(Loss::new(parts.loss))
+        Ok(Loss::new(continuation_loss.unwrap_or(parts.loss)))
     }
 }
 

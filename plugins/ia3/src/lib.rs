@@ -56,12 +56,6 @@ impl Ia3 {
     }
 }
 
-/// The sites named by `key` in a list of module names.
-fn sites(key: &str, names: &[String]) -> Result<Vec<Site>> {
-    let list = names.iter().map(|t| ftlab_sdk::serde_json::Value::from(t.as_str())).collect();
-    ftlab_sdk::peft::target_sites(key, Some(&ftlab_sdk::serde_json::Value::Array(list)))
-}
-
 impl Method for Ia3 {
     const NAME: &'static str = "ia3";
     const ROLE: Role = Role::Adapter;
@@ -71,10 +65,10 @@ impl Method for Ia3 {
     const EXPORT_TYPE: Option<&'static str> = Some("IA3");
 
     fn new(config: Config, host: &mut Host) -> Result<Self> {
-        let targets = sites("targets", &config.targets)?;
+        let targets = ftlab_sdk::peft::named_sites("targets", &config.targets)?;
         let feedforward = match config.feedforward.is_empty() {
             true => Vec::new(),
-            false => sites("feedforward", &config.feedforward)?,
+            false => ftlab_sdk::peft::named_sites("feedforward", &config.feedforward)?,
         };
         if let Some(site) = feedforward.iter().find(|s| **s != Site::Fc2 || !targets.contains(s)) {
             return Err(Error::msg(format!(

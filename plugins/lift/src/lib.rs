@@ -111,8 +111,7 @@ impl Method for Lift {
         if let Some(density) = config.density.filter(|d| !(*d > 0.0 && *d <= 1.0)) {
             return Err(Error::msg(format!("lift: density must be in (0, 1], not {density}")));
         }
-        let names = config.targets.iter().map(|t| Value::from(t.as_str())).collect();
-        let targets = ftlab_sdk::peft::target_sites("targets", Some(&Value::Array(names)))?;
+        let targets = ftlab_sdk::peft::named_sites("targets", &config.targets)?;
         let model = host.model()?;
         let mut entries = BTreeMap::new();
         for layer in 0..model.num_hidden_layers {

@@ -209,8 +209,7 @@ impl Method for Lora {
                 config.r, config.alpha, config.dropout
             )));
         }
-        let names = config.targets.iter().map(|t| ftlab_sdk::serde_json::Value::from(t.as_str())).collect();
-        let targets = ftlab_sdk::peft::target_sites("targets", Some(&ftlab_sdk::serde_json::Value::Array(names)))?;
+        let targets = ftlab_sdk::peft::named_sites("targets", &config.targets)?;
         let model = host.model()?;
         if let Some(layer) = config.layers.iter().flatten().find(|&&l| !(0..model.num_hidden_layers).contains(&l)) {
             return Err(Error::msg(format!(
