@@ -373,3 +373,86 @@ fn import_refuses_what_ftlab_does_not_implement() {
     assert!(err.contains("q_proj.lora_A.weight") && err.contains("[4, 32]") && err.contains("[4, 64]"), "{err}");
     assert!(model.vs.variables()["model.decoder.layers.0.self_attn.q_proj.weight"].equal(&before));
 }
+
+/// Context-aware prompt tuning as PEFT's CPT computes it (`peft/cpt.*`, from
+/// `fixtures/make_cpt_fixture.py`): on the same demonstrations and queries, the `cpt` plugin's
+/// loss and its offsets' gradient are PEFT's (so are its layout's ids and token types, or the
+/// gradient's rows would not line up), and after one AdamW step and the projection its offsets
+/// are PEFT's. PEFT's were computed on another machine's kernels: the bounds leave two orders of
+/// magnitude for summation order (a wrong weight, mask or radius moves them by over 1e-2).
+#[test]
+fn cpt_takes_peft_s_step() {
+    use ftlab_core::run::config::TrainConfig;
+    use ftlab_core::run::optim::AdamW;
+    use ftlab_sdk::Tensors;
+    use serde_json::{json, Value};
+
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(fixture("peft/cpt.json")).unwrap()).unwrap();
+    let reference = Tensor::read_safetensors(fixture("peft/cpt.safetensors")).unwrap();
+    let get = |key: &str| reference.iter().find(|(n, _)| n == key).unwrap().1.shallow_clone();
+    let strings = |key: &str| -> Vec<String> { serde_json::from_value(record[key].clone()).unwrap() };
+    let indices = |key: &str| -> Vec<i64> { serde_json::from_value(record[key].clone()).unwrap() };
+    let model = load("opt-pre-ln");
+    let words = strings("words");
+    let word_ids: Vec<i64> = words.iter().map(|w| model.tokenizer.encode_plain(w).unwrap()[0]).collect();
+    let task = TaskInfo { name: "cpt".into(), label_words: words.clone(), label_token_ids: word_ids.clone() };
+    let config = MethodSpec { name: "cpt".into(), config: record["settings"].clone() };
+    let mut run = MethodRun::new(&model, &common::registry(&["cpt"]), &config, &[], task, 0).unwrap();
+    run.set_train(false).unwrap();
+    let (texts, labels) = (strings("demonstrations"), indices("labels"));
+    let demonstrations: Vec<String> =
+        texts.iter().zip(&labels).map(|(t, &l)| format!("{t}{}", words[l as usize])).collect();
+    let mut data = Tensors::new();
+    data.json = json!({
+        "demonstrations": demonstrations,
+        "demonstration_prompts": texts,
+        "labels_of_demonstrations": labels,
+        "separator": record["separator"],
+    });
+    run.prepare(data).unwrap();
+    let queries = strings("queries");
+    let gold: Vec<i64> = indices("query_labels").iter().map(|&l| word_ids[l as usize]).collect();
+    let batch = || {
+        let mut batch = Tensors::new()
+            .with("input_ids", Tensor::zeros([2, 1], (Kind::Int64, tch::Device::Cpu)))
+            .with("label_token_ids", Tensor::from_slice(&gold));
+        batch.json = json!({ "prompts": queries, "icl_prompts": queries });
+        batch
+    };
+    // Before any step the offsets are zero: prediction (the context's keys/values kept, then the
+    // queries) is the plain model on PEFT's context ids followed by each query.
+    let predicted = run.predict(batch()).unwrap();
+    for (row, query) in queries.iter().enumerate() {
+        let ids = [Vec::<i64>::try_from(get("cpt_token_ids")).unwrap(), model.tokenizer.encode_plain(query).unwrap()];
+        let ids = Tensor::from_slice(&ids.concat()).view([1, -1]);
+        let input = ForwardInput { input_ids: Some(&ids), logits: LogitsAt::LastToken, ..Default::default() };
+        let plain = tch::no_grad(|| model.net.forward(input)).unwrap().logits.unwrap();
+        let diff = (predicted.get(row as i64) - plain.get(0)).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "query {row}: prediction differs from the plain model on context + query by {diff}");
+    }
+    let (loss, _) = run.loss(batch()).unwrap();
+    let expected = get("loss").double_value(&[]);
+    assert!((loss.double_value(&[]) - expected).abs() < 1e-5 * expected, "loss {loss} vs PEFT's {expected}");
+    loss.backward();
+    let params = run.trainable();
+    assert_eq!(params.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["cpt.delta_embedding"], "only offsets");
+    let delta = params[0].1.shallow_clone();
+    let (grad, peft_grad) = (delta.grad(), get("grad"));
+    assert_eq!(grad.size(), peft_grad.size(), "one offset per context token");
+    let scale = peft_grad.abs().max().double_value(&[]);
+    let diff = (&grad - &peft_grad).abs().max().double_value(&[]) / scale;
+    eprintln!(
+        "cpt: loss {} vs PEFT's {expected}; gradient within {diff:e} of its largest entry",
+        loss.double_value(&[])
+    );
+    assert!(diff < 1e-4, "offset gradient differs from PEFT's by {diff} of its largest entry");
+    let train = TrainConfig { lr: record["lr"].as_f64().unwrap(), weight_decay: 0.0, ..Default::default() };
+    let mut optimizer = AdamW::new(params, &train).unwrap();
+    optimizer.step(train.lr).unwrap();
+    run.loss(batch()).unwrap(); // each forward pass projects first, as PEFT's does
+    let diff = (&delta - get("delta")).abs().max().double_value(&[]);
+    eprintln!("cpt: offsets after one step within {diff:e} of PEFT's");
+    assert!(diff < 1e-5, "offsets after one step differ from PEFT's by {diff}");
+    let moved = delta.abs().sum_dim_intlist([1].as_slice(), false, Kind::Float).gt(0.0).sum(Kind::Int64);
+    assert_eq!(moved.int64_value(&[]), 26, "every template and input token moves, no label or separator");
+}

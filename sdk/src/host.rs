@@ -242,11 +242,39 @@ impl<'a> Host<'a> {
         positions: Option<&Tensor>,
         request: &ForwardRequest,
     ) -> Result<ForwardOutput> {
+        self.send(input_ids, attention_mask, positions, None, request)
+    }
+
+    /// As [`Host::forward_at`], reading the method's own vectors `prefix` (`[P', E]` for every
+    /// row, or `[B, P', E]`; e.g. a learned context) before the tokens' embeddings. The mask
+    /// covers them, `[B, P' + T]` (after any kept keys/values), and hidden states, `positions`
+    /// and `last_token` count them first. Gradients flow back into `prefix`.
+    pub fn forward_after(
+        &mut self,
+        prefix: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        positions: Option<&Tensor>,
+        request: &ForwardRequest,
+    ) -> Result<ForwardOutput> {
+        self.send(input_ids, attention_mask, positions, Some(prefix), request)
+    }
+
+    fn send(
+        &mut self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        positions: Option<&Tensor>,
+        prefix: Option<&Tensor>,
+        request: &ForwardRequest,
+    ) -> Result<ForwardOutput> {
         let mut message = Tensors::new()
             .with("input_ids", input_ids.shallow_clone())
             .with("attention_mask", attention_mask.shallow_clone());
-        if let Some(p) = positions {
-            message.tensors.insert("positions".into(), p.shallow_clone());
+        for (name, tensor) in [("positions", positions), ("prefix", prefix)] {
+            if let Some(t) = tensor {
+                message.tensors.insert(name.into(), t.shallow_clone());
+            }
         }
         message.json = serde_json::to_value(request)?;
         let reply = self.inner.forward(message.into_message()).into_result()?;

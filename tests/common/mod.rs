@@ -32,10 +32,11 @@ pub fn workspace() -> &'static Path {
 }
 
 /// Every built-in method (`plugins/`).
-pub const BUILT_IN: [&str; 13] = [
+pub const BUILT_IN: [&str; 14] = [
     "pbft",
     "vanilla_ft",
     "otr",
+    "cpt",
     "icl",
     "context_distill",
     "lm",

@@ -45,6 +45,9 @@ pub enum PluginsCommand {
         /// objective that models documents, such as `lm`.
         #[arg(long, default_value = "synthetic-nli")]
         task: String,
+        /// The method's settings as JSON (default: its defaults), e.g. `--config '{"rank": 4}'`.
+        #[arg(long, default_value = "{}", value_parser = parse_json)]
+        config: serde_json::Value,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -101,7 +104,9 @@ pub fn run(command: PluginsCommand) -> anyhow::Result<ExitCode> {
             ftlab_registry::probe::print_verdicts(&paths).map_err(crate::StdoutError)?;
             Ok(ExitCode::SUCCESS)
         }
-        PluginsCommand::Check { name, epochs, lr, task, json } => check(&name, epochs, lr, task, json),
+        PluginsCommand::Check { name, epochs, lr, task, config, json } => {
+            check(&name, CheckOptions { epochs, lr, task, config, ..CheckOptions::default() }, json)
+        }
         PluginsCommand::Install { path } => install(&path),
         PluginsCommand::New { name, role, dir, sdk } => new(&name, role, &dir, sdk),
     }
@@ -150,8 +155,11 @@ fn list(json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(name: &str, epochs: usize, lr: f64, task: String, json: bool) -> anyhow::Result<ExitCode> {
-    let options = CheckOptions { epochs, lr, task, ..CheckOptions::default() };
+fn parse_json(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
+}
+
+fn check(name: &str, options: CheckOptions, json: bool) -> anyhow::Result<ExitCode> {
     // An adapter is checked under the run's default objective.
     let objective = crate::config::load(None, &[])?.method;
     let checks = check_method(&Registry::discover(), name, &objective, &options)?;

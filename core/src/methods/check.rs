@@ -41,11 +41,20 @@ pub struct CheckOptions {
     pub lr: f64,
     /// The training loss must end below this fraction of where it started.
     pub loss_fraction: f64,
+    /// The checked method's settings (`{}`: its defaults).
+    pub config: serde_json::Value,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        Self { task: "synthetic-nli".into(), shots: 32, epochs: 10, lr: 1e-2, loss_fraction: 0.99 }
+        Self {
+            task: "synthetic-nli".into(),
+            shots: 32,
+            epochs: 10,
+            lr: 1e-2,
+            loss_fraction: 0.99,
+            config: serde_json::json!({}),
+        }
     }
 }
 
@@ -80,7 +89,7 @@ pub fn check_method(
 ) -> Result<Vec<Check>> {
     let role = registry.methods().find(|m| m.name == name).map(|m| m.role);
     let role = role.ok_or_else(|| Error::Input(format!("no installed method `{name}` (see `ftlab plugins list`)")))?;
-    let method = MethodSpec::named(name);
+    let method = MethodSpec { name: name.into(), config: options.config.clone() };
     let (objective, adapters) = match role {
         Role::Objective => (method, vec![]),
         Role::Adapter => (adapter_objective.clone(), vec![method]),

@@ -125,6 +125,7 @@ impl RunHost<'_> {
             input_ids: Some(ids),
             attention_mask: Some(mask),
             past: past.as_ref(),
+            prefix: request.tensors.get("prefix"),
             use_cache: options.keep_cache,
             logits,
             train: options.train.unwrap_or(self.state.train),

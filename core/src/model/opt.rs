@@ -218,6 +218,10 @@ pub struct ForwardInput<'a> {
     pub attention_mask: Option<&'a Tensor>,
     /// Keys/values of a prefix already run (its batch size must match, see [`KvCache::expand`]).
     pub past: Option<&'a KvCache>,
+    /// Vectors read before the tokens, `[P', E]` (every row) or `[B, P', E]`: a method's own
+    /// embeddings, e.g. a learned context. The mask then covers them, `[B, P + P' + T]`, and
+    /// hidden states, logit positions and `last_token` count them first.
+    pub prefix: Option<&'a Tensor>,
     /// Return the keys/values of prefix + these tokens.
     pub use_cache: bool,
     /// Which positions get logits.
@@ -243,11 +247,12 @@ pub struct ForwardOutput {
 }
 
 /// A forward input that fits the model: ids `[B, T]`, batch size B, cached prefix length P,
-/// and the int64 attention mask `[B, P + T]`.
+/// the prefix vectors `[B, P', E]` and the int64 attention mask `[B, P + P' + T]`.
 struct Checked<'i> {
     ids: &'i Tensor,
     b: i64,
     past: i64,
+    prefix: Option<Tensor>,
     mask: Tensor,
 }
 
@@ -314,9 +319,9 @@ impl OptForCausalLM {
 
     /// Runs the model. Errors on inconsistent shapes, and when a hook fails.
     pub fn forward(&self, input: ForwardInput) -> Result<ForwardOutput> {
-        let Checked { ids, b, past: p, mask } = self.check(&input)?;
+        let Checked { ids, b, past: p, prefix, mask } = self.check(&input)?;
         let pass = Pass { hooks: input.hooks, train: input.train };
-        let (mut h, mask) = self.embed(ids, mask, p, &pass)?;
+        let (mut h, mask) = self.embed(ids, prefix, mask, p, &pass)?;
         let t = h.size()[1]; // a hook may have prepended vectors
         let mut attn_mask = additive_mask(&mask, p, t, h.kind());
         let mut cache = Vec::with_capacity(if input.use_cache { self.layers.len() } else { 0 });
@@ -384,16 +389,26 @@ impl OptForCausalLM {
                 )));
             }
         }
+        let width = self.config.word_embed_proj_dim;
+        let prefix = match input.prefix.map(Tensor::size).as_deref() {
+            None => None,
+            Some(&[n, e]) if e == width => Some(input.prefix.unwrap().unsqueeze(0).expand([b, n, e], false)),
+            Some(&[pb, _, e]) if pb == b && e == width => input.prefix.map(Tensor::shallow_clone),
+            Some(shape) => {
+                return Err(Error::Input(format!("prefix must be [P, {width}] or [{b}, P, {width}], got {shape:?}")))
+            }
+        };
+        let n = prefix.as_ref().map_or(0, |v| v.size()[1]);
         let mask = match input.attention_mask {
-            Some(m) if m.size() != [b, p + t] => {
+            Some(m) if m.size() != [b, p + n + t] => {
                 return Err(Error::Input(format!(
-                    "attention_mask has shape {:?}; expected [{b}, {}] (cached {p} + input {t})",
+                    "attention_mask has shape {:?}; expected [{b}, {}] (cached {p} + prefix {n} + input {t})",
                     m.size(),
-                    p + t
+                    p + n + t
                 )))
             }
             Some(m) => m.to_kind(Kind::Int64),
-            None => Tensor::ones([b, p + t], (Kind::Int64, ids.device())),
+            None => Tensor::ones([b, p + n + t], (Kind::Int64, ids.device())),
         };
         let (max_id, min_id) = (ids.max().int64_value(&[]), ids.min().int64_value(&[]));
         if min_id < 0 || max_id >= self.config.vocab_size {
@@ -402,13 +417,25 @@ impl OptForCausalLM {
                 self.config.vocab_size
             )));
         }
-        Ok(Checked { ids, b, past: p, mask })
+        Ok(Checked { ids, b, past: p, prefix, mask })
     }
 
-    /// Token embeddings (through the embeddings hook, which may prepend vectors and extend the
-    /// mask) plus learned positions: the first layer's input `[B, T, D]` and the mask it keeps.
-    fn embed(&self, ids: &Tensor, mask: Tensor, p: i64, pass: &Pass) -> Result<(Tensor, Tensor)> {
+    /// The prefix's vectors and the token embeddings (through the embeddings hook, which may
+    /// prepend vectors and extend the mask) plus learned positions: the first layer's input
+    /// `[B, T, D]` and the mask it keeps.
+    fn embed(
+        &self,
+        ids: &Tensor,
+        prefix: Option<Tensor>,
+        mask: Tensor,
+        p: i64,
+        pass: &Pass,
+    ) -> Result<(Tensor, Tensor)> {
         let embeds = ids.apply(&self.embed_tokens); // (B, T, E)
+        let embeds = match prefix {
+            Some(prefix) => Tensor::cat(&[prefix.to_kind(embeds.kind()), embeds], 1),
+            None => embeds,
+        };
         let (embeds, mask) = match pass.hooks {
             None => (embeds, mask),
             Some(h) => h
