@@ -374,6 +374,67 @@ fn import_refuses_what_ftlab_does_not_implement() {
     assert!(model.vs.variables()["model.decoder.layers.0.self_attn.q_proj.weight"].equal(&before));
 }
 
+/// The CPT fixture's demonstrations and queries (`peft/cpt.json`) as the runtime hands them to
+/// the `cpt` plugin on `opt-pre-ln`.
+struct CptCase {
+    record: serde_json::Value,
+    model: Model,
+    word_ids: Vec<i64>,
+}
+
+impl CptCase {
+    fn new() -> Self {
+        let path = fixture("peft/cpt.json");
+        let record = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let model = load("opt-pre-ln");
+        let mut case = Self { record, model, word_ids: vec![] };
+        case.word_ids =
+            case.strings("words").iter().map(|w| case.model.tokenizer.encode_plain(w).unwrap()[0]).collect();
+        case
+    }
+
+    fn strings(&self, key: &str) -> Vec<String> {
+        serde_json::from_value(self.record[key].clone()).unwrap()
+    }
+
+    fn indices(&self, key: &str) -> Vec<i64> {
+        serde_json::from_value(self.record[key].clone()).unwrap()
+    }
+
+    /// A `cpt` run with `settings` over the demonstrations at `keep`, prepared, in evaluation mode.
+    fn run(&self, settings: serde_json::Value, keep: &[usize]) -> MethodRun<'_> {
+        let words = self.strings("words");
+        let task = TaskInfo { name: "cpt".into(), label_words: words.clone(), label_token_ids: self.word_ids.clone() };
+        let config = MethodSpec { name: "cpt".into(), config: settings };
+        let mut run = MethodRun::new(&self.model, &common::registry(&["cpt"]), &config, &[], task, 0).unwrap();
+        run.set_train(false).unwrap();
+        let (texts, labels) = (self.strings("demonstrations"), self.indices("labels"));
+        let texts: Vec<&String> = keep.iter().map(|&i| &texts[i]).collect();
+        let labels: Vec<i64> = keep.iter().map(|&i| labels[i]).collect();
+        let demonstrations: Vec<String> =
+            texts.iter().zip(&labels).map(|(t, &l)| format!("{t}{}", words[l as usize])).collect();
+        let mut data = ftlab_sdk::Tensors::new();
+        data.json = serde_json::json!({
+            "demonstrations": demonstrations,
+            "demonstration_prompts": texts,
+            "labels_of_demonstrations": labels,
+            "separator": self.record["separator"],
+        });
+        run.prepare(data).unwrap();
+        run
+    }
+
+    /// A training batch of `queries` (fine-tuning and in-context prompts alike) with answers `gold`.
+    fn batch(&self, queries: &[String], gold: &[i64]) -> ftlab_sdk::Tensors {
+        let gold: Vec<i64> = gold.iter().map(|&l| self.word_ids[l as usize]).collect();
+        let mut batch = ftlab_sdk::Tensors::new()
+            .with("input_ids", Tensor::zeros([queries.len() as i64, 1], (Kind::Int64, tch::Device::Cpu)))
+            .with("label_token_ids", Tensor::from_slice(&gold));
+        batch.json = serde_json::json!({ "prompts": queries, "icl_prompts": queries });
+        batch
+    }
+}
+
 /// Context-aware prompt tuning as PEFT's CPT computes it (`peft/cpt.*`, from
 /// `fixtures/make_cpt_fixture.py`): on the same demonstrations and queries, the `cpt` plugin's
 /// loss and its offsets' gradient are PEFT's (so are its layout's ids and token types, or the
@@ -384,41 +445,13 @@ fn import_refuses_what_ftlab_does_not_implement() {
 fn cpt_takes_peft_s_step() {
     use ftlab_core::run::config::TrainConfig;
     use ftlab_core::run::optim::AdamW;
-    use ftlab_sdk::Tensors;
-    use serde_json::{json, Value};
 
-    let record: Value = serde_json::from_str(&std::fs::read_to_string(fixture("peft/cpt.json")).unwrap()).unwrap();
+    let case = CptCase::new();
     let reference = Tensor::read_safetensors(fixture("peft/cpt.safetensors")).unwrap();
     let get = |key: &str| reference.iter().find(|(n, _)| n == key).unwrap().1.shallow_clone();
-    let strings = |key: &str| -> Vec<String> { serde_json::from_value(record[key].clone()).unwrap() };
-    let indices = |key: &str| -> Vec<i64> { serde_json::from_value(record[key].clone()).unwrap() };
-    let model = load("opt-pre-ln");
-    let words = strings("words");
-    let word_ids: Vec<i64> = words.iter().map(|w| model.tokenizer.encode_plain(w).unwrap()[0]).collect();
-    let task = TaskInfo { name: "cpt".into(), label_words: words.clone(), label_token_ids: word_ids.clone() };
-    let config = MethodSpec { name: "cpt".into(), config: record["settings"].clone() };
-    let mut run = MethodRun::new(&model, &common::registry(&["cpt"]), &config, &[], task, 0).unwrap();
-    run.set_train(false).unwrap();
-    let (texts, labels) = (strings("demonstrations"), indices("labels"));
-    let demonstrations: Vec<String> =
-        texts.iter().zip(&labels).map(|(t, &l)| format!("{t}{}", words[l as usize])).collect();
-    let mut data = Tensors::new();
-    data.json = json!({
-        "demonstrations": demonstrations,
-        "demonstration_prompts": texts,
-        "labels_of_demonstrations": labels,
-        "separator": record["separator"],
-    });
-    run.prepare(data).unwrap();
-    let queries = strings("queries");
-    let gold: Vec<i64> = indices("query_labels").iter().map(|&l| word_ids[l as usize]).collect();
-    let batch = || {
-        let mut batch = Tensors::new()
-            .with("input_ids", Tensor::zeros([2, 1], (Kind::Int64, tch::Device::Cpu)))
-            .with("label_token_ids", Tensor::from_slice(&gold));
-        batch.json = json!({ "prompts": queries, "icl_prompts": queries });
-        batch
-    };
+    let mut run = case.run(case.record["settings"].clone(), &[0, 1, 2]);
+    let (queries, model) = (case.strings("queries"), &case.model);
+    let batch = || case.batch(&queries, &case.indices("query_labels"));
     // Before any step the offsets are zero: prediction (the context's keys/values kept, then the
     // queries) is the plain model on PEFT's context ids followed by each query.
     let predicted = run.predict(batch()).unwrap();
@@ -446,13 +479,35 @@ fn cpt_takes_peft_s_step() {
         loss.double_value(&[])
     );
     assert!(diff < 1e-4, "offset gradient differs from PEFT's by {diff} of its largest entry");
-    let train = TrainConfig { lr: record["lr"].as_f64().unwrap(), weight_decay: 0.0, ..Default::default() };
+    let train = TrainConfig { lr: case.record["lr"].as_f64().unwrap(), weight_decay: 0.0, ..Default::default() };
     let mut optimizer = AdamW::new(params, &train).unwrap();
     optimizer.step(train.lr).unwrap();
-    run.loss(batch()).unwrap(); // each forward pass projects first, as PEFT's does
+    let _ = run.loss(batch()).unwrap(); // each forward pass projects first, as PEFT's does
     let diff = (&delta - get("delta")).abs().max().double_value(&[]);
     eprintln!("cpt: offsets after one step within {diff:e} of PEFT's");
     assert!(diff < 1e-5, "offsets after one step differ from PEFT's by {diff}");
     let moved = delta.abs().sum_dim_intlist([1].as_slice(), false, Kind::Float).gt(0.0).sum(Kind::Int64);
     assert_eq!(moved.int64_value(&[]), 26, "every template and input token moves, no label or separator");
+}
+
+/// With `leave_one_out`, a training query that is one of the demonstrations reads the context as
+/// if its own demonstration (and the separator after it) were not there, and its label is no
+/// target: the loss equals that of the context without it (weights all 1).
+#[test]
+fn cpt_hides_a_query_s_own_demonstration() {
+    let case = CptCase::new();
+    let settings = |leave_one_out: bool| serde_json::json!({ "leave_one_out": leave_one_out });
+    let (texts, labels) = (case.strings("demonstrations"), case.indices("labels"));
+    for own in 0..3 {
+        let batch = case.batch(&texts[own..=own], &labels[own..=own]);
+        let (hidden, _) = case.run(settings(true), &[0, 1, 2]).loss(batch).unwrap();
+        let others: Vec<usize> = (0..3).filter(|&i| i != own).collect();
+        let (removed, _) =
+            case.run(settings(false), &others).loss(case.batch(&texts[own..=own], &labels[own..=own])).unwrap();
+        let (seen, _) =
+            case.run(settings(false), &[0, 1, 2]).loss(case.batch(&texts[own..=own], &labels[own..=own])).unwrap();
+        let (hidden, removed, seen) = (hidden.double_value(&[]), removed.double_value(&[]), seen.double_value(&[]));
+        assert!((hidden - removed).abs() < 1e-5 * removed, "demonstration {own}: hidden {hidden} vs removed {removed}");
+        assert!((hidden - seen).abs() > 1e-3, "demonstration {own}: hiding changes nothing ({hidden} vs {seen})");
+    }
 }

@@ -96,6 +96,12 @@ impl Context {
         self.spans.iter().map(|s| s.end - 1)
     }
 
+    /// Demonstration i's tokens and the separator after it: what a query that is that
+    /// demonstration must not see (hiding it is removing it, positions included).
+    pub fn block(&self, i: usize) -> Range<usize> {
+        self.spans[i].start..self.spans.get(i + 1).map_or(self.ids.len(), |next| next.start)
+    }
+
     /// Whether each token's offset trains: templates and inputs, not labels or separators.
     pub fn moves(&self) -> Vec<bool> {
         self.roles.iter().map(|r| matches!(r, Role::InputTemplate | Role::Input | Role::OutputTemplate)).collect()
@@ -114,6 +120,7 @@ mod tests {
         assert_eq!(context.ids, [2, 5, 10, 6, 7, 100, 9, 5, 11, 12, 6, 7, 101, 9]);
         assert_eq!(context.types, [0, 1, 2, 3, 3, 4, 0, 5, 6, 6, 7, 7, 8, 0]);
         assert_eq!(context.spans, [1..6, 7..13]);
+        assert_eq!([context.block(0), context.block(1)], [1..7, 7..14]);
         assert_eq!(context.labels().collect::<Vec<_>>(), [5, 12]);
         let moves = context.moves();
         assert_eq!(moves.iter().filter(|&&m| m).count(), 9);

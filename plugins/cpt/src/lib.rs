@@ -13,8 +13,9 @@
 //! prediction reads each query after the learned context, as ICL does.
 //!
 //! The training queries are the demonstrations themselves, so by default each query cannot see
-//! its own demonstration (`leave_one_out`: its tokens are masked out of that row, and its label
-//! is no target there): otherwise its answer is in its context. PEFT's example queries held-out
+//! its own demonstration (`leave_one_out`: its tokens and the separator after it are masked out
+//! of that row, as if removed, and its label is no target there): otherwise its answer is in
+//! its context. PEFT's example queries held-out
 //! examples instead; `leave_one_out = false` reads all of them, as PEFT's forward does.
 
 pub mod context;
@@ -161,7 +162,7 @@ impl Method for Cpt {
             };
             let mut visible = vec![1i64; c];
             for &i in &own {
-                visible[learned.context.spans[i].clone()].iter_mut().for_each(|v| *v = 0);
+                visible[learned.context.block(i)].iter_mut().for_each(|v| *v = 0);
             }
             mask.push(Tensor::from_slice(&visible));
             // Demonstration i's label is read at the token before it; the query's after its last.
