@@ -44,7 +44,9 @@ pub struct Config {
     /// learnt in context from episodes of up to 8 demonstrations, and the context's length
     /// (and every step's cost) grows with each one.
     pub max_demonstrations: usize,
-    /// Hide each training query's own demonstration from it (see the crate docs).
+    /// Hide each training query's own demonstration (and the separator after it) from it, as if
+    /// removed, and drop that demonstration's label from the row's targets: the training queries
+    /// are the demonstrations, whose answers would otherwise be in their context.
     pub leave_one_out: bool,
 }
 
@@ -103,8 +105,15 @@ impl Method for Cpt {
     type Config = Config;
 
     fn new(config: Config, _: &mut Host) -> Result<Self> {
-        if config.max_demonstrations == 0 || config.epsilon < 0.0 || config.format_epsilon < 0.0 {
-            return Err(Error::msg("cpt: max_demonstrations must be positive and the epsilons non-negative"));
+        let c = &config;
+        for (key, value) in [("epsilon", c.epsilon), ("format_epsilon", c.format_epsilon), ("loss_decay", c.loss_decay)]
+        {
+            if !(value >= 0.0 && value.is_finite()) {
+                return Err(Error::msg(format!("cpt: `{key}` must be a non-negative number, not {value}")));
+            }
+        }
+        if c.max_demonstrations == 0 {
+            return Err(Error::msg("cpt: `max_demonstrations` must be at least 1"));
         }
         Ok(Self { config, learned: None })
     }
