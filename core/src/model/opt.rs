@@ -390,13 +390,17 @@ impl OptForCausalLM {
             }
         }
         let width = self.config.word_embed_proj_dim;
-        let prefix = match input.prefix.map(Tensor::size).as_deref() {
+        let prefix = match input.prefix {
             None => None,
-            Some(&[n, e]) if e == width => Some(input.prefix.unwrap().unsqueeze(0).expand([b, n, e], false)),
-            Some(&[pb, _, e]) if pb == b && e == width => input.prefix.map(Tensor::shallow_clone),
-            Some(shape) => {
-                return Err(Error::Input(format!("prefix must be [P, {width}] or [{b}, P, {width}], got {shape:?}")))
-            }
+            Some(v) => match v.size()[..] {
+                [n, e] if e == width => Some(v.unsqueeze(0).expand([b, n, e], false)),
+                [pb, _, e] if pb == b && e == width => Some(v.shallow_clone()),
+                ref shape => {
+                    return Err(Error::Input(format!(
+                        "prefix must be [P, {width}] or [{b}, P, {width}], got {shape:?}"
+                    )))
+                }
+            },
         };
         let n = prefix.as_ref().map_or(0, |v| v.size()[1]);
         let mask = match input.attention_mask {
