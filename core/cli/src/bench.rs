@@ -29,8 +29,9 @@ pub enum BenchCommand {
     /// parameter trainable, with BitFit and with LoRA, each in a fresh process so each peak is
     /// its own. Target: BitFit and LoRA at most 0.5× full fine-tuning.
     Memory(MemoryBench),
-    /// The method-comparison table: for full fine-tuning and every installed adapter (under
-    /// pbft), each in a fresh process on an OPT shape (random weights): training tokens/s, peak
+    /// The method-comparison table: for full fine-tuning (the default objective, pbft), every
+    /// other installed objective that trains on labelled batches alone, and every installed
+    /// adapter (under pbft), each in a fresh process on an OPT shape (random weights): training tokens/s, peak
     /// memory, trainable parameters, optimizer-state bytes and exported adapter size, with
     /// ratios to full fine-tuning. Targets: PEFT-style adapters ≤ 0.5× full's peak memory and
     /// ≥ 1.2× its tokens/s.
@@ -323,21 +324,23 @@ fn memory(args: MemoryBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A configuration of `bench memory` and `bench methods`: `full` (pbft, every parameter
-/// trains), another objective's name (every parameter), or an adapter's (under pbft).
-fn configuration(name: &str) -> (MethodSpec, Vec<MethodSpec>) {
+/// A configuration of `bench memory` and `bench methods`: `full` (the run's default objective,
+/// pbft, every parameter training), another objective's name (every parameter), or an
+/// adapter's (under the default objective).
+fn configuration(name: &str) -> anyhow::Result<(MethodSpec, Vec<MethodSpec>)> {
+    let default = crate::config::load(None, &[])?.method;
     let registry = ftlab_registry::Registry::discover();
     let role = registry.methods().find(|m| m.name == name).map(|m| m.role);
-    match role {
-        Some(ftlab_sdk::Role::Adapter) => (MethodSpec::named("pbft"), vec![MethodSpec::named(name)]),
+    Ok(match role {
+        Some(ftlab_sdk::Role::Adapter) => (default, vec![MethodSpec::named(name)]),
         Some(ftlab_sdk::Role::Objective) => (MethodSpec::named(name), vec![]),
-        None => (MethodSpec::named("pbft"), vec![]),
-    }
+        None => (default, vec![]),
+    })
 }
 
 /// The child side: measures `configuration` in this process and prints its cost as JSON.
 fn print_child_cost(shape: &Shape, name: &str, steps: usize) -> anyhow::Result<()> {
-    let (objective, adapters) = configuration(name);
+    let (objective, adapters) = configuration(name)?;
     let cost = bench::memory::training_cost(shape, &objective, &adapters, steps)?;
     outln!("{}", serde_json::to_string(&cost)?);
     Ok(())
@@ -363,20 +366,28 @@ fn cost_in_child(
     Ok(bench::memory::in_child(child, configuration)?)
 }
 
-/// The objectives that train on labelled batches alone (context distillation's costs are
-/// `bench distill`'s) beside full fine-tuning with pbft.
-const FULL_OBJECTIVES: [&str; 2] = ["vanilla_ft", "otr"];
-
 fn methods(args: MethodsBench) -> anyhow::Result<()> {
     let shape = args.shape.shape();
     if let Some(configuration) = &args.child {
         return print_child_cost(&shape, configuration, args.steps);
     }
+    // Every other installed objective trains in full beside the default one, every adapter under
+    // it. An objective that cannot train on plain labelled batches (it needs `prepare`'s context,
+    // or documents) is reported as not measured; context distillation's costs are `bench
+    // distill`'s.
+    let default = crate::config::load(None, &[])?.method.name;
     let registry = ftlab_registry::Registry::discover();
-    let mut adapters: Vec<String> =
-        registry.methods().filter(|m| m.role == ftlab_sdk::Role::Adapter).map(|m| m.name.clone()).collect();
-    adapters.sort();
-    let names: Vec<String> = ["full"].iter().chain(&FULL_OBJECTIVES).map(|s| s.to_string()).chain(adapters).collect();
+    let of = |role: ftlab_sdk::Role| {
+        let mut names: Vec<String> =
+            registry.methods().filter(|m| m.role == role && m.name != default).map(|m| m.name.clone()).collect();
+        names.sort();
+        names
+    };
+    let objectives = of(ftlab_sdk::Role::Objective);
+    let names: Vec<String> = std::iter::once("full".to_string())
+        .chain(objectives.iter().cloned())
+        .chain(of(ftlab_sdk::Role::Adapter))
+        .collect();
     let mut rows = Vec::new();
     for name in &names {
         match cost_in_child("methods", name, &args.shape, args.steps) {
@@ -403,11 +414,11 @@ fn methods(args: MethodsBench) -> anyhow::Result<()> {
     outln!("|---|---|---|---|---|---|---|---|---|");
     for (name, c) in &rows {
         let label = if name == "full" {
-            "full (pbft)".to_string()
-        } else if FULL_OBJECTIVES.contains(&name.as_str()) {
+            format!("full ({default})")
+        } else if objectives.contains(name) {
             format!("{name} (full)")
         } else {
-            format!("pbft + {name}")
+            format!("{default} + {name}")
         };
         outln!(
             "| {label} | {:.0} | {:.2} | {:.2} GB | {:.2} | {} | {:.1} MB | {:.3} | {} |",

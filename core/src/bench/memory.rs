@@ -69,7 +69,7 @@ pub fn training_cost(
             .with("verbalizer_ids", Tensor::from_slice(&ids));
         optimizer.zero_grad();
         let (loss, _) = run.loss(batch)?;
-        loss.backward();
+        loss.f_backward()?;
         optimizer.step(1e-5)?;
         if step > 0 || steps == 1 {
             timed = (timed.0 + start.elapsed().as_secs_f64(), timed.1 + 1);
