@@ -7,6 +7,12 @@ use std::process::Command;
 /// else `ftlab`) with it first on the plugin path, and panics with the report unless every
 /// applicable check passes.
 pub fn check(name: &str, ftlab: &str) {
+    check_with(name, ftlab, &[]);
+}
+
+/// [`check`] with more arguments of `ftlab plugins check`, e.g. the method's settings and a
+/// learning rate: `&["--config", r#"{"rank": 4}"#, "--lr", "0.3"]`.
+pub fn check_with(name: &str, ftlab: &str, args: &[&str]) {
     let ftlab = std::env::var("FTLAB").unwrap_or_else(|_| ftlab.to_string());
     let library_dir = build_library();
     let mut plugin_path = vec![library_dir.clone()];
@@ -14,6 +20,7 @@ pub fn check(name: &str, ftlab: &str) {
     let joined = std::env::join_paths(plugin_path).expect("plugin folders join into a path");
     let out = Command::new(&ftlab)
         .args(["plugins", "check", name])
+        .args(args)
         .env("FTLAB_PLUGIN_PATH", joined)
         .output()
         .unwrap_or_else(|e| panic!("running `{ftlab} plugins check {name}`: {e} (set FTLAB to the ftlab binary)"));
