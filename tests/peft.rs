@@ -499,13 +499,11 @@ fn cpt_hides_a_query_s_own_demonstration() {
     let settings = |leave_one_out: bool| serde_json::json!({ "leave_one_out": leave_one_out });
     let (texts, labels) = (case.strings("demonstrations"), case.indices("labels"));
     for own in 0..3 {
-        let batch = case.batch(&texts[own..=own], &labels[own..=own]);
-        let (hidden, _) = case.run(settings(true), &[0, 1, 2]).loss(batch).unwrap();
+        let batch = || case.batch(&texts[own..=own], &labels[own..=own]);
         let others: Vec<usize> = (0..3).filter(|&i| i != own).collect();
-        let (removed, _) =
-            case.run(settings(false), &others).loss(case.batch(&texts[own..=own], &labels[own..=own])).unwrap();
-        let (seen, _) =
-            case.run(settings(false), &[0, 1, 2]).loss(case.batch(&texts[own..=own], &labels[own..=own])).unwrap();
+        let (hidden, _) = case.run(settings(true), &[0, 1, 2]).loss(batch()).unwrap();
+        let (removed, _) = case.run(settings(false), &others).loss(batch()).unwrap();
+        let (seen, _) = case.run(settings(false), &[0, 1, 2]).loss(batch()).unwrap();
         let (hidden, removed, seen) = (hidden.double_value(&[]), removed.double_value(&[]), seen.double_value(&[]));
         assert!((hidden - removed).abs() < 1e-5 * removed, "demonstration {own}: hidden {hidden} vs removed {removed}");
         assert!((hidden - seen).abs() > 1e-3, "demonstration {own}: hiding changes nothing ({hidden} vs {seen})");

@@ -307,7 +307,8 @@ fn slurm_resources_group_cells_into_arrays() {
 }
 
 /// `ftlab bench methods --out DIR` writes its measurements as a record (here on the tiny fixture
-/// shape, so that it takes seconds) of every installed method it can train on plain batches, and `ftlab results plot --kind methods DIR` draws them;
+/// shape, so that it takes seconds) of every installed method it can train on plain batches,
+/// and `ftlab results plot --kind methods DIR` draws them;
 /// without a record the plot says how to make one.
 #[test]
 fn the_methods_benchmark_is_a_record_results_plot() {

@@ -31,10 +31,10 @@ pub enum BenchCommand {
     Memory(MemoryBench),
     /// The method-comparison table: for full fine-tuning (the default objective, pbft), every
     /// other installed objective that trains on labelled batches alone, and every installed
-    /// adapter (under pbft), each in a fresh process on an OPT shape (random weights): training tokens/s, peak
-    /// memory, trainable parameters, optimizer-state bytes and exported adapter size, with
-    /// ratios to full fine-tuning. Targets: PEFT-style adapters ≤ 0.5× full's peak memory and
-    /// ≥ 1.2× its tokens/s.
+    /// adapter (under pbft), each in a fresh process on an OPT shape (random weights): training
+    /// tokens/s, peak memory, trainable parameters, optimizer-state bytes and exported adapter
+    /// size, with ratios to full fine-tuning. Targets: PEFT-style adapters ≤ 0.5× full's peak
+    /// memory and ≥ 1.2× its tokens/s.
     Methods(MethodsBench),
     /// In-context learning with a shared context: the `icl` method scoring queries after a
     /// 16-shot context whose keys/values are computed once, vs re-encoding the context with

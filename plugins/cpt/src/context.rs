@@ -5,8 +5,8 @@ use std::ops::Range;
 
 use ftlab_sdk::{Error, Result};
 
-/// A token's role in its demonstration: PEFT's type codes, to which demonstration i adds 4·i
-/// (0, a separator, is never offset).
+/// A token's role in its demonstration: PEFT's type codes (its `cpt_tokens_type_mask` adds 4·i
+/// in demonstration i, and never offsets 0, a separator).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// `</s>` and the separators: never move.
@@ -23,15 +23,13 @@ pub enum Role {
 
 /// The demonstrations laid out as one token sequence: `</s>`, then each demonstration followed
 /// by the separator, each piece encoded on its own (as PEFT's CPT example tokenizes templates,
-/// inputs and labels apart).
+/// inputs and labels apart): PEFT's `cpt_token_ids`, and with the spans its type mask.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Context {
     /// Token ids.
     pub ids: Vec<i64>,
     /// Each token's role.
     pub roles: Vec<Role>,
-    /// PEFT's `cpt_tokens_type_mask`: 0 for separators, else `4·i + role` in demonstration i.
-    pub types: Vec<i64>,
     /// Each demonstration's tokens (label included, separator excluded).
     pub spans: Vec<Range<usize>>,
 }
@@ -68,7 +66,7 @@ impl Context {
         };
         let prefix = shared(&|b, k| b[k]);
         let suffix = shared(&|b, k| b[b.len() - 1 - k]).min(shortest - prefix);
-        let mut context = Context { ids: vec![bos], roles: vec![Role::Separator], types: vec![0], spans: Vec::new() };
+        let mut context = Context { ids: vec![bos], roles: vec![Role::Separator], spans: Vec::new() };
         for (i, body) in bodies.iter().enumerate() {
             let start = context.ids.len();
             let roles = (0..body.len()).map(|k| match k {
@@ -79,13 +77,11 @@ impl Context {
             for (&id, role) in body.iter().chain([&labels[i]]).zip(roles.chain([Role::Label])) {
                 context.ids.push(id);
                 context.roles.push(role);
-                context.types.push(4 * i as i64 + role as i64);
             }
             context.spans.push(start..context.ids.len());
             for &id in separator {
                 context.ids.push(id);
                 context.roles.push(Role::Separator);
-                context.types.push(0);
             }
         }
         Ok(context)
@@ -118,7 +114,8 @@ mod tests {
         let demos = [vec![5, 10, 6, 7, 100], vec![5, 11, 12, 6, 7, 101]];
         let context = Context::new(2, &demos, &[100, 101], &[9]).unwrap();
         assert_eq!(context.ids, [2, 5, 10, 6, 7, 100, 9, 5, 11, 12, 6, 7, 101, 9]);
-        assert_eq!(context.types, [0, 1, 2, 3, 3, 4, 0, 5, 6, 6, 7, 7, 8, 0]);
+        use Role::{Input as I, InputTemplate as T, Label as L, OutputTemplate as O, Separator as S};
+        assert_eq!(context.roles, [S, T, I, O, O, L, S, T, I, I, O, O, L, S]);
         assert_eq!(context.spans, [1..6, 7..13]);
         assert_eq!([context.block(0), context.block(1)], [1..7, 7..14]);
         assert_eq!(context.labels().collect::<Vec<_>>(), [5, 12]);
@@ -126,7 +123,7 @@ mod tests {
         assert_eq!(moves.iter().filter(|&&m| m).count(), 9);
         // One demonstration: no template can be told apart.
         let one = Context::new(2, &demos[..1], &[100], &[]).unwrap();
-        assert_eq!(one.types, [0, 2, 2, 2, 2, 4]);
+        assert_eq!(one.roles, [S, I, I, I, I, L]);
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! The training queries are the demonstrations themselves, so by default each query cannot see
 //! its own demonstration (`leave_one_out`: its tokens and the separator after it are masked out
 //! of that row, as if removed, and its label is no target there): otherwise its answer is in
-//! its context. PEFT's example queries held-out
-//! examples instead; `leave_one_out = false` reads all of them, as PEFT's forward does.
+//! its context. PEFT's example queries held-out examples instead; `leave_one_out = false` reads
+//! all of them, as PEFT's forward does.
 
 pub mod context;
 pub mod loss;
@@ -65,6 +65,8 @@ struct Learned {
     base: Tensor,
     /// The offsets `[C, E]`, trained.
     delta: Tensor,
+    /// The demonstrations' label tokens, int64 `[count]`: their loss targets.
+    labels: Tensor,
     /// 1 where an offset moves, 0 on labels and separators `[C, 1]`.
     moves: Tensor,
     /// Each token's radius `[C]`.
@@ -152,8 +154,9 @@ impl Method for Cpt {
         let moves = Tensor::from_slice(&context.moves()).to_kind(base.kind()).to_device(device).unsqueeze(1);
         let radii = loss::radii(&context.roles, self.config.epsilon, self.config.format_epsilon, base.size()[1]);
         let radii = Tensor::from_slice(&radii).to_kind(Kind::Float).to_device(device);
+        let labels = Tensor::from_slice(&labels).to_device(device);
         let prompts = demonstrations.prompts[..count].to_vec();
-        self.learned = Some(Learned { context, prompts, base, delta, moves, radii, pad: model.pad_token_id });
+        self.learned = Some(Learned { context, prompts, base, delta, labels, moves, radii, pad: model.pad_token_id });
         Ok(())
     }
 
@@ -186,13 +189,8 @@ impl Method for Cpt {
         let request = ForwardRequest { logits: Logits::Positions, ..Default::default() };
         let out = host.forward_after(&prefix, &ids, &mask, Some(&positions), &request)?;
         let logits = out.logits.ok_or_else(|| Error::msg("the host returned no logits"))?;
-        let context_labels =
-            Tensor::from_slice(&learned.context.labels().map(|p| learned.context.ids[p]).collect::<Vec<_>>());
         let targets = Tensor::cat(
-            &[
-                context_labels.to_device(device).unsqueeze(0).expand([b, -1], false),
-                batch.label_token_ids()?.view([b, 1]),
-            ],
+            &[learned.labels.unsqueeze(0).expand([b, -1], false), batch.label_token_ids()?.view([b, 1])],
             1,
         );
         let weights = Tensor::from_slice(&weights).view([b, -1]).to_device(device);
