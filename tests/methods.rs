@@ -351,13 +351,15 @@ fn ia3_freezes_the_base_and_merges_exactly() {
 /// LIFT trains exactly its principal entries: one vector per linear of `(in + out)·lora_rank`
 /// entries is all that trains and all the optimizer keeps state for; the base stays
 /// bit-identical; merged, the update changes each weight only at the entries its export lists;
-/// and merged equals hooked.
+/// and merged equals hooked — also with the masks redrawn every 2 steps, when the export lists
+/// the entries of earlier masks too.
 #[test]
 fn lift_trains_only_the_principal_entries() {
     let _serial = serial();
     let toy = Toy::new(16);
     let before = toy.snapshot();
-    let mut run = toy.run(MethodSpec::named("pbft"), &[spec("lift", json!({ "lora_rank": 4 }))]);
+    let lift = spec("lift", json!({ "lora_rank": 4, "refresh_every": 2 }));
+    let mut run = toy.run(MethodSpec::named("pbft"), &[lift]);
     // The embedded model: 4 layers of width 64 with 256-wide MLPs.
     let per_layer = 4 * (64 + 64) * 4 + 2 * (64 + 256) * 4;
     let trainable = run.trainable();
@@ -375,6 +377,9 @@ fn lift_trains_only_the_principal_entries() {
     let files = run.adapters[0].export().unwrap().unwrap();
     run.adapters[0].merge_into(&toy.model).unwrap();
     assert!(max_diff(&hooked, &logits(&run, &toy.batches[0], false)) < 1e-5, "merged vs hooked LIFT logits");
+    let listed: i64 =
+        (files.tensors.iter()).filter(|(n, _)| n.ends_with(".lift_indices")).map(|(_, t)| t.numel() as i64).sum();
+    assert!(listed > 4 * per_layer as i64, "the masks moved: {listed} entries trained");
     let mut moved = 0;
     for (name, old) in &before {
         let changed = toy.model.vs.variables()[name].ne_tensor(old).reshape([-1]);
@@ -388,6 +393,20 @@ fn lift_trains_only_the_principal_entries() {
         moved += changed.sum(tch::Kind::Int64).int64_value(&[]) as usize;
     }
     assert!(moved * 10 >= 4 * per_layer * 8, "{moved} of {} trained entries moved", 4 * per_layer);
+
+    // Files that do not fit the config are refused, naming the tensor.
+    let mut refused = |edit: &dyn Fn(&mut Vec<(String, Tensor)>)| {
+        let mut bad = run.adapters[0].export().unwrap().unwrap();
+        edit(&mut bad.tensors);
+        run.adapters[0].import(bad).unwrap_err().to_string()
+    };
+    let err = refused(&|t| t[0].0 = "base_model.model.model.decoder.layers.0.fc1.lift_scale".into());
+    assert!(err.contains("unexpected tensor") && err.contains("fc1.lift_scale"), "{err}");
+    let err = refused(&|t| {
+        let at = t.iter().position(|(n, _)| n.ends_with("layers.1.fc2.lift_indices")).unwrap();
+        t[at].1 = t[at].1.fill(1 << 20);
+    });
+    assert!(err.contains("layers.1.fc2: lift_indices") && err.contains("in 0..16384"), "{err}");
 }
 
 /// Over the full vocabulary pbft's loss has a floor near 5.8 with the embeddings and layer norms

@@ -272,8 +272,21 @@ pub trait MethodObject {
     /// Training epoch `epoch` (0-based) begins, or a resumed run re-enters it: `true` when the
     /// method's `trains` answers changed, so that the host re-reads them and moves optimizer
     /// state to the tensors that now train.
-    #[sabi(last_prefix_field)]
     fn epoch_begins(&mut self, host: HostRef<'_>, epoch: u64) -> RResult<bool, PluginError>;
+
+    /// Optimizer step `step` (1-based) was taken. The reply's tensors, named by the method's
+    /// parameters, move their optimizer moments: int64 `from`, entry i taking old entry
+    /// `from[i]`, or zero where it is -1 ([`crate::MomentMove`]). Ownership: they move to the
+    /// host.
+    fn step_done(&mut self, host: HostRef<'_>, step: u64) -> RResult<Message, PluginError>;
+
+    /// What the method keeps outside its parameters that a resumed run needs, saved with every
+    /// checkpoint (tensors of any kind and shape). Ownership: they move to the host.
+    fn state(&self) -> RResult<Message, PluginError>;
+
+    /// Restores [`MethodObject::state`] from a checkpoint. Ownership: the tensors move in.
+    #[sabi(last_prefix_field)]
+    fn load_state(&mut self, state: Message) -> RResult<(), PluginError>;
 }
 
 /// The owned method object the host keeps.

@@ -266,6 +266,38 @@ impl<M: Method> MethodObject for Object<M> {
         )
     }
 
+    fn step_done(&mut self, host: HostRef<'_>, step: u64) -> RResult<Message, PluginError> {
+        guard(
+            M::NAME,
+            || format!("step_done({step})"),
+            || {
+                let mut moves = Tensors::new();
+                for change in self.0.step_done(&mut Host::new(host), step as usize)? {
+                    if moves.tensors.insert(change.parameter.clone(), change.from).is_some() {
+                        return Err(Error::msg(format!("two moves of parameter `{}`", change.parameter)));
+                    }
+                }
+                Ok(moves.into_message())
+            },
+        )
+    }
+
+    fn state(&self) -> RResult<Message, PluginError> {
+        guard(
+            M::NAME,
+            || "state".into(),
+            || {
+                let mut state = Tensors::new();
+                state.tensors.extend(self.0.state()?);
+                Ok(state.into_message())
+            },
+        )
+    }
+
+    fn load_state(&mut self, state: Message) -> RResult<(), PluginError> {
+        guard(M::NAME, || "load_state".into(), || self.0.load_state(&Tensors::from_message(state)?))
+    }
+
     fn set_train(&mut self, train: bool) -> RResult<(), PluginError> {
         guard(
             M::NAME,

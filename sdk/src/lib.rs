@@ -30,7 +30,7 @@ pub use host::{ForwardOutput, ForwardRequest, Host, HostRequest, Init, LoadedMod
 pub use message::Tensors;
 pub use method::{
     all_logits, last_token_logits, next_token_targets, token_cross_entropy, verbalizer_logits, Batch, Demonstrations,
-    Export, Loss, Method, Site,
+    Export, Loss, Method, MomentMove, Site,
 };
 
 #[doc(hidden)]
@@ -59,7 +59,7 @@ pub mod prelude {
     pub use crate::host::{ForwardRequest, Host, Init, Logits};
     pub use crate::method::{
         all_logits, last_token_logits, next_token_targets, token_cross_entropy, verbalizer_logits, Batch, Export, Loss,
-        Method, Site,
+        Method, MomentMove, Site,
     };
     pub use crate::{Error, Inputs, Result, Role, Tensors};
     pub use schemars::JsonSchema;

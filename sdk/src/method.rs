@@ -214,6 +214,18 @@ impl Loss {
     }
 }
 
+/// How the optimizer moments of one of the method's parameters move when the method changes
+/// what its entries mean (e.g. a sparse update moved to a new mask): entry i of the new moments
+/// is old entry `from[i]`, or zero where `from[i]` is -1, as for an entry that starts training.
+/// The step count goes on, so bias correction continues as for the parameter's other entries.
+#[derive(Debug)]
+pub struct MomentMove {
+    /// The parameter, named as given to [`Host::parameter`].
+    pub parameter: String,
+    /// int64, one per entry of the (flattened) parameter.
+    pub from: Tensor,
+}
+
 /// An adapter's trained state as files: what `adapter_config.json` holds and the tensors of
 /// `adapter_model.safetensors`, named as that file names them (PEFT's names where PEFT has the
 /// method).
@@ -338,6 +350,29 @@ pub trait Method: Sized + 'static {
     fn epoch_begins(&mut self, host: &mut Host<'_>, epoch: usize) -> Result<bool> {
         let _ = (host, epoch);
         Ok(false)
+    }
+
+    /// Optimizer step `step` (1-based, counted over the whole run) was just taken: e.g. a mask
+    /// redrawn every N steps. A method that moved what its own parameters' entries mean returns
+    /// how their optimizer moments move ([`MomentMove`]); nothing else changes them.
+    fn step_done(&mut self, host: &mut Host<'_>, step: usize) -> Result<Vec<MomentMove>> {
+        let _ = (host, step);
+        Ok(Vec::new())
+    }
+
+    /// What the method keeps outside its parameters (e.g. a mask's indices) that a run resumed
+    /// from a checkpoint needs to continue exactly; saved with every checkpoint. Parameters are
+    /// checkpointed by the host already.
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores [`Self::state`], read back from a checkpoint.
+    fn load_state(&mut self, state: &Tensors) -> Result<()> {
+        match state.tensors.keys().next() {
+            None => Ok(()),
+            Some(name) => Err(Error::msg(format!("the checkpoint holds state `{name}` this method never saves"))),
+        }
     }
 
     /// Training (`true`) or evaluation (`false`) from now on: e.g. dropout inside hooks.

@@ -1,6 +1,6 @@
 //! Helpers for adapters that read and write Hugging Face PEFT's format (`adapter_config.json`
-//! + `adapter_model.safetensors`, <https://github.com/huggingface/peft>): the tensor-name prefix,
-//! target lists, and refusing settings a method does not implement, by key. A method's
+//! and `adapter_model.safetensors`, <https://github.com/huggingface/peft>): the tensor-name
+//! prefix, target lists, and refusing settings a method does not implement, by key. A method's
 //! [`crate::Method::config_from_export`] and [`crate::Method::export`] use them; the host only
 //! moves the files.
 

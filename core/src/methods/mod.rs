@@ -187,20 +187,72 @@ impl<'m> MethodRun<'m> {
     /// Tells every method that training epoch `epoch` begins (see `Method::epoch_begins`); when
     /// one changed what it trains, re-applies trainability and returns `true`.
     pub fn epoch_begins(&mut self, epoch: usize) -> Result<bool> {
-        let mut changed = false;
-        for i in 0..self.adapters.len() {
-            // Each adapter's host sees the adapters before it, as when it was created.
-            let (before, rest) = self.adapters.split_at_mut(i);
-            let Loaded { name, object, .. } = &mut rest[0];
-            let mut host = RunHost { model: self.model, adapters: before, state: &mut self.state, method: name };
-            changed |=
-                object.epoch_begins(HostObject_TO::from_ptr(&mut host, TD_Opaque), epoch as u64).into_result()?;
-        }
-        changed |= self.call_objective(|object, host| object.epoch_begins(host, epoch as u64))?;
+        let changed = self.call_each(|_, object, host| object.epoch_begins(host, epoch as u64))?;
+        let changed = changed.into_iter().any(|c| c);
         if changed {
             self.apply_trainability()?;
         }
         Ok(changed)
+    }
+
+    /// Tells every method that optimizer step `step` (1-based) was taken; returns the moment
+    /// moves they asked for (see `Method::step_done`), by trainable name.
+    pub fn step_done(&mut self, step: usize) -> Result<Vec<(String, Tensor)>> {
+        let replies = self.call_each(|name, object, host| {
+            object.step_done(host, step as u64).map(|moves| (name.to_string(), moves))
+        })?;
+        let mut moves = Vec::new();
+        for (method, reply) in replies {
+            let reply = Tensors::from_message(reply)
+                .map_err(|e| Error::MethodReply { method: method.clone(), message: e.to_string() })?;
+            moves.extend(reply.tensors.into_iter().map(|(parameter, from)| (format!("{method}.{parameter}"), from)));
+        }
+        Ok(moves)
+    }
+
+    /// Every method's checkpointed state (see `Method::state`), named `<method>/<name>`.
+    pub fn method_states(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut states = Vec::new();
+        for method in self.adapters.iter().chain(std::iter::once(&self.objective)) {
+            let state = Tensors::from_message(method.object.state().into_result()?)
+                .map_err(|e| Error::MethodReply { method: method.name.clone(), message: e.to_string() })?;
+            states.extend(state.tensors.into_iter().map(|(n, t)| (format!("{}/{n}", method.name), t)));
+        }
+        Ok(states)
+    }
+
+    /// Hands each method its part of `states` (as [`MethodRun::method_states`] named them).
+    pub fn load_method_states(&mut self, states: &[(String, Tensor)]) -> Result<()> {
+        for method in self.adapters.iter_mut().chain(std::iter::once(&mut self.objective)) {
+            let mut own = Tensors::new();
+            let prefix = format!("{}/", method.name);
+            for (name, tensor) in states {
+                if let Some(name) = name.strip_prefix(&prefix) {
+                    own.tensors.insert(name.to_string(), tensor.shallow_clone());
+                }
+            }
+            method.object.load_state(own.into_message()).into_result()?;
+        }
+        Ok(())
+    }
+
+    /// Calls every method with its host: the adapters in order, each seeing the adapters before
+    /// it (as when it was created), then the objective.
+    fn call_each<T>(
+        &mut self,
+        mut call: impl FnMut(&str, &mut MethodBox, HostRef<'_>) -> RResult<T, PluginError>,
+    ) -> Result<Vec<T>> {
+        let mut replies = Vec::with_capacity(self.adapters.len() + 1);
+        for i in 0..self.adapters.len() {
+            let (before, rest) = self.adapters.split_at_mut(i);
+            let Loaded { name, object, .. } = &mut rest[0];
+            let mut host = RunHost { model: self.model, adapters: before, state: &mut self.state, method: name };
+            replies.push(call(name, object, HostObject_TO::from_ptr(&mut host, TD_Opaque)).into_result()?);
+        }
+        let Loaded { name, object, .. } = &mut self.objective;
+        let mut host = RunHost { model: self.model, adapters: &self.adapters, state: &mut self.state, method: name };
+        replies.push(call(name, object, HostObject_TO::from_ptr(&mut host, TD_Opaque)).into_result()?);
+        Ok(replies)
     }
 
     /// The objective's training loss of `batch` and the metrics it and the host logged.

@@ -136,10 +136,7 @@ impl<'a> Session<'a> {
         run.epoch_begins(progress.state_epoch())?;
         let mut optimizer = AdamW::new(run.trainable(), &self.config.train)?;
         if checkpoint {
-            let tensors = run.tensors();
-            train::load_checkpoint(self.dir, &mut optimizer, &progress, |name| {
-                tensors.get(name).map(|t| t.shallow_clone())
-            })?;
+            train::load_checkpoint(self.dir, &mut optimizer, run, &progress)?;
         }
         record.trainable_parameters = optimizer.num_parameters();
         let (epochs, total) = self.plan(run, record.trainable_parameters > 0);
@@ -246,7 +243,7 @@ impl<'a> Session<'a> {
             EpochEnd::Done(metrics) => metrics,
             EpochEnd::Stopped(partial) => {
                 let saved = if config.train.checkpoint {
-                    self.checkpoint(optimizer, epoch, Some(partial), record)?;
+                    self.checkpoint(run, optimizer, epoch, Some(partial), record)?;
                     "; --resume continues from the checkpoint written then"
                 } else {
                     " (train.checkpoint = false: nothing kept)"
@@ -266,7 +263,7 @@ impl<'a> Session<'a> {
         tracing::info!(epoch = epoch + 1, loss = metrics.train_loss, acc_in, "epoch done");
         self.dir.append_metrics(&metrics)?;
         if config.train.checkpoint {
-            self.checkpoint(optimizer, epoch + 1, None, record)?;
+            self.checkpoint(run, optimizer, epoch + 1, None, record)?;
         }
         Ok(())
     }
@@ -275,6 +272,7 @@ impl<'a> Session<'a> {
     /// `partial` steps of the next.
     fn checkpoint(
         &self,
+        run: &MethodRun,
         optimizer: &AdamW,
         epochs_done: usize,
         partial: Option<PartialEpoch>,
@@ -292,7 +290,7 @@ impl<'a> Session<'a> {
             icl_reference: record.icl_reference.clone(),
             partial,
         };
-        train::save_checkpoint(self.dir, optimizer, &progress)
+        train::save_checkpoint(self.dir, optimizer, run, &progress)
     }
 
     /// [`evaluate`] after `step` optimizer steps (`epoch` epochs), its time added to the

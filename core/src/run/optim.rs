@@ -100,6 +100,34 @@ impl AdamW {
         self.retired.extend(old.into_iter().map(|s| (s.name, s.param)));
     }
 
+    /// Moves the moments of trainable tensor `name` as its method asked (`Method::step_done`):
+    /// entry i takes old entry `from[i]`, or zero where `from[i]` is -1. Its step count goes
+    /// on. An error names a tensor that does not train or an index out of range.
+    pub fn move_moments(&mut self, name: &str, from: &Tensor) -> Result<()> {
+        let slot = (self.slots.iter_mut().find(|s| s.name == name)).ok_or_else(|| Error::Optimizer {
+            step: self.step,
+            message: format!("`{name}` does not train: its moments cannot move"),
+        })?;
+        let numel = slot.m.numel() as i64;
+        let from = from.to_device(slot.m.device()).to_kind(Kind::Int64).reshape([-1]);
+        let in_range = from.numel() as i64 == numel
+            && bool::try_from(from.ge(-1).logical_and(&from.lt(numel)).all()).unwrap_or(false);
+        if !in_range {
+            let message = format!("the moments of `{name}` ({numel} entries) cannot move by {:?}: want one index in -1..{numel} per entry", from.size());
+            return Err(Error::Optimizer { step: self.step, message });
+        }
+        let kept = from.ge(0);
+        let source = from.clamp_min(0);
+        tch::no_grad(|| -> Result<()> {
+            for moment in [&mut slot.m, &mut slot.v] {
+                let moved =
+                    moment.reshape([-1]).index_select(0, &source).where_self(&kept, &moment.zeros_like().reshape([-1]));
+                moment.f_copy_(&moved.view_as(moment))?;
+            }
+            Ok(())
+        })
+    }
+
     /// The gradients that exist (a parameter no loss reached has none).
     fn grads(&self) -> Vec<Tensor> {
         self.slots.iter().map(|s| s.param.grad()).filter(Tensor::defined).collect()
@@ -399,6 +427,28 @@ mod tests {
         assert_eq!(b.double_value(&[0]), b2.double_value(&[0]), "the resumed optimizer steps alike");
         let err = AdamW::new(vec![("b".into(), scalar())], &c).unwrap().load_state(&state, 4, path, |_| None);
         assert!(err.unwrap_err().to_string().contains("param/a"));
+    }
+
+    /// Moved moments follow `from` (kept entries keep theirs, -1 starts at zero) and the step
+    /// count goes on; a tensor that does not train or a bad index list is refused by name.
+    #[test]
+    fn moments_move_as_the_method_asks() {
+        let c = TrainConfig { weight_decay: 0.0, ..Default::default() };
+        let p = Tensor::from_slice(&[0.0f32, 0.0, 0.0]).set_requires_grad(true);
+        let mut opt = AdamW::new(vec![("s".into(), p.shallow_clone())], &c).unwrap();
+        (&p * Tensor::from_slice(&[1.0f32, 2.0, 3.0])).sum(Kind::Float).backward();
+        opt.step(0.01).unwrap();
+        let m = |opt: &AdamW| Vec::<f32>::try_from(&opt.state()[1].1).unwrap();
+        let before = m(&opt);
+        opt.move_moments("s", &Tensor::from_slice(&[2i64, -1, 0])).unwrap();
+        assert_eq!(m(&opt), [before[2], 0.0, before[0]]);
+        assert_eq!(opt.step, 1);
+        let err = |opt: &mut AdamW, name: &str, from: &[i64]| {
+            opt.move_moments(name, &Tensor::from_slice(from)).unwrap_err().to_string()
+        };
+        assert!(err(&mut opt, "t", &[0, 1, 2]).contains("`t` does not train"));
+        assert!(err(&mut opt, "s", &[0, 1, 3]).contains("-1..3"));
+        assert!(err(&mut opt, "s", &[0, 1]).contains("-1..3"));
     }
 
     #[test]

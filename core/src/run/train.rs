@@ -163,6 +163,9 @@ pub fn train_epoch_from(
         if optimizer.loss_scale.update(norm.is_finite()) {
             done.lr = learning_rate(&config.train, optimizer.step, total);
             optimizer.step(done.lr)?;
+            for (name, from) in run.step_done(optimizer.step)? {
+                optimizer.move_moments(&name, &from)?;
+            }
         } else {
             tracing::debug!(scale = optimizer.loss_scale.scale, "fp16 gradients overflowed: step skipped");
         }
@@ -203,14 +206,16 @@ pub fn progress_bar(length: u64, prefix: &str) -> ProgressBar {
     bar
 }
 
-/// Saves the optimizer state and progress into the run's checkpoint folder (atomically).
-pub fn save_checkpoint(dir: &RunDir, optimizer: &AdamW, progress: &Progress) -> Result<()> {
+/// Saves the optimizer state, the methods' own state (`method/<method>/<name>`) and progress
+/// into the run's checkpoint folder (atomically).
+pub fn save_checkpoint(dir: &RunDir, optimizer: &AdamW, run: &MethodRun, progress: &Progress) -> Result<()> {
     let folder = dir.checkpoint();
     std::fs::create_dir_all(&folder).map_err(Error::io(&folder))?;
     let state = folder.join("state.safetensors");
     let partial = folder.join("state.safetensors.partial");
+    let methods = run.method_states()?.into_iter().map(|(n, t)| (format!("{METHOD_STATE}{n}"), t));
     let tensors: Vec<(String, Tensor)> =
-        optimizer.state().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu))).collect();
+        optimizer.state().into_iter().chain(methods).map(|(n, t)| (n, t.to_device(tch::Device::Cpu))).collect();
     let written = Tensor::write_safetensors(&tensors, &partial)
         .map_err(Error::from)
         .and_then(|()| std::fs::rename(&partial, &state).map_err(Error::io(&state)));
@@ -240,16 +245,20 @@ impl Progress {
     }
 }
 
+/// Where the methods' own state sits among a checkpoint's tensors.
+const METHOD_STATE: &str = "method/";
+
 /// Restores the checkpoint's optimizer state into `optimizer` (built over the trainable tensors
-/// of [`Progress::state_epoch`]) and the values of tensors that trained before into
-/// `tensor(name)`.
-pub fn load_checkpoint(
-    dir: &RunDir,
-    optimizer: &mut AdamW,
-    progress: &Progress,
-    tensor: impl Fn(&str) -> Option<Tensor>,
-) -> Result<()> {
+/// of [`Progress::state_epoch`]), the values of tensors that trained before into the run's
+/// tensors, and the methods' own state.
+pub fn load_checkpoint(dir: &RunDir, optimizer: &mut AdamW, run: &mut MethodRun, progress: &Progress) -> Result<()> {
     let state_path = dir.checkpoint().join("state.safetensors");
-    let state = Tensor::read_safetensors(&state_path)?;
-    optimizer.load_state(&state, progress.steps, &state_path, tensor)
+    let (methods, state): (Vec<_>, Vec<_>) =
+        Tensor::read_safetensors(&state_path)?.into_iter().partition(|(n, _)| n.starts_with(METHOD_STATE));
+    let tensors = run.tensors();
+    optimizer.load_state(&state, progress.steps, &state_path, |name| tensors.get(name).map(Tensor::shallow_clone))?;
+    let device = run.model.device();
+    let methods: Vec<(String, Tensor)> =
+        methods.into_iter().map(|(n, t)| (n[METHOD_STATE.len()..].to_string(), t.to_device(device))).collect();
+    run.load_method_states(&methods)
 }
