@@ -395,14 +395,14 @@ fn lift_trains_only_the_principal_entries() {
     assert!(moved * 10 >= 4 * per_layer * 8, "{moved} of {} trained entries moved", 4 * per_layer);
 
     // Files that do not fit the config are refused, naming the tensor.
-    let mut refused = |edit: &dyn Fn(&mut Vec<(String, Tensor)>)| {
+    let mut refused = |edit: fn(&mut [(String, Tensor)])| {
         let mut bad = run.adapters[0].export().unwrap().unwrap();
         edit(&mut bad.tensors);
         run.adapters[0].import(bad).unwrap_err().to_string()
     };
-    let err = refused(&|t| t[0].0 = "base_model.model.model.decoder.layers.0.fc1.lift_scale".into());
+    let err = refused(|t| t[0].0 = "base_model.model.model.decoder.layers.0.fc1.lift_scale".into());
     assert!(err.contains("unexpected tensor") && err.contains("fc1.lift_scale"), "{err}");
-    let err = refused(&|t| {
+    let err = refused(|t| {
         let at = t.iter().position(|(n, _)| n.ends_with("layers.1.fc2.lift_indices")).unwrap();
         t[at].1 = t[at].1.fill(1 << 20);
     });
