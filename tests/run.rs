@@ -301,6 +301,27 @@ fn resumes_exactly_though_what_trains_moves(method: &str, moving: &[&str], fixed
     );
 }
 
+/// Activation checkpointing changes memory, not results: with `train.gradient_checkpointing` a
+/// run trains to the same losses and accuracies as without — full fine-tuning; LoRA, whose
+/// hooks run again in the backward pass (and whose first layer's input needs no gradient); and
+/// under bf16 autocast and dropout, which the recomputation repeats.
+#[test]
+fn gradient_checkpointing_trains_to_the_same_result() {
+    let lora = "adapters=[{name = \"lora\"}]";
+    for settings in [vec![], vec!["--set", lora], vec!["--set", lora, "--set", "train.autocast=\"bf16\""]] {
+        let (plain, checkpointed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let on = [&settings[..], &["--set", "train.gradient_checkpointing=true"]].concat();
+        for (out, args) in [(plain.path(), &settings), (checkpointed.path(), &on)] {
+            let output = quick(out, args);
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        }
+        let run = |out: &Path| std::fs::read_dir(out).unwrap().next().unwrap().unwrap().path();
+        let (a, b) = (metrics_without_timings(&run(plain.path())), metrics_without_timings(&run(checkpointed.path())));
+        assert_eq!(a.len(), 4, "{settings:?}");
+        assert_eq!(a, b, "{settings:?}: checkpointed training differs");
+    }
+}
+
 /// Bad values fail before anything runs, and a run whose scores become NaN fails naming the
 /// eval set and the step instead of recording chance accuracy.
 /// The embedded `tiny-opt` is loaded, not drawn from a seed: the classification head vanilla_ft

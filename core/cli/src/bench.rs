@@ -110,6 +110,10 @@ pub struct MemoryBench {
     /// Optimizer steps per configuration.
     #[arg(long, default_value_t = 2)]
     steps: usize,
+    /// Checkpoint the decoder layers' activations (`train.gradient_checkpointing`): recompute
+    /// them in the backward pass instead of keeping them.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Measure one configuration in this process (`full`, `bitfit` or `lora`); used by the
     /// parent invocation.
     #[arg(long, hide = true)]
@@ -130,6 +134,10 @@ pub struct MethodsBench {
     /// methods DIR`.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Checkpoint the decoder layers' activations (`train.gradient_checkpointing`): recompute
+    /// them in the backward pass instead of keeping them.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Measure one method in this process; used by the parent invocation.
     #[arg(long, hide = true)]
     child: Option<String>,
@@ -302,11 +310,11 @@ const MEMORY_CONFIGURATIONS: [&str; 3] = ["full", "bitfit", "lora"];
 fn memory(args: MemoryBench) -> anyhow::Result<()> {
     let shape = args.shape.shape();
     if let Some(configuration) = &args.child {
-        return print_child_cost(&shape, configuration, args.steps);
+        return print_child_cost(&shape, configuration, args.steps, args.gradient_checkpointing);
     }
     let mut peaks = Vec::new();
     for configuration in MEMORY_CONFIGURATIONS {
-        let cost = cost_in_child("memory", configuration, &args.shape, args.steps)?;
+        let cost = cost_in_child("memory", configuration, &args.shape, args.steps, args.gradient_checkpointing)?;
         peaks.push((configuration, cost.peak_rss_bytes as f64));
     }
     let full = peaks[0].1;
@@ -316,10 +324,11 @@ fn memory(args: MemoryBench) -> anyhow::Result<()> {
         outln!("| {name} | {:.2} GB | {:.2} |", peak / 1e9, peak / full);
     }
     outln!(
-        "(batch {} × {} tokens, {} steps, target: bitfit and lora ≤ 0.50 × full)",
+        "(batch {} × {} tokens, {} steps{}, target: bitfit and lora ≤ 0.50 × full)",
         shape.batch,
         shape.seq,
-        args.steps
+        args.steps,
+        if args.gradient_checkpointing { ", activations checkpointed" } else { "" }
     );
     Ok(())
 }
@@ -339,9 +348,9 @@ fn configuration(name: &str) -> anyhow::Result<(MethodSpec, Vec<MethodSpec>)> {
 }
 
 /// The child side: measures `configuration` in this process and prints its cost as JSON.
-fn print_child_cost(shape: &Shape, name: &str, steps: usize) -> anyhow::Result<()> {
+fn print_child_cost(shape: &Shape, name: &str, steps: usize, checkpoint: bool) -> anyhow::Result<()> {
     let (objective, adapters) = configuration(name)?;
-    let cost = bench::memory::training_cost(shape, &objective, &adapters, steps)?;
+    let cost = bench::memory::training_cost(shape, &objective, &adapters, steps, checkpoint)?;
     outln!("{}", serde_json::to_string(&cost)?);
     Ok(())
 }
@@ -353,11 +362,15 @@ fn cost_in_child(
     configuration: &str,
     shape: &ShapeArgs,
     steps: usize,
+    checkpoint: bool,
 ) -> anyhow::Result<TrainingCost> {
     eprintln!("measuring {configuration} …");
     let exe = std::env::current_exe().context("locating the ftlab binary")?;
     let mut child = Command::new(&exe);
     child.args(["bench", subcommand, "--child", configuration, "--steps", &steps.to_string()]);
+    if checkpoint {
+        child.arg("--gradient-checkpointing");
+    }
     child.args(["--batch", &shape.batch.to_string(), "--seq", &shape.seq.to_string()]);
     child.args(["--threads", &shape.threads.to_string()]);
     if let Some(config) = &shape.config {
@@ -369,7 +382,7 @@ fn cost_in_child(
 fn methods(args: MethodsBench) -> anyhow::Result<()> {
     let shape = args.shape.shape();
     if let Some(configuration) = &args.child {
-        return print_child_cost(&shape, configuration, args.steps);
+        return print_child_cost(&shape, configuration, args.steps, args.gradient_checkpointing);
     }
     // Every other installed objective trains in full beside the default one, every adapter under
     // it. An objective that cannot train on plain labelled batches (it needs `prepare`'s context,
@@ -390,7 +403,7 @@ fn methods(args: MethodsBench) -> anyhow::Result<()> {
         .collect();
     let mut rows = Vec::new();
     for name in &names {
-        match cost_in_child("methods", name, &args.shape, args.steps) {
+        match cost_in_child("methods", name, &args.shape, args.steps, args.gradient_checkpointing) {
             Ok(cost) => rows.push((name.clone(), cost)),
             Err(e) => eprintln!("{name}: not measured: {e:#}"),
         }
@@ -399,6 +412,7 @@ fn methods(args: MethodsBench) -> anyhow::Result<()> {
         batch: shape.batch,
         seq: shape.seq,
         steps: args.steps,
+        gradient_checkpointing: args.gradient_checkpointing,
         rows: rows.iter().map(|(method, cost)| MethodCost { method: method.clone(), cost: cost.clone() }).collect(),
     };
     if let Some(dir) = &args.out {
@@ -433,10 +447,11 @@ fn methods(args: MethodsBench) -> anyhow::Result<()> {
         );
     }
     outln!(
-        "(batch {} × {} tokens, {} steps; targets: PEFT-style adapters ≤ 0.50 × full's peak and ≥ 1.2 × its tokens/s)",
+        "(batch {} × {} tokens, {} steps{}; targets: PEFT-style adapters ≤ 0.50 × full's peak and ≥ 1.2 × its tokens/s)",
         shape.batch,
         shape.seq,
-        args.steps
+        args.steps,
+        if args.gradient_checkpointing { ", activations checkpointed" } else { "" }
     );
     Ok(())
 }

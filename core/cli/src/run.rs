@@ -65,8 +65,9 @@ pub struct RunArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
     /// Continue an interrupted or failed run from its last checkpoint. Only `eval.*`, `out`,
-    /// `train.checkpoint` and `train.eval_every_epoch` may differ from the run's settings (and
-    /// `train.epochs`/`train.max_steps` under a constant schedule); other changes are refused.
+    /// `train.checkpoint`, `train.eval_every_epoch` and `train.gradient_checkpointing` may
+    /// differ from the run's settings (and `train.epochs`/`train.max_steps` under a constant
+    /// schedule); other changes are refused.
     #[arg(long)]
     resume: bool,
     /// Run again even if the run folder holds a finished run (moved aside to `NAME.N/` when its

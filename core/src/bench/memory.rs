@@ -30,12 +30,14 @@ pub struct TrainingCost {
 }
 
 /// Trains `steps` steps of `objective` with `adapters` (none: every parameter) on random
-/// tokens with random yes/no answers, and measures the cost.
+/// tokens with random yes/no answers, with activation checkpointing when `checkpoint`, and
+/// measures the cost.
 pub fn training_cost(
     shape: &Shape,
     objective: &MethodSpec,
     adapters: &[MethodSpec],
     steps: usize,
+    checkpoint: bool,
 ) -> Result<TrainingCost> {
     let (_, config) = shape.load()?;
     let model = random_model(&config, Device::Cpu)?;
@@ -49,6 +51,7 @@ pub fn training_cost(
         label_token_ids: ids.clone(),
     };
     let mut run = MethodRun::new(&model, &registry, objective, adapters, task, 0)?;
+    run.state.checkpoint = checkpoint;
     run.set_train(true)?;
     let trainable = run.trainable();
     let trainable_parameters = trainable.iter().map(|(_, t)| t.numel() as i64).sum();
@@ -118,6 +121,10 @@ pub struct MethodsRecord {
     pub seq: i64,
     /// Optimizer steps per method (the first untimed).
     pub steps: usize,
+    /// Whether the decoder layers' activations were checkpointed (recomputed in the backward
+    /// pass).
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     /// Each configuration measured (`full`, an objective trained in full, or an adapter under
     /// pbft) and its cost.
     pub rows: Vec<MethodCost>,

@@ -8,6 +8,7 @@ use crate::model::hooks::{ForwardHooks, HookResult, Site};
 
 /// The run's adapters as forward hooks. A site no adapter declared is never called across the
 /// ABI, so adapters cost only where they act.
+#[derive(Clone, Copy)]
 pub struct AdapterHooks<'a> {
     /// The adapters, in run order.
     pub adapters: &'a [Loaded],
@@ -43,5 +44,9 @@ impl ForwardHooks for AdapterHooks<'_> {
             activation = result.into_result().map_err(|e| e.to_string())?.into_tensor();
         }
         Ok(activation)
+    }
+    /// A copy: it borrows the run's adapters, which outlive every training step.
+    fn boxed(&self) -> Option<Box<dyn ForwardHooks + '_>> {
+        Some(Box::new(*self))
     }
 }

@@ -12,7 +12,7 @@ use tch::Tensor;
 use super::hooks::AdapterHooks;
 use super::Loaded;
 use crate::device::Dtype;
-use crate::model::{ForwardInput, KvCache, LoadOptions, LogitsAt, Model};
+use crate::model::{Checkpointing, ForwardInput, KvCache, LoadOptions, LogitsAt, Model};
 
 /// Per-run state a method may touch through the host.
 pub struct HostState {
@@ -30,6 +30,9 @@ pub struct HostState {
     pub train: bool,
     /// The run's seed for methods' own sampling.
     pub seed: u64,
+    /// Activation checkpointing in forward passes with gradients through the run's model
+    /// (`train.gradient_checkpointing`).
+    pub checkpoint: bool,
     /// The task's verbalizer.
     pub task: TaskInfo,
 }
@@ -46,6 +49,7 @@ impl HostState {
             metrics: Vec::new(),
             train: false,
             seed,
+            checkpoint: false,
             task,
         }
     }
@@ -131,6 +135,13 @@ impl RunHost<'_> {
             train: options.train.unwrap_or(self.state.train),
             // Adapters hook only the run's model (their shapes are its shapes).
             hooks: (options.adapters && options.model.is_none() && !self.adapters.is_empty()).then_some(&hooks as _),
+            // SAFETY: a run back-propagates every loss within its step, while the model and the
+            // run's adapters (what the hooks borrow) live.
+            checkpoint: if self.state.checkpoint && options.grad && options.model.is_none() {
+                unsafe { Checkpointing::on() }
+            } else {
+                Checkpointing::default()
+            },
         };
         let run = || model.net.forward(input);
         let out = if options.grad { run() } else { tch::no_grad(run) }.map_err(|e| e.to_string())?;

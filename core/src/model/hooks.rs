@@ -35,4 +35,12 @@ pub trait ForwardHooks {
         let _ = layer;
         Ok(activation)
     }
+
+    /// These hooks as a value of their own, for activation checkpointing, which runs a layer
+    /// and its hooks again in the backward pass, after the forward's borrow of them ended: a
+    /// copy that borrows only what the hooks themselves borrow. `None` (default): the layers
+    /// run without checkpointing.
+    fn boxed(&self) -> Option<Box<dyn ForwardHooks + '_>> {
+        None
+    }
 }

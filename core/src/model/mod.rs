@@ -23,7 +23,7 @@ pub use cache::KvCache;
 pub use checkpoint::{WeightFiles, WeightsFormat};
 pub use config::OptConfig;
 pub use hooks::{ForwardHooks, Site};
-pub use opt::{ForwardInput, ForwardOutput, LogitsAt, OptForCausalLM};
+pub use opt::{Checkpointing, ForwardInput, ForwardOutput, LogitsAt, OptForCausalLM};
 pub use source::{ModelFiles, ModelSpec};
 
 use crate::device::Dtype;

@@ -21,6 +21,7 @@ const POSITION_OFFSET: i64 = 2;
 const LAYER_NORM_EPS: f64 = 1e-5;
 
 /// The per-call state every module needs: which hooks run, whether dropout is on.
+#[derive(Clone, Copy)]
 struct Pass<'a> {
     hooks: Option<&'a dyn ForwardHooks>,
     train: bool,
@@ -156,6 +157,20 @@ impl OptDecoderLayer {
         }
     }
 
+    /// The layer as a block of its own for [`ftlab_torch_ext::checkpoint`]: hidden states in,
+    /// hidden states out, with an owned mask and hooks; `None` when the hooks cannot be owned.
+    fn block<'a>(&'a self, mask: &Tensor, pass: &Pass<'a>) -> Option<ftlab_torch_ext::Block<'a>> {
+        let hooks = match pass.hooks {
+            Some(hooks) => Some(hooks.boxed()?),
+            None => None,
+        };
+        let (mask, train) = (mask.shallow_clone(), pass.train);
+        Some(Box::new(move |x: &Tensor| {
+            let pass = Pass { hooks: hooks.as_deref(), train };
+            self.forward(x, &mask, None, &pass).map(|(y, _)| y).map_err(|e| e.to_string())
+        }))
+    }
+
     fn forward(
         &self,
         x: &Tensor,
@@ -230,6 +245,27 @@ pub struct ForwardInput<'a> {
     pub train: bool,
     /// Methods acting at the hook sites.
     pub hooks: Option<&'a dyn ForwardHooks>,
+    /// Activation checkpointing (off unless [`Checkpointing::on`]).
+    pub checkpoint: Checkpointing,
+}
+
+/// Whether a forward pass checkpoints its decoder layers' activations (HF's
+/// `gradient_checkpointing_enable`): each layer keeps only its input for the backward pass and
+/// runs again there, hooks included, with the same dropout masks — the memory of every layer's
+/// activations for one more forward pass. It applies when no keys/values are cached or kept,
+/// and hooks that cannot [`ForwardHooks::boxed`] themselves turn it off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpointing(bool);
+
+impl Checkpointing {
+    /// Checkpointing on.
+    ///
+    /// # Safety
+    /// Back-propagating the outputs of a pass with it runs the layers and hooks again: do it
+    /// (or drop the outputs) while the model and what the hooks borrow are alive.
+    pub unsafe fn on() -> Self {
+        Self(true)
+    }
 }
 
 /// What a forward pass returns.
@@ -326,6 +362,7 @@ impl OptForCausalLM {
         let mut attn_mask = additive_mask(&mask, p, t, h.kind());
         let mut cache = Vec::with_capacity(if input.use_cache { self.layers.len() } else { 0 });
         let mut at = self.spread.as_ref().map(|s| s.placement.embeddings);
+        let checkpointed = input.checkpoint.0 && input.past.is_none() && !input.use_cache;
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(spread) = &self.spread {
                 if let Some(device) = self.hop(spread, &mut at, spread.placement.layers[i]) {
@@ -334,6 +371,14 @@ impl OptForCausalLM {
                 }
             }
             let past = input.past.map(|c| &c.layers[i]);
+            if let Some(block) = checkpointed.then(|| layer.block(&attn_mask, &pass)).flatten() {
+                // Its output must require grad for the backward pass to reach the layer's own
+                // parameters, also when nothing before it trains.
+                let x = if h.requires_grad() { h } else { h.detach().set_requires_grad(true) };
+                // SAFETY: whoever turned checkpointing on keeps the model and hooks alive.
+                h = unsafe { ftlab_torch_ext::checkpoint(&x, block) }.map_err(|e| Error::Input(e.to_string()))?;
+                continue;
+            }
             let (next, kv) = layer.forward(&h, &attn_mask, past, &pass)?;
             h = next;
             if input.use_cache {

@@ -331,7 +331,8 @@ pub fn methods(record: &crate::bench::memory::MethodsRecord, size: (u32, u32), s
         (ratio(|c| c.peak_rss_bytes as f64), "peak memory"),
         (ratio(|c| c.optimizer_state_bytes as f64), "optimizer state"),
     ];
-    let caption = format!("× full fine-tuning (batch {} × {})", record.batch, record.seq);
+    let checkpointed = if record.gradient_checkpointing { ", activations checkpointed" } else { "" };
+    let caption = format!("× full fine-tuning (batch {} × {}{checkpointed})", record.batch, record.seq);
     let (png, svg) = outputs(stem)?;
     fn draw_panels<DB: DrawingBackend>(
         area: DrawingArea<DB, Shift>,

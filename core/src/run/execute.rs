@@ -99,7 +99,8 @@ impl<'a> Session<'a> {
     /// their provenance.
     fn load_methods(&self, registry: &Registry, checkpoint: bool, record: &mut RunRecord) -> Result<MethodRun<'a>> {
         let (config, model, data) = (self.config, self.model, self.data);
-        let run = MethodRun::new(model, registry, &config.method, &config.adapters, data.task_info(), config.seed)?;
+        let mut run = MethodRun::new(model, registry, &config.method, &config.adapters, data.task_info(), config.seed)?;
+        run.state.checkpoint = config.train.gradient_checkpointing;
         let distils = run.objective.inputs == Inputs::Unlabelled;
         if config.eval.icl_reference.unwrap_or(distils) && !checkpoint {
             record.icl_reference = Some(self.icl_reference(registry)?);

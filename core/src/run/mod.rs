@@ -272,7 +272,8 @@ pub fn run(config: &RunConfig, options: &RunOptions, registry: &Registry) -> Res
 /// The settings `--resume` may change: they do not alter the training trajectory. `train.epochs`
 /// and `train.max_steps` may change too when the schedule is `constant` (no warm-up or decay
 /// depends on the run's length).
-pub const RESUMABLE_CHANGES: [&str; 4] = ["eval.", "out", "train.checkpoint", "train.eval_every_epoch"];
+pub const RESUMABLE_CHANGES: [&str; 5] =
+    ["eval.", "out", "train.checkpoint", "train.eval_every_epoch", "train.gradient_checkpointing"];
 
 /// The run folder of `config`, made ready: a finished run is kept unless `--force` (which moves
 /// it aside to `NAME.N/` when its settings differ, else replaces it); a failed or interrupted

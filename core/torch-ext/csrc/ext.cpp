@@ -8,10 +8,15 @@
 #include <ATen/ops/_fused_adamw.h>
 #include <ATen/Version.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace {
@@ -22,6 +27,89 @@ int fail(const char *message, char *err, size_t err_len) {
   }
   return 1;
 }
+} // namespace
+
+namespace {
+// A Rust closure computing a block's output from its input: `run` returns 0 and a new tensor
+// in `*output` (owned by the caller), or non-zero with a message in `err`; `drop` frees it.
+using ftlab_block_fn = int (*)(void *closure, const at::Tensor *input, at::Tensor **output, char *err,
+                               size_t err_len);
+using ftlab_drop_fn = void (*)(void *closure);
+
+struct Block : torch::CustomClassHolder {
+  void *closure;
+  ftlab_block_fn run;
+  ftlab_drop_fn drop;
+  Block(void *closure, ftlab_block_fn run, ftlab_drop_fn drop) : closure(closure), run(run), drop(drop) {}
+  ~Block() override { drop(closure); }
+
+  at::Tensor operator()(const at::Tensor &input) const {
+    char err[1024] = {0};
+    at::Tensor *output = nullptr;
+    if (run(closure, &input, &output, err, sizeof err) != 0 || output == nullptr) {
+      throw std::runtime_error(std::string("a checkpointed block failed: ") + err);
+    }
+    at::Tensor result = std::move(*output);
+    delete output;
+    return result;
+  }
+};
+
+// Activation checkpointing (torch.utils.checkpoint's reentrant form): the forward keeps only
+// the block's input; the backward runs the block again with autograd on — with the random
+// generator and autocast state the forward saw, so dropout masks and dtypes repeat — and
+// back-propagates through it, which accumulates the gradients of the parameters inside.
+struct Checkpoint : public torch::autograd::Function<Checkpoint> {
+  static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &input,
+                            c10::intrusive_ptr<Block> block) {
+    auto device = input.device();
+    auto generator = at::globalContext().defaultGenerator(device);
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      ctx->saved_data["rng"] = generator.get_state();
+    }
+    ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(device.type());
+    ctx->saved_data["autocast_dtype"] = at::autocast::get_autocast_dtype(device.type());
+    ctx->saved_data["block"] = c10::IValue::make_capsule(block);
+    ctx->save_for_backward({input});
+    return (*block)(input);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto input = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    auto block = c10::static_intrusive_pointer_cast<Block>(ctx->saved_data["block"].toCapsule());
+    auto device = input.device();
+    auto generator = at::globalContext().defaultGenerator(device);
+    at::Tensor rng_now;
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      rng_now = generator.get_state();
+      generator.set_state(ctx->saved_data["rng"].toTensor());
+    }
+    bool autocast_now = at::autocast::is_autocast_enabled(device.type());
+    auto autocast_dtype_now = at::autocast::get_autocast_dtype(device.type());
+    at::autocast::set_autocast_enabled(device.type(), ctx->saved_data["autocast"].toBool());
+    at::autocast::set_autocast_dtype(device.type(), ctx->saved_data["autocast_dtype"].toScalarType());
+    auto restore = [&] {
+      at::autocast::set_autocast_enabled(device.type(), autocast_now);
+      at::autocast::set_autocast_dtype(device.type(), autocast_dtype_now);
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      generator.set_state(rng_now);
+    };
+    at::Tensor output;
+    try {
+      at::AutoGradMode grad(true);
+      output = (*block)(input);
+    } catch (...) {
+      restore();
+      throw;
+    }
+    restore();
+    torch::autograd::backward({output}, {grads[0]});
+    return {input.grad(), at::Tensor()};
+  }
+};
 } // namespace
 
 #define FTLAB_PROTECT(...)                                                     \
@@ -94,6 +182,15 @@ int ftlab_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *
     at::_fused_adamw_(p, g, m, v, {}, steps, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false,
                       /*maximize=*/false);
   })
+}
+
+// `block(input)` with activation checkpointing (see `Checkpoint`): `*output` gets a new tensor
+// owned by the caller. `block` is freed through `drop` when the graph lets go of it (also if
+// this call fails).
+int ftlab_checkpoint(const at::Tensor *input, void *closure, ftlab_block_fn run, ftlab_drop_fn drop,
+                     at::Tensor **output, char *err, size_t err_len) {
+  auto block = c10::make_intrusive<Block>(closure, run, drop);
+  FTLAB_PROTECT({ *output = new at::Tensor(Checkpoint::apply(*input, std::move(block))); })
 }
 
 // Starts a new peak for `device` (torch.cuda.reset_peak_memory_stats).

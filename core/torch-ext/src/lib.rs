@@ -7,12 +7,15 @@
 //!   fused optimizer ops, and a per-tensor update costs a dozen passes over every weight;
 //! - the CUDA caching allocator's peak allocated bytes (`torch.cuda.max_memory_allocated`),
 //!   the memory a GPU run really needs, which the process's RSS does not show;
+//! - activation checkpointing (`torch.utils.checkpoint`): a custom autograd function, which
+//!   tch cannot define, that recomputes a block in the backward pass instead of keeping its
+//!   activations;
 //! - the CPU kernel set libtorch dispatches to (`torch.backends.cpu.get_cpu_capability()`),
 //!   which decides the last bits of CPU results and so belongs in every run record.
 //!
 //! Each C++ call catches exceptions and reports them as an error string.
 
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -50,6 +53,15 @@ extern "C" {
         len: usize,
     ) -> c_int;
     fn ftlab_cuda_reset_peak(device: c_int, err: *mut c_char, len: usize) -> c_int;
+    fn ftlab_checkpoint(
+        input: *const C_tensor,
+        closure: *mut c_void,
+        run: BlockFn,
+        drop: DropFn,
+        output: *mut *mut C_tensor,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
     fn ftlab_cpu_capability(out: *mut c_char, out_len: usize, err: *mut c_char, len: usize) -> c_int;
 }
 
@@ -188,6 +200,75 @@ pub fn fused_adamw(
     })
 }
 
+/// A block checkpointed by [`checkpoint`]: its output from its input, or an error message.
+pub type Block<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor, String> + 'a>;
+
+type BlockFn = unsafe extern "C" fn(*mut c_void, *const C_tensor, *mut *mut C_tensor, *mut c_char, usize) -> c_int;
+type DropFn = unsafe extern "C" fn(*mut c_void);
+
+/// Runs the boxed [`Block`] at `closure` on `input` for the C++ side: a new tensor in
+/// `*output`, or 1 and the error (or panic) message in `err`.
+unsafe extern "C" fn run_block(
+    closure: *mut c_void,
+    input: *const C_tensor,
+    output: *mut *mut C_tensor,
+    err: *mut c_char,
+    len: usize,
+) -> c_int {
+    // SAFETY: `closure` is the `Box<Block>` leaked by `checkpoint`, alive until `drop_block`;
+    // `input` is a live tensor lent for this call (shallow-cloned, not freed here).
+    let (block, input) = unsafe { (&*(closure as *const Block), Tensor::clone_from_ptr(input as *mut C_tensor)) };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| block(&input)))
+        .unwrap_or_else(|panic| Err(panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "a panic".into())));
+    match result {
+        Ok(mut tensor) => {
+            // SAFETY: hands the handle to the C++ side, which takes ownership of it.
+            unsafe { *output = tensor.as_mut_ptr() };
+            std::mem::forget(tensor);
+            0
+        }
+        Err(message) => {
+            let bytes = message.into_bytes();
+            let n = bytes.len().min(len.saturating_sub(1));
+            // SAFETY: `err` holds `len` bytes; at most `len - 1` are written, then the NUL.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, err, n);
+                *err.add(n) = 0;
+            }
+            1
+        }
+    }
+}
+
+unsafe extern "C" fn drop_block(closure: *mut c_void) {
+    // SAFETY: called once, by the C++ side, when nothing will run the block again.
+    drop(unsafe { Box::from_raw(closure as *mut Block) });
+}
+
+/// `block(input)` with activation checkpointing, as `torch.utils.checkpoint` (reentrant): the
+/// autograd graph keeps only `input`, and the backward pass runs `block` again — with the
+/// random generator and autocast state of this call, so dropout masks and dtypes repeat — and
+/// back-propagates through it, accumulating the gradients of the parameters it uses. Activation
+/// memory falls from every block's intermediates to their inputs, for one more forward pass.
+/// The output requires grad only if `input` does.
+///
+/// # Safety
+/// The graph of the returned tensor calls `block` when it is back-propagated, which must
+/// happen while whatever `block` borrows is alive: back-propagate it (or drop it) within `'a`.
+pub unsafe fn checkpoint<'a>(input: &Tensor, block: Block<'a>) -> Result<Tensor, TorchError> {
+    // SAFETY (lifetime): erased for the C++ side; the caller keeps the borrows alive (above).
+    let block: Block<'static> = unsafe { std::mem::transmute::<Block<'a>, Block<'static>>(block) };
+    let closure = Box::into_raw(Box::new(block)) as *mut c_void;
+    let mut output: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: `input` is lent for the call; the C++ side owns `closure` from here on (it calls
+    // `drop_block` exactly once) and returns a new handle in `output` on success.
+    checked(|err, len| unsafe {
+        ftlab_checkpoint(input.as_ptr(), closure, run_block, drop_block, &mut output, err, len)
+    })?;
+    // SAFETY: a new, owned tensor handle from the C++ side.
+    Ok(unsafe { Tensor::from_ptr(output) })
+}
+
 /// The CUDA caching allocator's `(current, peak)` allocated bytes on GPU `index`. An error when
 /// libtorch's CUDA part is not loaded (no GPU).
 pub fn cuda_allocated_bytes(index: usize) -> Result<(u64, u64), TorchError> {
@@ -215,8 +296,12 @@ mod tests {
     use super::*;
     use tch::Tensor;
 
+    /// libtorch's default generator is one per process: tests that draw from it take turns.
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn cpu_autocast_computes_matmuls_in_bf16_and_restores_the_state() {
+        let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
         let (a, b) = (Tensor::randn([4, 8], tch::kind::FLOAT_CPU), Tensor::randn([8, 3], tch::kind::FLOAT_CPU));
         let before = autocast_state(Device::Cpu).unwrap();
         let inside = autocast(Device::Cpu, Kind::BFloat16, || {
@@ -263,6 +348,42 @@ mod tests {
                 assert!(["DEFAULT", "NO AVX"].contains(&capability.as_str()), "{capability}");
             }
         }
+    }
+
+    /// Checkpointed, a block with dropout gives the same output and the same gradients (of
+    /// its input and of a parameter inside) as run plainly from the same random state, runs
+    /// again in the backward pass, and leaves the random stream where the forward left it.
+    #[test]
+    fn a_checkpointed_block_gives_the_plain_gradients() {
+        let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+        let weight = Tensor::randn([6, 6], tch::kind::FLOAT_CPU).set_requires_grad(true);
+        let runs = std::cell::Cell::new(0);
+        let block = |x: &Tensor| -> Result<Tensor, String> {
+            runs.set(runs.get() + 1);
+            Ok(x.matmul(&weight).relu().dropout(0.5, true).tanh())
+        };
+        let x = Tensor::randn([4, 6], tch::kind::FLOAT_CPU).set_requires_grad(true);
+        tch::manual_seed(7);
+        let plain = block(&x).unwrap();
+        plain.sum(Kind::Float).backward();
+        let after_plain = Tensor::rand([3], tch::kind::FLOAT_CPU);
+        let (x_grad, w_grad) = (x.grad().copy(), weight.grad().copy());
+        let (mut xg, mut wg) = (x.grad(), weight.grad());
+        let _ = (xg.zero_(), wg.zero_());
+
+        tch::manual_seed(7);
+        // SAFETY: back-propagated below, while `weight` and `runs` live.
+        let checkpointed = unsafe { checkpoint(&x, Box::new(block)) }.unwrap();
+        assert!(checkpointed.equal(&plain), "the forward is the block's");
+        checkpointed.sum(Kind::Float).backward();
+        assert!(Tensor::rand([3], tch::kind::FLOAT_CPU).equal(&after_plain), "the random stream goes on as without");
+        assert_eq!(runs.get(), 3, "once plainly, once checkpointed, once again in the backward pass");
+        assert!(x.grad().equal(&x_grad) && weight.grad().equal(&w_grad), "the same dropout mask, the same gradients");
+
+        let failing = |_: &Tensor| -> Result<Tensor, String> { Err("no".into()) };
+        // SAFETY: nothing borrowed.
+        let err = unsafe { checkpoint(&x, Box::new(failing)) }.unwrap_err();
+        assert!(err.0.contains("no"), "{err}");
     }
 
     #[test]
