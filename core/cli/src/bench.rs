@@ -385,9 +385,9 @@ fn methods(args: MethodsBench) -> anyhow::Result<()> {
         return print_child_cost(&shape, configuration, args.steps, args.gradient_checkpointing);
     }
     // Every other installed objective trains in full beside the default one, every adapter under
-    // it. An objective that cannot train on plain labelled batches (it needs `prepare`'s context,
-    // or documents) is reported as not measured; context distillation's costs are `bench
-    // distill`'s.
+    // it, after `prepare` on the batch as its training set (CPT's context). An objective that
+    // cannot train on it (ICL trains nothing; context distillation needs unlabelled inputs, its
+    // costs are `bench distill`'s; the LM objective needs documents) is reported as not measured.
     let default = crate::config::load(None, &[])?.method.name;
     let registry = ftlab_registry::Registry::discover();
     let of = |role: ftlab_sdk::Role| {

@@ -30,8 +30,8 @@ pub struct TrainingCost {
 }
 
 /// Trains `steps` steps of `objective` with `adapters` (none: every parameter) on random
-/// tokens with random yes/no answers, with activation checkpointing when `checkpoint`, and
-/// measures the cost.
+/// tokens with random yes/no answers (after `prepare` on the same rows as the training set),
+/// with activation checkpointing when `checkpoint`, and measures the cost.
 pub fn training_cost(
     shape: &Shape,
     objective: &MethodSpec,
@@ -51,6 +51,10 @@ pub fn training_cost(
         label_token_ids: ids.clone(),
     };
     let mut run = MethodRun::new(&model, &registry, objective, adapters, task, 0)?;
+    let labels = Tensor::randint(2, [shape.batch], (Kind::Int64, Device::Cpu));
+    let gold = Tensor::from_slice(&ids).index_select(0, &labels);
+    let (input_ids, texts) = Texts::of_corpus(&model.tokenizer, shape, &labels, &words)?;
+    run.prepare(texts.prepare_data())?;
     run.state.checkpoint = checkpoint;
     run.set_train(true)?;
     let trainable = run.trainable();
@@ -58,18 +62,16 @@ pub fn training_cost(
     let optimizer_state_bytes =
         trainable.iter().map(|(_, t)| 2 * (t.numel() * t.kind().elt_size_in_bytes()) as i64).sum();
     let mut optimizer = AdamW::new(trainable, &Default::default())?;
-    let input_ids = Tensor::randint_low(4, config.vocab_size, [shape.batch, shape.seq], (Kind::Int64, Device::Cpu));
-    let labels = Tensor::randint(2, [shape.batch], (Kind::Int64, Device::Cpu));
-    let gold = Tensor::from_slice(&ids).index_select(0, &labels);
     let mut timed = (0.0, 0);
     for step in 0..steps.max(1) {
         let start = std::time::Instant::now();
-        let batch = ftlab_sdk::Tensors::new()
+        let mut batch = ftlab_sdk::Tensors::new()
             .with("input_ids", input_ids.shallow_clone())
             .with("attention_mask", input_ids.ones_like())
             .with("labels", labels.shallow_clone())
             .with("label_token_ids", gold.shallow_clone())
             .with("verbalizer_ids", Tensor::from_slice(&ids));
+        batch.json = texts.batch_json();
         optimizer.zero_grad();
         let (loss, _) = run.loss(batch)?;
         loss.f_backward()?;
@@ -98,6 +100,56 @@ pub fn training_cost(
         optimizer_state_bytes,
         adapter_bytes,
     })
+}
+
+/// The batch as text too, for objectives that read text rather than ids (CPT encodes its
+/// queries after a context of demonstrations): rows of the embedded corpus, whose decoded text
+/// encodes back to the same tokens, each row with its answer as a demonstration.
+struct Texts {
+    prompts: Vec<String>,
+    demonstrations: Vec<String>,
+    labels: Vec<i64>,
+}
+
+impl Texts {
+    const SEPARATOR: &'static str = "\n\n";
+
+    /// `shape.batch` rows of `shape.seq` tokens of the embedded corpus (repeated as needed), as
+    /// ids `[batch, seq]` and as text, answered by `labels`.
+    fn of_corpus(
+        tokenizer: &crate::tokenizer::Tokenizer,
+        shape: &Shape,
+        labels: &Tensor,
+        words: &[&str],
+    ) -> Result<(Tensor, Self)> {
+        let corpus = tokenizer.encode_plain(&crate::model::tiny::CORPUS.replace('\n', " "))?;
+        let stream: Vec<i64> = corpus.iter().copied().cycle().take((shape.batch * shape.seq) as usize).collect();
+        let prompts = stream.chunks(shape.seq as usize).map(|row| tokenizer.decode(row)).collect::<Result<Vec<_>>>()?;
+        let labels = Vec::<i64>::try_from(labels).map_err(Error::from)?;
+        let demonstrations = prompts.iter().zip(&labels).map(|(p, &l)| format!("{p}{}", words[l as usize])).collect();
+        let ids = Tensor::from_slice(&stream).view([shape.batch, shape.seq]);
+        Ok((ids, Self { prompts, demonstrations, labels }))
+    }
+
+    /// What `prepare` receives in a run, for this batch as the training set.
+    fn prepare_data(&self) -> ftlab_sdk::Tensors {
+        let mut data = ftlab_sdk::Tensors::new();
+        data.json = serde_json::json!({
+            "prompts": self.prompts,
+            "icl_prompts": self.prompts,
+            "demonstrations": self.demonstrations,
+            "demonstration_prompts": self.prompts,
+            "labels_of_demonstrations": self.labels,
+            "separator": Self::SEPARATOR,
+            "context": self.demonstrations.iter().map(|d| format!("{d}{}", Self::SEPARATOR)).collect::<String>(),
+        });
+        data
+    }
+
+    /// The batch's text metadata.
+    fn batch_json(&self) -> serde_json::Value {
+        serde_json::json!({ "prompts": self.prompts, "icl_prompts": self.prompts })
+    }
 }
 
 /// Runs `child` (a command that measures one configuration and prints its [`TrainingCost`] as

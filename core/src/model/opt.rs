@@ -376,7 +376,8 @@ impl OptForCausalLM {
                 // parameters, also when nothing before it trains.
                 let x = if h.requires_grad() { h } else { h.detach().set_requires_grad(true) };
                 // SAFETY: whoever turned checkpointing on keeps the model and hooks alive.
-                h = unsafe { ftlab_torch_ext::checkpoint(&x, block) }.map_err(|e| Error::Input(e.to_string()))?;
+                h = unsafe { ftlab_torch_ext::checkpoint(&x, block) }
+                    .map_err(|e| Error::Torch(tch::TchError::Torch(e.0)))?;
                 continue;
             }
             let (next, kv) = layer.forward(&h, &attn_mask, past, &pass)?;
