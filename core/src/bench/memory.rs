@@ -1,4 +1,4 @@
-//! The cost of training with a method: a few optimizer steps on random tokens with an objective
+//! The cost of training with a method: a few optimizer steps on corpus text with an objective
 //! and adapters — tokens/s, peak memory, trainable parameters, optimizer state, exported adapter
 //! size. A process's peak only grows, so each configuration is measured in its own process: the
 //! parent runs [`in_child`] per configuration, each child runs [`training_cost`] and prints it
@@ -29,9 +29,9 @@ pub struct TrainingCost {
     pub adapter_bytes: u64,
 }
 
-/// Trains `steps` steps of `objective` with `adapters` (none: every parameter) on random
-/// tokens with random yes/no answers (after `prepare` on the same rows as the training set),
-/// with activation checkpointing when `checkpoint`, and measures the cost.
+/// Trains `steps` steps of `objective` with `adapters` (none: every parameter) on rows of the
+/// embedded corpus with random yes/no answers (after `prepare` on the same rows as the training
+/// set), with activation checkpointing when `checkpoint`, and measures the cost.
 pub fn training_cost(
     shape: &Shape,
     objective: &MethodSpec,

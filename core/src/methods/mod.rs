@@ -249,9 +249,8 @@ impl<'m> MethodRun<'m> {
             let mut host = RunHost { model: self.model, adapters: before, state: &mut self.state, method: name };
             replies.push(call(name, object, HostObject_TO::from_ptr(&mut host, TD_Opaque)).into_result()?);
         }
-        let Loaded { name, object, .. } = &mut self.objective;
-        let mut host = RunHost { model: self.model, adapters: &self.adapters, state: &mut self.state, method: name };
-        replies.push(call(name, object, HostObject_TO::from_ptr(&mut host, TD_Opaque)).into_result()?);
+        let name = self.objective.name.clone();
+        replies.push(self.call_objective(|object, host| call(&name, object, host))?);
         Ok(replies)
     }
 

@@ -81,11 +81,14 @@ struct Entries {
 }
 
 impl Entries {
-    /// The whole update `S`, flat `[out·in]`.
+    /// The whole update `S`, flat `[out·in]`. Every forward builds it, so the frozen entries
+    /// are written only once a refresh has left some.
     fn flat(&self) -> Tensor {
-        let flat = Tensor::zeros([self.base.numel() as i64], (self.values.kind(), self.values.device()));
+        let mut flat = Tensor::zeros([self.base.numel() as i64], (self.values.kind(), self.values.device()));
         let (frozen_indices, frozen_values) = &self.frozen;
-        let flat = flat.index_put(&[Some(frozen_indices)], frozen_values, false);
+        if frozen_indices.numel() > 0 {
+            flat = flat.index_put(&[Some(frozen_indices)], frozen_values, false);
+        }
         flat.index_put(&[Some(&self.indices)], &self.values, false)
     }
 
