@@ -13,7 +13,7 @@ use ftlab_core::methods::export::{adapter_spec, merge_adapter_dir, AdapterFiles}
 use ftlab_core::methods::hooks::AdapterHooks;
 use ftlab_core::methods::{MethodRun, MethodSpec};
 use ftlab_core::model::hooks::ForwardHooks;
-use ftlab_core::model::{ForwardInput, LoadOptions, LogitsAt, Model};
+use ftlab_core::model::{Checkpointing, ForwardInput, LoadOptions, LogitsAt, Model};
 use ftlab_core::run::config::{Schedule, TrainConfig};
 use ftlab_core::run::data::{method_tensors, Queries, RunData};
 use ftlab_core::run::optim::AdamW;
@@ -244,9 +244,69 @@ fn prompt_tuning_trains_only_the_prompt() {
     }
 }
 
-/// DePT prepends its prompt and offsets the input embeddings by `(alpha / √r)·(A·B)[t]` at
-/// each input position t — continuing the positions after kept keys/values, which hold the
-/// prompt already; only the prompt and the two factors train, and the loss falls.
+/// A soft prompt is read once per pass and its keys/values shared by every row: the logits of
+/// each row's tokens, and the prompt's gradient, are those of the prompt prepended to every row
+/// (the model's per-row `prefix`, PEFT's prompt learning), also with activation checkpointing,
+/// which hands the prompt's keys/values to each recomputed layer.
+#[test]
+fn a_prompt_read_once_gives_the_per_row_logits_and_gradients() {
+    let _serial = serial();
+    let toy = Toy::new(16);
+    let run = toy.run(MethodSpec::named("pbft"), &[spec("prompt_tuning", json!({ "tokens": 5 }))]);
+    let prompt = run.trainable()[0].1.shallow_clone();
+    let hooks = AdapterHooks { adapters: &run.adapters };
+    let (ids, mask) = (&toy.batches[0].batch.input_ids, &toy.batches[0].batch.attention_mask);
+    let (b, t) = ids.size2().unwrap();
+    let ones = Tensor::ones([b, 5], (tch::Kind::Int64, Device::Cpu));
+    // Logits from position `skip` on, and the prompt's gradient of a loss reading all of them.
+    let logits_and_grad = |input: ForwardInput, skip: i64| {
+        let logits = toy.model.net.forward(input).unwrap().logits.unwrap();
+        assert_eq!(logits.size()[1], skip + t, "logits cover the prompt only when it is a prefix");
+        let logits = logits.narrow(1, skip, t);
+        let mut grad = prompt.grad();
+        if grad.defined() {
+            let _ = grad.zero_();
+        }
+        (logits.log_softmax(-1, tch::Kind::Float).mean(tch::Kind::Float) * 1e3).backward();
+        (logits.detach(), prompt.grad().copy())
+    };
+    let shared = |checkpoint| ForwardInput {
+        input_ids: Some(ids),
+        attention_mask: Some(mask),
+        logits: LogitsAt::All,
+        hooks: Some(&hooks as _),
+        checkpoint,
+        ..Default::default()
+    };
+    let (ours, ours_grad) = logits_and_grad(shared(Default::default()), 0);
+    let full_mask = Tensor::cat(&[&ones, mask], 1);
+    let per_row = ForwardInput {
+        input_ids: Some(ids),
+        attention_mask: Some(&full_mask),
+        prefix: Some(&prompt),
+        logits: LogitsAt::All,
+        ..Default::default()
+    };
+    let (theirs, theirs_grad) = logits_and_grad(per_row, 5);
+    let real = mask.unsqueeze(-1).to_kind(tch::Kind::Float);
+    let err = (((&ours - &theirs) * &real).abs().max() / theirs.abs().max()).double_value(&[]);
+    common::numerics("methods.shared_prompt.relative_logit_error", err, "<1e-5");
+    assert!(err < 1e-5, "shared prompt vs per-row prompt: relative logit error {err}");
+    let grad_err = ((&ours_grad - &theirs_grad).abs().max() / theirs_grad.abs().max()).double_value(&[]);
+    common::numerics("methods.shared_prompt.relative_grad_error", grad_err, "<1e-4");
+    assert!(grad_err < 1e-4, "the prompt's gradient: relative error {grad_err}");
+    // SAFETY: back-propagated within this test, while the model and the run's adapters live.
+    let (checkpointed, checkpointed_grad) = logits_and_grad(shared(unsafe { Checkpointing::on() }), 0);
+    assert!(checkpointed.equal(&ours), "checkpointing changes no logit");
+    // The prompt's positions feed many consumers, whose gradients arrive in another order.
+    let grad_err = ((&checkpointed_grad - &ours_grad).abs().max() / ours_grad.abs().max()).double_value(&[]);
+    common::numerics("methods.shared_prompt.checkpointed_relative_grad_error", grad_err, "<1e-5");
+    assert!(grad_err < 1e-5, "checkpointing hands the prompt its whole gradient: relative error {grad_err}");
+}
+
+/// DePT reads its prompt first and offsets the input embeddings by `(alpha / √r)·(A·B)[t]` at
+/// each input position t — counted after the prompt, and after kept keys/values, which hold the
+/// prompt; only the prompt and the two factors train, and the loss falls.
 #[test]
 fn dept_offsets_input_embeddings_by_position() {
     let _serial = serial();
@@ -263,12 +323,13 @@ fn dept_offsets_input_embeddings_by_position() {
     tch::no_grad(|| b.shallow_clone().copy_(&Tensor::randn([2, 64], (tch::Kind::Float, Device::Cpu))));
     let offset = a.matmul(&b) * (8.0 / 2f64.sqrt()); // (32, 64)
     let hooks = AdapterHooks { adapters: &run.adapters };
+    assert!(hooks.prompt().unwrap().unwrap().equal(&prompt), "the prompt, read first");
     let embeds = Tensor::randn([2, 5, 64], (tch::Kind::Float, Device::Cpu));
-    let (out, mask) = hooks.embeddings(embeds.copy(), Tensor::ones([2, 5], (tch::Kind::Int64, Device::Cpu))).unwrap();
-    let want = Tensor::cat(&[prompt.unsqueeze(0).expand([2, -1, -1], false), &embeds + offset.narrow(0, 0, 5)], 1);
-    assert!(max_diff(&out, &want) < 1e-6, "prompt, then embeddings offset at positions 0..5");
+    // After the prompt's 3 positions: the offset at input positions 0..5.
+    let (out, mask) = hooks.embeddings(embeds.copy(), Tensor::ones([2, 8], (tch::Kind::Int64, Device::Cpu))).unwrap();
+    assert!(max_diff(&out, &(&embeds + offset.narrow(0, 0, 5))) < 1e-6, "offset at positions 0..5");
     assert_eq!(mask.size(), [2, 8]);
-    // After 7 kept positions (the prompt's 3 and 4 tokens): positions 4..9, no second prompt.
+    // After 7 kept positions (the prompt's 3 and 4 tokens): positions 4..9.
     let (out, mask) = hooks.embeddings(embeds.copy(), Tensor::ones([2, 12], (tch::Kind::Int64, Device::Cpu))).unwrap();
     assert!(max_diff(&out, &(&embeds + offset.narrow(0, 4, 5))) < 1e-6, "offset continues after kept keys/values");
     assert_eq!(mask.size(), [2, 12]);

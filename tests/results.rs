@@ -327,6 +327,16 @@ fn the_methods_benchmark_is_a_record_results_plot() {
     let trainable = |method: &str| cost(method)["trainable_parameters"].as_i64().unwrap();
     assert!(trainable("lora") > 0 && trainable("lora") * 10 < trainable("full"), "{text}");
     assert_eq!(cost("full")["optimizer_state_bytes"].as_i64().unwrap(), 2 * 4 * trainable("full"));
+    // Every configuration is measured once per round (two); its row is the faster and leaner.
+    let full = record["rows"].as_array().unwrap().iter().find(|r| r["method"] == "full").unwrap();
+    let runs = full["runs"].as_array().unwrap();
+    let of = |key: &str| runs.iter().map(|r| r[key].as_f64().unwrap()).collect::<Vec<_>>();
+    assert_eq!((runs.len(), record["rounds"].as_u64()), (2, Some(2)), "{text}");
+    assert_eq!(cost("full")["tokens_per_s"].as_f64().unwrap(), of("tokens_per_s").into_iter().fold(0.0, f64::max));
+    assert_eq!(
+        cost("full")["peak_rss_bytes"].as_f64().unwrap(),
+        of("peak_rss_bytes").into_iter().fold(f64::MAX, f64::min)
+    );
     // Other installed objectives train in full beside pbft; CPT trains one 32-wide offset per
     // token of its context (the batch's two rows as demonstrations, `</s>` and separators).
     assert_eq!(trainable("otr"), trainable("full"), "{text}");

@@ -17,7 +17,7 @@ use std::marker::PhantomData;
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, RResult, RStr, RString, RVec, Tuple2};
+use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec, Tuple2};
 use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, RMut, StableAbi};
 use tch::Tensor;
 
@@ -214,7 +214,7 @@ pub trait MethodObject {
     fn sites(&self) -> RResult<RVec<u8>, PluginError>;
 
     /// Whether the base parameter `name` trains (`RSome`), or no opinion (`RNone`).
-    fn trains(&self, name: RStr<'_>) -> RResult<abi_stable::std_types::ROption<bool>, PluginError>;
+    fn trains(&self, name: RStr<'_>) -> RResult<ROption<bool>, PluginError>;
 
     /// Embedding hook. Ownership: both tensors move in; the returned pair moves out.
     fn embeddings(
@@ -285,8 +285,11 @@ pub trait MethodObject {
     fn state(&self) -> RResult<Message, PluginError>;
 
     /// Restores [`MethodObject::state`] from a checkpoint. Ownership: the tensors move in.
-    #[sabi(last_prefix_field)]
     fn load_state(&mut self, state: Message) -> RResult<(), PluginError>;
+
+    /// Prompt hook: the vectors every row reads first, or none. Ownership: the tensor moves out.
+    #[sabi(last_prefix_field)]
+    fn prompt(&self) -> RResult<ROption<OwnedTensor>, PluginError>;
 }
 
 /// The owned method object the host keeps.

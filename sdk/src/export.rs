@@ -163,6 +163,10 @@ impl<M: Method> MethodObject for Object<M> {
         )
     }
 
+    fn prompt(&self) -> RResult<ROption<OwnedTensor>, PluginError> {
+        guard(M::NAME, || "prompt".into(), || Ok(self.0.prompt()?.map(OwnedTensor::new).into()))
+    }
+
     fn linear(
         &self,
         layer: i64,

@@ -29,6 +29,8 @@ pub enum Site {
     Embeddings,
     /// MLP activation output.
     Activation,
+    /// Vectors every row reads first (a soft prompt), read once per forward pass.
+    Prompt,
 }
 
 impl Site {
@@ -36,7 +38,7 @@ impl Site {
     pub const LINEAR: [Site; 6] = [Site::QProj, Site::KProj, Site::VProj, Site::OutProj, Site::Fc1, Site::Fc2];
 
     /// Every site.
-    pub const ALL: [Site; 8] = [
+    pub const ALL: [Site; 9] = [
         Site::QProj,
         Site::KProj,
         Site::VProj,
@@ -45,9 +47,10 @@ impl Site {
         Site::Fc2,
         Site::Embeddings,
         Site::Activation,
+        Site::Prompt,
     ];
 
-    /// The HF module name (`q_proj`, …, `fc2`), `embed_tokens` or `activation_fn`.
+    /// The HF module name (`q_proj`, …, `fc2`), `embed_tokens` or `activation_fn`, or `prompt`.
     pub fn name(self) -> &'static str {
         match self {
             Site::QProj => "q_proj",
@@ -58,6 +61,7 @@ impl Site {
             Site::Fc2 => "fc2",
             Site::Embeddings => "embed_tokens",
             Site::Activation => "activation_fn",
+            Site::Prompt => "prompt",
         }
     }
 
@@ -68,6 +72,7 @@ impl Site {
                 format!("model.decoder.layers.{layer}.self_attn.{}", self.name())
             }
             Site::Embeddings => "model.decoder.embed_tokens".into(),
+            Site::Prompt => "prompt".into(),
             _ => format!("model.decoder.layers.{layer}.{}", self.name()),
         }
     }
@@ -322,6 +327,17 @@ pub trait Method: Sized + 'static {
     /// Token embeddings `[B, T, E]` and mask `[B, P + T]`; may prepend vectors (extend the mask).
     fn embeddings(&self, embeds: Tensor, mask: Tensor) -> Result<(Tensor, Tensor)> {
         Ok((embeds, mask))
+    }
+
+    /// Vectors every row reads before its tokens, `[m, E]` (a soft prompt; `None`: none this
+    /// pass). The host reads them once per forward pass, at batch 1 and positions 0..m, and
+    /// lets every row attend to their keys/values: PEFT's logits for a prompt prepended to each
+    /// row, at m positions' cost per pass instead of m per row (one dropout mask serves every
+    /// row, so training's expected loss is unchanged). The host's outputs (hidden states,
+    /// logits, `last_token`) cover the tokens only, and a kept cache holds the prompt, so a
+    /// pass that reads one is not given the prompt again.
+    fn prompt(&self) -> Result<Option<Tensor>> {
+        Ok(None)
     }
 
     /// The output of linear `site` in `layer`, given its input.

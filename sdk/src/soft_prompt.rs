@@ -1,6 +1,6 @@
 //! Soft prompts, for the methods that learn one (prompt tuning, DePT): the prompt's start as
-//! PEFT makes it, prepending it to a batch's input embeddings, and the prompt fields of PEFT's
-//! prompt-learning `adapter_config.json`.
+//! PEFT makes it and the prompt fields of PEFT's prompt-learning `adapter_config.json`. The
+//! host reads the prompt ([`crate::Method::prompt`]).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -107,18 +107,4 @@ impl PromptSpec {
             "tokenizer_name_or_path": self.init_text.as_ref().map(|_| &model.name),
         })
     }
-}
-
-/// Prepends `prompt` `[m, E]` to every row of `embeds` `[B, T, E]` and m ones to `mask`
-/// `[B, T]`, so positions count the prompt first, as PEFT feeds OPT. A batch read after kept
-/// keys/values (`mask` longer than `T`) gets no second prompt: the kept prefix holds it.
-pub fn prepend(prompt: &Tensor, embeds: Tensor, mask: Tensor) -> (Tensor, Tensor) {
-    let (b, t) = (embeds.size()[0], embeds.size()[1]);
-    if mask.size()[1] > t {
-        return (embeds, mask);
-    }
-    let m = prompt.size()[0];
-    let prompt = prompt.to_kind(embeds.kind()).unsqueeze(0).expand([b, -1, -1], false);
-    let ones = Tensor::ones([b, m], (mask.kind(), mask.device()));
-    (Tensor::cat(&[prompt, embeds], 1), Tensor::cat(&[ones, mask], 1))
 }

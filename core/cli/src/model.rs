@@ -89,8 +89,8 @@ pub struct ForwardArgs {
     #[arg(long)]
     out: PathBuf,
     /// An adapter folder (adapter_config.json + adapter_model.safetensors, from PEFT or from an
-    /// ftlab run), run through the plugin its `peft_type` names (LoRA, IA3, a soft prompt — whose
-    /// virtual tokens get logits too —, LIFT, …).
+    /// ftlab run), run through the plugin its `peft_type` names (LoRA, IA3, a soft prompt, LIFT,
+    /// …); logits cover the input's tokens (PEFT's also cover a soft prompt's virtual tokens).
     #[arg(long)]
     adapter: Option<PathBuf>,
     #[command(flatten)]

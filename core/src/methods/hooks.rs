@@ -30,6 +30,20 @@ impl ForwardHooks for AdapterHooks<'_> {
         Ok((embeds, mask))
     }
 
+    /// The adapters' prompts, in run order, one after another.
+    fn prompt(&self) -> HookResult<Option<Tensor>> {
+        let mut prompts = Vec::new();
+        for adapter in self.at(Site::Prompt) {
+            let prompt = adapter.object.prompt().into_result().map_err(|e| e.to_string())?;
+            prompts.extend(prompt.into_option().map(OwnedTensor::into_tensor));
+        }
+        Ok(match prompts.len() {
+            0 => None,
+            1 => prompts.pop(),
+            _ => Some(Tensor::f_cat(&prompts, 0).map_err(|e| format!("the adapters' prompts: {e}"))?),
+        })
+    }
+
     fn linear(&self, layer: i64, site: Site, input: &Tensor, mut output: Tensor) -> HookResult<Tensor> {
         for adapter in self.at(site) {
             let result = adapter.object.linear(layer, site.code(), TensorRef::new(input), OwnedTensor::new(output));

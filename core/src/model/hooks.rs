@@ -1,8 +1,9 @@
 //! Named sites in the OPT forward pass where a fine-tuning method can act.
 //!
 //! The sites are those of shared/DESIGN.md §2: every attention and MLP linear output per layer
-//! (LoRA adds a delta, (IA)³ rescales), the token embeddings before positions are added (prompt
-//! tuning prepends vectors and extends the mask), and the MLP activation. The forward pass takes
+//! (LoRA adds a delta, (IA)³ rescales), the token embeddings before positions are added (DePT
+//! offsets them), a prompt every row reads first (prompt tuning's soft prompt), and the MLP
+//! activation. The forward pass takes
 //! an `Option<&dyn ForwardHooks>`: with `None` no site costs more than a branch.
 
 use tch::Tensor;
@@ -21,6 +22,15 @@ pub trait ForwardHooks {
     /// vectors, provided the mask is extended to match; positions follow the returned mask.
     fn embeddings(&self, embeds: Tensor, mask: Tensor) -> HookResult<(Tensor, Tensor)> {
         Ok((embeds, mask))
+    }
+
+    /// Vectors every row reads before its tokens, `[m, word_embed_proj_dim]` (a soft prompt), or
+    /// `None`. The model reads them once per pass, at batch 1 and positions 0..m, and every row
+    /// attends to their keys/values as to kept ones: the same logits as prepending them to each
+    /// row (PEFT's prompt learning), for m positions per pass instead of m per row, and outputs
+    /// cover the tokens only. Asked only when no keys/values are given (those hold the prompt).
+    fn prompt(&self) -> HookResult<Option<Tensor>> {
+        Ok(None)
     }
 
     /// The output of linear `site` in layer `layer`, given its input; returns the value the

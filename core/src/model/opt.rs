@@ -157,17 +157,22 @@ impl OptDecoderLayer {
         }
     }
 
-    /// The layer as a block of its own for [`ftlab_torch_ext::checkpoint`]: hidden states in,
-    /// hidden states out, with an owned mask and hooks; `None` when the hooks cannot be owned.
+    /// The layer as a block of its own for [`ftlab_torch_ext::checkpoint`]: hidden states (and
+    /// past keys and values, when given as the two extras) in, hidden states out, with an owned
+    /// mask and hooks; `None` when the hooks cannot be owned.
     fn block<'a>(&'a self, mask: &Tensor, pass: &Pass<'a>) -> Option<ftlab_torch_ext::Block<'a>> {
         let hooks = match pass.hooks {
             Some(hooks) => Some(hooks.boxed()?),
             None => None,
         };
         let (mask, train) = (mask.shallow_clone(), pass.train);
-        Some(Box::new(move |x: &Tensor| {
+        Some(Box::new(move |x: &Tensor, past: &[Tensor]| {
             let pass = Pass { hooks: hooks.as_deref(), train };
-            self.forward(x, &mask, None, &pass).map(|(y, _)| y).map_err(|e| e.to_string())
+            let past = match past {
+                [k, v] => Some((k.shallow_clone(), v.shallow_clone())),
+                _ => None,
+            };
+            self.forward(x, &mask, past.as_ref(), &pass).map(|(y, _)| y).map_err(|e| e.to_string())
         }))
     }
 
@@ -357,35 +362,26 @@ impl OptForCausalLM {
     pub fn forward(&self, input: ForwardInput) -> Result<ForwardOutput> {
         let Checked { ids, b, past: p, prefix, mask } = self.check(&input)?;
         let pass = Pass { hooks: input.hooks, train: input.train };
-        let (mut h, mask) = self.embed(ids, prefix, mask, p, &pass)?;
+        // A prompt is read once and its keys/values shared by every row, as kept ones are.
+        let prompt = match (input.past, pass.hooks) {
+            (None, Some(hooks)) => {
+                hooks.prompt().map_err(|message| Error::Hook { site: Site::Prompt.path(0), message })?
+            }
+            _ => None,
+        };
+        let prompt = prompt.map(|prompt| self.prompt_cache(&prompt, &pass)).transpose()?.map(|c| c.expand(b));
+        let (past, p, mask) = match &prompt {
+            None => (input.past, p, mask),
+            Some(cache) => {
+                let ones = Tensor::ones([b, cache.len()], (Kind::Int64, mask.device()));
+                (Some(cache), cache.len(), Tensor::cat(&[ones, mask], 1))
+            }
+        };
+        let (h, mask) = self.embed(ids, prefix, mask, p, &pass)?;
         let t = h.size()[1]; // a hook may have prepended vectors
-        let mut attn_mask = additive_mask(&mask, p, t, h.kind());
-        let mut cache = Vec::with_capacity(if input.use_cache { self.layers.len() } else { 0 });
-        let mut at = self.spread.as_ref().map(|s| s.placement.embeddings);
+        let attn_mask = additive_mask(&mask, p, t, h.kind());
         let checkpointed = input.checkpoint.0 && input.past.is_none() && !input.use_cache;
-        for (i, layer) in self.layers.iter().enumerate() {
-            if let Some(spread) = &self.spread {
-                if let Some(device) = self.hop(spread, &mut at, spread.placement.layers[i]) {
-                    h = h.to_device(device);
-                    attn_mask = attn_mask.to_device(device);
-                }
-            }
-            let past = input.past.map(|c| &c.layers[i]);
-            if let Some(block) = checkpointed.then(|| layer.block(&attn_mask, &pass)).flatten() {
-                // Its output must require grad for the backward pass to reach the layer's own
-                // parameters, also when nothing before it trains.
-                let x = if h.requires_grad() { h } else { h.detach().set_requires_grad(true) };
-                // SAFETY: whoever turned checkpointing on keeps the model and hooks alive.
-                h = unsafe { ftlab_torch_ext::checkpoint(&x, block) }
-                    .map_err(|e| Error::Torch(tch::TchError::Torch(e.0)))?;
-                continue;
-            }
-            let (next, kv) = layer.forward(&h, &attn_mask, past, &pass)?;
-            h = next;
-            if input.use_cache {
-                cache.push(kv);
-            }
-        }
+        let (mut h, cache, mut at) = self.layers(h, attn_mask, past, input.use_cache, checkpointed, &pass)?;
         if let Some(spread) = &self.spread {
             if let Some(device) = self.hop(spread, &mut at, spread.placement.embeddings) {
                 h = h.to_device(device);
@@ -402,6 +398,69 @@ impl OptForCausalLM {
         let logits = self.logits_at(&h, &last_token, &input.logits, b)?;
         let cache = input.use_cache.then_some(KvCache { layers: cache });
         Ok(ForwardOutput { hidden: h, logits, cache, last_token })
+    }
+
+    /// Runs the decoder layers on their devices: the last layer's hidden states, the keys and
+    /// values of every layer when `keep` (past ones included), and the plan device they end on.
+    /// Checkpointed layers get the past keys/values as inputs of their own, so that gradients
+    /// reach whatever computed them (a prompt).
+    fn layers(
+        &self,
+        mut h: Tensor,
+        mut attn_mask: Tensor,
+        past: Option<&KvCache>,
+        keep: bool,
+        checkpointed: bool,
+        pass: &Pass,
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>, Option<usize>)> {
+        let mut cache = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
+        let mut at = self.spread.as_ref().map(|s| s.placement.embeddings);
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(spread) = &self.spread {
+                if let Some(device) = self.hop(spread, &mut at, spread.placement.layers[i]) {
+                    h = h.to_device(device);
+                    attn_mask = attn_mask.to_device(device);
+                }
+            }
+            let past = past.map(|c| &c.layers[i]);
+            if let Some(block) = checkpointed.then(|| layer.block(&attn_mask, pass)).flatten() {
+                // Its output must require grad for the backward pass to reach the layer's own
+                // parameters, also when nothing before it trains.
+                let x = if h.requires_grad() { h } else { h.detach().set_requires_grad(true) };
+                let past: Vec<Tensor> = past.map_or(Vec::new(), |(k, v)| vec![k.shallow_clone(), v.shallow_clone()]);
+                // SAFETY: whoever turned checkpointing on keeps the model and hooks alive.
+                h = unsafe { ftlab_torch_ext::checkpoint(&x, &past, block) }
+                    .map_err(|e| Error::Torch(tch::TchError::Torch(e.0)))?;
+                continue;
+            }
+            let (next, kv) = layer.forward(&h, &attn_mask, past, pass)?;
+            h = next;
+            if keep {
+                cache.push(kv);
+            }
+        }
+        Ok((h, cache, at))
+    }
+
+    /// The keys/values of a prompt `[m, word_embed_proj_dim]` read alone, at batch 1 and
+    /// positions 0..m, through the layers and their hooks (with autograd, as the pass has it):
+    /// what every row's tokens attend to after it.
+    fn prompt_cache(&self, prompt: &Tensor, pass: &Pass) -> Result<KvCache> {
+        let width = self.config.word_embed_proj_dim;
+        let m = match prompt.size()[..] {
+            [m, e] if m > 0 && e == width => m,
+            ref shape => {
+                let message = format!("a prompt must be [m, {width}] with m > 0, got {shape:?}");
+                return Err(Error::Hook { site: Site::Prompt.path(0), message });
+            }
+        };
+        let ws = &self.embed_tokens.ws;
+        let embeds = prompt.to_device(ws.device()).to_kind(ws.kind()).unsqueeze(0);
+        let mask = Tensor::ones([1, m], (Kind::Int64, ws.device()));
+        let h = self.position(embeds, &mask, 0)?;
+        let attn_mask = additive_mask(&mask, 0, m, h.kind());
+        let (_, layers, _) = self.layers(h, attn_mask, None, true, false, pass)?;
+        Ok(KvCache { layers })
     }
 
     /// The device to move hidden states to before a part on plan device `to`, when it is not
@@ -492,6 +551,12 @@ impl OptForCausalLM {
                 .embeddings(embeds, mask)
                 .map_err(|message| Error::Hook { site: "model.decoder.embed_tokens".into(), message })?,
         };
+        Ok((self.position(embeds, &mask, p)?, mask))
+    }
+
+    /// Vectors `[B, T, E]` read after `p` cached positions, under `mask` `[B, p + T]`, as the
+    /// first layer's input `[B, T, D]`: through `project_in`, plus their learned positions.
+    fn position(&self, embeds: Tensor, mask: &Tensor, p: i64) -> Result<Tensor> {
         let t = embeds.size()[1];
         if p + t > self.config.max_position_embeddings {
             return Err(Error::Input(format!(
@@ -501,12 +566,11 @@ impl OptForCausalLM {
             )));
         }
         // positions = cumsum(mask) * mask - 1, so left padding still starts real tokens at 0.
-        let positions = (mask.cumsum(1, Kind::Int64) * &mask - 1).narrow(1, p, t) + POSITION_OFFSET;
-        let h = match &self.project_in {
+        let positions = (mask.cumsum(1, Kind::Int64) * mask - 1).narrow(1, p, t) + POSITION_OFFSET;
+        Ok(match &self.project_in {
             Some(proj) => embeds.apply(proj),
             None => embeds,
-        } + positions.apply(&self.embed_positions);
-        Ok((h, mask))
+        } + positions.apply(&self.embed_positions))
     }
 
     /// The LM head at the positions `at` asks for, from the final hidden states `h`.

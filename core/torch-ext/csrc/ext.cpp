@@ -30,10 +30,11 @@ int fail(const char *message, char *err, size_t err_len) {
 } // namespace
 
 namespace {
-// A Rust closure computing a block's output from its input: `run` returns 0 and a new tensor
-// in `*output` (owned by the caller), or non-zero with a message in `err`; `drop` frees it.
-using ftlab_block_fn = int (*)(void *closure, const at::Tensor *input, at::Tensor **output, char *err,
-                               size_t err_len);
+// A Rust closure computing a block's output from its input and `n_extras` further tensors it
+// reads (e.g. a prompt's keys/values): `run` returns 0 and a new tensor in `*output` (owned by
+// the caller), or non-zero with a message in `err`; `drop` frees it.
+using ftlab_block_fn = int (*)(void *closure, const at::Tensor *input, const at::Tensor *const *extras,
+                               size_t n_extras, at::Tensor **output, char *err, size_t err_len);
 using ftlab_drop_fn = void (*)(void *closure);
 
 struct Block : torch::CustomClassHolder {
@@ -43,10 +44,15 @@ struct Block : torch::CustomClassHolder {
   Block(void *closure, ftlab_block_fn run, ftlab_drop_fn drop) : closure(closure), run(run), drop(drop) {}
   ~Block() override { drop(closure); }
 
-  at::Tensor operator()(const at::Tensor &input) const {
+  at::Tensor operator()(const at::Tensor &input, const std::vector<at::Tensor> &extras) const {
     char err[1024] = {0};
     at::Tensor *output = nullptr;
-    if (run(closure, &input, &output, err, sizeof err) != 0 || output == nullptr) {
+    std::vector<const at::Tensor *> pointers;
+    for (const auto &extra : extras) {
+      pointers.push_back(&extra);
+    }
+    if (run(closure, &input, pointers.data(), pointers.size(), &output, err, sizeof err) != 0 ||
+        output == nullptr) {
       throw std::runtime_error(std::string("a checkpointed block failed: ") + err);
     }
     at::Tensor result = std::move(*output);
@@ -56,12 +62,13 @@ struct Block : torch::CustomClassHolder {
 };
 
 // Activation checkpointing (torch.utils.checkpoint's reentrant form): the forward keeps only
-// the block's input; the backward runs the block again with autograd on — with the random
+// the block's inputs; the backward runs the block again with autograd on — with the random
 // generator and autocast state the forward saw, so dropout masks and dtypes repeat — and
-// back-propagates through it, which accumulates the gradients of the parameters inside.
+// back-propagates through it, which accumulates the gradients of the parameters inside and
+// returns those of the inputs (`input` and the `extras`) to the graph they came from.
 struct Checkpoint : public torch::autograd::Function<Checkpoint> {
   static at::Tensor forward(torch::autograd::AutogradContext *ctx, const at::Tensor &input,
-                            c10::intrusive_ptr<Block> block) {
+                            at::TensorList extras, c10::intrusive_ptr<Block> block) {
     auto device = input.device();
     auto generator = at::globalContext().defaultGenerator(device);
     {
@@ -71,13 +78,21 @@ struct Checkpoint : public torch::autograd::Function<Checkpoint> {
     ctx->saved_data["autocast"] = at::autocast::is_autocast_enabled(device.type());
     ctx->saved_data["autocast_dtype"] = at::autocast::get_autocast_dtype(device.type());
     ctx->saved_data["block"] = c10::IValue::make_capsule(block);
-    ctx->save_for_backward({input});
-    return (*block)(input);
+    std::vector<at::Tensor> saved{input};
+    saved.insert(saved.end(), extras.begin(), extras.end());
+    ctx->save_for_backward(saved);
+    return (*block)(input, extras.vec());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
                                                  torch::autograd::variable_list grads) {
-    auto input = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    // Leaves of the recomputed graph, so its backward stops at them.
+    std::vector<at::Tensor> inputs;
+    for (const auto &saved : ctx->get_saved_variables()) {
+      inputs.push_back(saved.detach().requires_grad_(saved.requires_grad()));
+    }
+    auto input = inputs[0].requires_grad_(true);
+    std::vector<at::Tensor> extras(inputs.begin() + 1, inputs.end());
     auto block = c10::static_intrusive_pointer_cast<Block>(ctx->saved_data["block"].toCapsule());
     auto device = input.device();
     auto generator = at::globalContext().defaultGenerator(device);
@@ -100,14 +115,19 @@ struct Checkpoint : public torch::autograd::Function<Checkpoint> {
     at::Tensor output;
     try {
       at::AutoGradMode grad(true);
-      output = (*block)(input);
+      output = (*block)(input, extras);
     } catch (...) {
       restore();
       throw;
     }
     restore();
     torch::autograd::backward({output}, {grads[0]});
-    return {input.grad(), at::Tensor()};
+    torch::autograd::variable_list result;
+    for (const auto &leaf : inputs) {
+      result.push_back(leaf.grad());
+    }
+    result.push_back(at::Tensor()); // the block
+    return result;
   }
 };
 } // namespace
@@ -184,13 +204,19 @@ int ftlab_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *
   })
 }
 
-// `block(input)` with activation checkpointing (see `Checkpoint`): `*output` gets a new tensor
+// `block(input, extras)` with activation checkpointing (see `Checkpoint`): `*output` gets a new tensor
 // owned by the caller. `block` is freed through `drop` when the graph lets go of it (also if
 // this call fails).
-int ftlab_checkpoint(const at::Tensor *input, void *closure, ftlab_block_fn run, ftlab_drop_fn drop,
-                     at::Tensor **output, char *err, size_t err_len) {
+int ftlab_checkpoint(const at::Tensor *input, const at::Tensor *const *extras, size_t n_extras, void *closure,
+                     ftlab_block_fn run, ftlab_drop_fn drop, at::Tensor **output, char *err, size_t err_len) {
   auto block = c10::make_intrusive<Block>(closure, run, drop);
-  FTLAB_PROTECT({ *output = new at::Tensor(Checkpoint::apply(*input, std::move(block))); })
+  FTLAB_PROTECT({
+    std::vector<at::Tensor> rest;
+    for (size_t i = 0; i < n_extras; ++i) {
+      rest.push_back(*extras[i]);
+    }
+    *output = new at::Tensor(Checkpoint::apply(*input, at::TensorList(rest), std::move(block)));
+  })
 }
 
 // Starts a new peak for `device` (torch.cuda.reset_peak_memory_stats).

@@ -55,6 +55,8 @@ extern "C" {
     fn ftlab_cuda_reset_peak(device: c_int, err: *mut c_char, len: usize) -> c_int;
     fn ftlab_checkpoint(
         input: *const C_tensor,
+        extras: *const *const C_tensor,
+        n_extras: usize,
         closure: *mut c_void,
         run: BlockFn,
         drop: DropFn,
@@ -200,25 +202,40 @@ pub fn fused_adamw(
     })
 }
 
-/// A block checkpointed by [`checkpoint`]: its output from its input, or an error message.
-pub type Block<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor, String> + 'a>;
+/// A block checkpointed by [`checkpoint`]: its output from its input and the further tensors
+/// it reads whose gradients the graph needs (e.g. keys/values of a prompt), or an error message.
+pub type Block<'a> = Box<dyn Fn(&Tensor, &[Tensor]) -> Result<Tensor, String> + 'a>;
 
-type BlockFn = unsafe extern "C" fn(*mut c_void, *const C_tensor, *mut *mut C_tensor, *mut c_char, usize) -> c_int;
+type BlockFn = unsafe extern "C" fn(
+    *mut c_void,
+    *const C_tensor,
+    *const *const C_tensor,
+    usize,
+    *mut *mut C_tensor,
+    *mut c_char,
+    usize,
+) -> c_int;
 type DropFn = unsafe extern "C" fn(*mut c_void);
 
-/// Runs the boxed [`Block`] at `closure` on `input` for the C++ side: a new tensor in
-/// `*output`, or 1 and the error (or panic) message in `err`.
+/// Runs the boxed [`Block`] at `closure` on `input` and `extras` for the C++ side: a new tensor
+/// in `*output`, or 1 and the error (or panic) message in `err`.
 unsafe extern "C" fn run_block(
     closure: *mut c_void,
     input: *const C_tensor,
+    extras: *const *const C_tensor,
+    n_extras: usize,
     output: *mut *mut C_tensor,
     err: *mut c_char,
     len: usize,
 ) -> c_int {
     // SAFETY: `closure` is the `Box<Block>` leaked by `checkpoint`, alive until `drop_block`;
-    // `input` is a live tensor lent for this call (shallow-cloned, not freed here).
-    let (block, input) = unsafe { (&*(closure as *const Block), Tensor::clone_from_ptr(input as *mut C_tensor)) };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| block(&input)))
+    // `input` and the `n_extras` pointers at `extras` are live tensors lent for this call
+    // (shallow-cloned, not freed here).
+    let (block, input, extras) = unsafe {
+        let extras = (0..n_extras).map(|i| Tensor::clone_from_ptr(*extras.add(i) as *mut C_tensor)).collect::<Vec<_>>();
+        (&*(closure as *const Block), Tensor::clone_from_ptr(input as *mut C_tensor), extras)
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| block(&input, &extras)))
         .unwrap_or_else(|panic| Err(panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "a panic".into())));
     match result {
         Ok(mut tensor) => {
@@ -245,25 +262,37 @@ unsafe extern "C" fn drop_block(closure: *mut c_void) {
     drop(unsafe { Box::from_raw(closure as *mut Block) });
 }
 
-/// `block(input)` with activation checkpointing, as `torch.utils.checkpoint` (reentrant): the
-/// autograd graph keeps only `input`, and the backward pass runs `block` again — with the
-/// random generator and autocast state of this call, so dropout masks and dtypes repeat — and
-/// back-propagates through it, accumulating the gradients of the parameters it uses. Activation
-/// memory falls from every block's intermediates to their inputs, for one more forward pass.
-/// The output requires grad only if `input` does.
+/// `block(input, extras)` with activation checkpointing, as `torch.utils.checkpoint`
+/// (reentrant): the autograd graph keeps only `input` and `extras`, and the backward pass runs
+/// `block` again — with the random generator and autocast state of this call, so dropout masks
+/// and dtypes repeat — and back-propagates through it, accumulating the gradients of the
+/// parameters it uses and passing those of `input` and `extras` on to the graphs they came
+/// from. Activation memory falls from every block's intermediates to their inputs, for one
+/// more forward pass. The output requires grad only if an input does.
 ///
 /// # Safety
 /// The graph of the returned tensor calls `block` when it is back-propagated, which must
 /// happen while whatever `block` borrows is alive: back-propagate it (or drop it) within `'a`.
-pub unsafe fn checkpoint<'a>(input: &Tensor, block: Block<'a>) -> Result<Tensor, TorchError> {
+pub unsafe fn checkpoint<'a>(input: &Tensor, extras: &[Tensor], block: Block<'a>) -> Result<Tensor, TorchError> {
     // SAFETY (lifetime): erased for the C++ side; the caller keeps the borrows alive (above).
     let block: Block<'static> = unsafe { std::mem::transmute::<Block<'a>, Block<'static>>(block) };
     let closure = Box::into_raw(Box::new(block)) as *mut c_void;
     let mut output: *mut C_tensor = std::ptr::null_mut();
-    // SAFETY: `input` is lent for the call; the C++ side owns `closure` from here on (it calls
+    let extras: Vec<*const C_tensor> = extras.iter().map(|t| t.as_ptr()).collect();
+    // SAFETY: `input` and `extras` are lent for the call; the C++ side owns `closure` from here on (it calls
     // `drop_block` exactly once) and returns a new handle in `output` on success.
     checked(|err, len| unsafe {
-        ftlab_checkpoint(input.as_ptr(), closure, run_block, drop_block, &mut output, err, len)
+        ftlab_checkpoint(
+            input.as_ptr(),
+            extras.as_ptr(),
+            extras.len(),
+            closure,
+            run_block,
+            drop_block,
+            &mut output,
+            err,
+            len,
+        )
     })?;
     // SAFETY: a new, owned tensor handle from the C++ side.
     Ok(unsafe { Tensor::from_ptr(output) })
@@ -351,38 +380,44 @@ mod tests {
     }
 
     /// Checkpointed, a block with dropout gives the same output and the same gradients (of
-    /// its input and of a parameter inside) as run plainly from the same random state, runs
-    /// again in the backward pass, and leaves the random stream where the forward left it.
+    /// its input, of an extra input computed from a leaf, and of a parameter inside) as run
+    /// plainly from the same random state, runs again in the backward pass, and leaves the
+    /// random stream where the forward left it.
     #[test]
     fn a_checkpointed_block_gives_the_plain_gradients() {
         let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
         let weight = Tensor::randn([6, 6], tch::kind::FLOAT_CPU).set_requires_grad(true);
+        let source = Tensor::randn([4, 6], tch::kind::FLOAT_CPU).set_requires_grad(true);
         let runs = std::cell::Cell::new(0);
-        let block = |x: &Tensor| -> Result<Tensor, String> {
+        let block = |x: &Tensor, extras: &[Tensor]| -> Result<Tensor, String> {
             runs.set(runs.get() + 1);
-            Ok(x.matmul(&weight).relu().dropout(0.5, true).tanh())
+            Ok((x.matmul(&weight).relu().dropout(0.5, true) * &extras[0]).tanh())
         };
         let x = Tensor::randn([4, 6], tch::kind::FLOAT_CPU).set_requires_grad(true);
+        let grads = || [&x, &weight, &source].map(|t| t.grad().copy());
         tch::manual_seed(7);
-        let plain = block(&x).unwrap();
+        let plain = block(&x, &[source.exp()]).unwrap();
         plain.sum(Kind::Float).backward();
         let after_plain = Tensor::rand([3], tch::kind::FLOAT_CPU);
-        let (x_grad, w_grad) = (x.grad().copy(), weight.grad().copy());
-        let (mut xg, mut wg) = (x.grad(), weight.grad());
-        let _ = (xg.zero_(), wg.zero_());
+        let plain_grads = grads();
+        for t in [&x, &weight, &source] {
+            let _ = t.grad().zero_();
+        }
 
         tch::manual_seed(7);
         // SAFETY: back-propagated below, while `weight` and `runs` live.
-        let checkpointed = unsafe { checkpoint(&x, Box::new(block)) }.unwrap();
+        let checkpointed = unsafe { checkpoint(&x, &[source.exp()], Box::new(block)) }.unwrap();
         assert!(checkpointed.equal(&plain), "the forward is the block's");
         checkpointed.sum(Kind::Float).backward();
         assert!(Tensor::rand([3], tch::kind::FLOAT_CPU).equal(&after_plain), "the random stream goes on as without");
         assert_eq!(runs.get(), 3, "once plainly, once checkpointed, once again in the backward pass");
-        assert!(x.grad().equal(&x_grad) && weight.grad().equal(&w_grad), "the same dropout mask, the same gradients");
+        for (ours, plain) in grads().iter().zip(&plain_grads) {
+            assert!(ours.equal(plain), "the same dropout mask, the same gradients");
+        }
 
-        let failing = |_: &Tensor| -> Result<Tensor, String> { Err("no".into()) };
+        let failing = |_: &Tensor, _: &[Tensor]| -> Result<Tensor, String> { Err("no".into()) };
         // SAFETY: nothing borrowed.
-        let err = unsafe { checkpoint(&x, Box::new(failing)) }.unwrap_err();
+        let err = unsafe { checkpoint(&x, &[], Box::new(failing)) }.unwrap_err();
         assert!(err.0.contains("no"), "{err}");
     }
 

@@ -1,6 +1,6 @@
 //! `dept`: decomposed prompt tuning (Shi & Lipani, 2024, "DePT: Decomposed Prompt Tuning for
 //! Parameter-Efficient Fine-tuning", <https://arxiv.org/abs/2309.05173>), an adapter: a shorter
-//! soft prompt (m vectors, as `prompt_tuning` prepends them) plus a trainable low-rank offset
+//! soft prompt (m vectors, read first as `prompt_tuning`'s) plus a trainable low-rank offset
 //! of the input token embeddings by position, `E[t] + (alpha / √r)·(A·B)[t]` with A
 //! `[max_length, r]` Kaiming-uniform and B `[r, E]` zero, so training starts from plain prompt
 //! tuning — as the authors' code (ZhengxiangShi/DePT, `PromptEmbeddingLoRA`) defines it.
@@ -15,7 +15,7 @@
 use ftlab_sdk::peft::{bad_key, get, number, require_default};
 use ftlab_sdk::prelude::*;
 use ftlab_sdk::serde_json::{json, Value};
-use ftlab_sdk::soft_prompt::{prepend, PromptSpec};
+use ftlab_sdk::soft_prompt::PromptSpec;
 use ftlab_sdk::ModelInfo;
 
 /// Hyperparameters, set in an experiment file under `dept` (the authors' names in brackets).
@@ -122,13 +122,18 @@ impl Method for Dept {
     }
 
     fn sites(&self) -> Result<Vec<Site>> {
-        Ok(vec![Site::Embeddings])
+        Ok(vec![Site::Prompt, Site::Embeddings])
     }
 
-    /// Tokens read after kept keys/values (which hold the prompt) continue the input's positions.
+    fn prompt(&self) -> Result<Option<Tensor>> {
+        Ok(Some(self.prompt.shallow_clone()))
+    }
+
+    /// The tokens follow the prompt (and whatever else the kept keys/values hold), so their
+    /// input positions start after it.
     fn embeddings(&self, embeds: Tensor, mask: Tensor) -> Result<(Tensor, Tensor)> {
-        let (t, width) = (embeds.size()[1], mask.size()[1]);
-        let start = if width > t { width - t - self.config.prompt.tokens } else { 0 };
+        let t = embeds.size()[1];
+        let start = mask.size()[1] - t - self.config.prompt.tokens;
         if start < 0 || start + t > self.config.max_length {
             return Err(Error::msg(format!(
                 "dept: input positions {start}..{} are outside the offset's max_length {}",
@@ -138,8 +143,7 @@ impl Method for Dept {
         }
         let scale = self.config.alpha / (self.config.rank as f64).sqrt();
         let offset = self.a.narrow(0, start, t).matmul(&self.b) * scale; // (T, E)
-        let embeds = &embeds + offset.to_kind(embeds.kind()).unsqueeze(0);
-        Ok(prepend(&self.prompt, embeds, mask))
+        Ok((&embeds + offset.to_kind(embeds.kind()).unsqueeze(0), mask))
     }
 }
 

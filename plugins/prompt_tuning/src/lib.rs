@@ -1,7 +1,7 @@
 //! `prompt_tuning`: prompt tuning (Lester et al., 2021, <https://arxiv.org/abs/2104.08691>)
-//! with HF PEFT's semantics: m trainable vectors (a soft prompt) are prepended to every input's
-//! token embeddings, the attention mask extended by m ones, so positions count them first, as
-//! PEFT feeds OPT. Only the prompt trains. It starts as PEFT's does: N(0, 1) (an
+//! with HF PEFT's semantics: every input reads m trainable vectors (a soft prompt) before its
+//! tokens, positions counting them first, as PEFT feeds OPT (the host reads the prompt once per
+//! pass and shares its keys/values with every row: PEFT's logits). Only the prompt trains. It starts as PEFT's does: N(0, 1) (an
 //! `nn.Embedding`'s init), or the token embeddings of a text (its ids with `</s>`, repeated or
 //! cut to m). A run's prompt is saved as, and loaded from, PEFT's `PROMPT_TUNING` adapter
 //! (`prompt_embeddings`, `[m, word_embed_proj_dim]`); it cannot be merged into weights.
@@ -12,7 +12,7 @@
 
 use ftlab_sdk::prelude::*;
 use ftlab_sdk::serde_json::Value;
-use ftlab_sdk::soft_prompt::{prepend, PromptSpec};
+use ftlab_sdk::soft_prompt::PromptSpec;
 use ftlab_sdk::ModelInfo;
 
 /// Hyperparameters, set in an experiment file under `prompt_tuning`: the prompt's (20 vectors,
@@ -67,11 +67,11 @@ impl Method for PromptTuning {
     }
 
     fn sites(&self) -> Result<Vec<Site>> {
-        Ok(vec![Site::Embeddings])
+        Ok(vec![Site::Prompt])
     }
 
-    fn embeddings(&self, embeds: Tensor, mask: Tensor) -> Result<(Tensor, Tensor)> {
-        Ok(prepend(&self.prompt, embeds, mask))
+    fn prompt(&self) -> Result<Option<Tensor>> {
+        Ok(Some(self.prompt.shallow_clone()))
     }
 }
 
