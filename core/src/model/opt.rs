@@ -396,7 +396,7 @@ impl OptForCausalLM {
         let current = mask.narrow(1, p, t);
         let last_token = (&current * Tensor::arange(t, (Kind::Int64, h.device()))).argmax(1, false); // (B,)
         let logits = self.logits_at(&h, &last_token, &input.logits, b)?;
-        let cache = input.use_cache.then_some(KvCache { layers: cache });
+        let cache = input.use_cache.then_some(cache);
         Ok(ForwardOutput { hidden: h, logits, cache, last_token })
     }
 
@@ -412,7 +412,7 @@ impl OptForCausalLM {
         keep: bool,
         checkpointed: bool,
         pass: &Pass,
-    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>, Option<usize>)> {
+    ) -> Result<(Tensor, KvCache, Option<usize>)> {
         let mut cache = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
         let mut at = self.spread.as_ref().map(|s| s.placement.embeddings);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -439,7 +439,7 @@ impl OptForCausalLM {
                 cache.push(kv);
             }
         }
-        Ok((h, cache, at))
+        Ok((h, KvCache { layers: cache }, at))
     }
 
     /// The keys/values of a prompt `[m, word_embed_proj_dim]` read alone, at batch 1 and
@@ -459,8 +459,7 @@ impl OptForCausalLM {
         let mask = Tensor::ones([1, m], (Kind::Int64, ws.device()));
         let h = self.position(embeds, &mask, 0)?;
         let attn_mask = additive_mask(&mask, 0, m, h.kind());
-        let (_, layers, _) = self.layers(h, attn_mask, None, true, false, pass)?;
-        Ok(KvCache { layers })
+        Ok(self.layers(h, attn_mask, None, true, false, pass)?.1)
     }
 
     /// The device to move hidden states to before a part on plan device `to`, when it is not

@@ -1,10 +1,11 @@
 //! `prompt_tuning`: prompt tuning (Lester et al., 2021, <https://arxiv.org/abs/2104.08691>)
 //! with HF PEFT's semantics: every input reads m trainable vectors (a soft prompt) before its
 //! tokens, positions counting them first, as PEFT feeds OPT (the host reads the prompt once per
-//! pass and shares its keys/values with every row: PEFT's logits). Only the prompt trains. It starts as PEFT's does: N(0, 1) (an
-//! `nn.Embedding`'s init), or the token embeddings of a text (its ids with `</s>`, repeated or
-//! cut to m). A run's prompt is saved as, and loaded from, PEFT's `PROMPT_TUNING` adapter
-//! (`prompt_embeddings`, `[m, word_embed_proj_dim]`); it cannot be merged into weights.
+//! pass and shares its keys/values with every row: PEFT's logits). Only the prompt trains. It
+//! starts as PEFT's does: N(0, 1) (an `nn.Embedding`'s init), or the token embeddings of a text
+//! (its ids with `</s>`, repeated or cut to m). A run's prompt is saved as, and loaded from,
+//! PEFT's `PROMPT_TUNING` adapter (`prompt_embeddings`, `[m, word_embed_proj_dim]`); it cannot
+//! be merged into weights.
 //!
 //! A teacher that runs without adapters (context distillation's) reads no prompt, so a context
 //! can be distilled into the soft prompt. Inputs read after kept keys/values get no second
