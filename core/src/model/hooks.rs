@@ -3,8 +3,8 @@
 //! The sites are those of shared/DESIGN.md §2: every attention and MLP linear output per layer
 //! (LoRA adds a delta, (IA)³ rescales), the token embeddings before positions are added (DePT
 //! offsets them), a prompt every row reads first (prompt tuning's soft prompt), and the MLP
-//! activation. The forward pass takes
-//! an `Option<&dyn ForwardHooks>`: with `None` no site costs more than a branch.
+//! activation. The forward pass takes an `Option<&dyn ForwardHooks>`: with `None` no site costs
+//! more than a branch.
 
 use tch::Tensor;
 

@@ -44,7 +44,7 @@ struct Block : torch::CustomClassHolder {
   Block(void *closure, ftlab_block_fn run, ftlab_drop_fn drop) : closure(closure), run(run), drop(drop) {}
   ~Block() override { drop(closure); }
 
-  at::Tensor operator()(const at::Tensor &input, const std::vector<at::Tensor> &extras) const {
+  at::Tensor operator()(const at::Tensor &input, at::TensorList extras) const {
     char err[1024] = {0};
     at::Tensor *output = nullptr;
     std::vector<const at::Tensor *> pointers;
@@ -81,7 +81,7 @@ struct Checkpoint : public torch::autograd::Function<Checkpoint> {
     std::vector<at::Tensor> saved{input};
     saved.insert(saved.end(), extras.begin(), extras.end());
     ctx->save_for_backward(saved);
-    return (*block)(input, extras.vec());
+    return (*block)(input, extras);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
@@ -204,8 +204,8 @@ int ftlab_fused_adamw(const at::Tensor *const *params, const at::Tensor *const *
   })
 }
 
-// `block(input, extras)` with activation checkpointing (see `Checkpoint`): `*output` gets a new tensor
-// owned by the caller. `block` is freed through `drop` when the graph lets go of it (also if
+// `block(input, extras)` with activation checkpointing (see `Checkpoint`): `*output` gets a new
+// tensor owned by the caller. `block` is freed through `drop` when the graph lets go of it (also if
 // this call fails).
 int ftlab_checkpoint(const at::Tensor *input, const at::Tensor *const *extras, size_t n_extras, void *closure,
                      ftlab_block_fn run, ftlab_drop_fn drop, at::Tensor **output, char *err, size_t err_len) {
