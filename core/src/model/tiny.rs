@@ -1,8 +1,10 @@
 //! The embedded default model: a tiny OPT that needs no download.
 //!
 //! `tiny-opt` is pretrained to learn the synthetic NLI task in context: its weights
-//! ([`WEIGHTS`], 1.3 MB) were made by `scripts/pretrain-embedded`, which trains the random model
-//! with ftlab's `lm` plugin on few-shot episodes ([`crate::data::synthetic::episodes`]).
+//! ([`WEIGHTS`], 1.3 MB) were made with the stages of `scripts/pretrain-embedded`, which trains
+//! the random model with ftlab's `lm` plugin on few-shot episodes
+//! ([`crate::data::synthetic::episodes`]): its first five, run one by one while the recipe was
+//! developed (the README's "The embedded model" compares the script's own output).
 //! `tiny-opt-random` is the same shape randomly initialised from a fixed seed (like a fresh HF
 //! model with `init_std`), for tests that need a model that knows nothing. Both share a
 //! byte-level BPE tokenizer trained at load time on a small English corpus shipped in the
