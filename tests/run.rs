@@ -658,6 +658,16 @@ fn a_language_model_run_lowers_held_out_perplexity() {
     let resumed: serde_json::Value = serde_json::from_slice(&resumed.stdout).unwrap();
     let reloaded = resumed["zero_shot"]["report"][0]["language"]["perplexity"].as_f64().unwrap();
     assert!((reloaded - after).abs() < 1e-6 * after, "saved {after}, reloaded {reloaded}");
+    // Results tables read the held-out loss and perplexity.
+    let table = ["results", "table", out.path().to_str().unwrap(), "--rows", "method", "--cols", ""];
+    let options = ["--metric", "loss_in,perplexity_in", "--agg", "mean", "--format", "csv"];
+    let csv = ftlab(&[&table[..], &options[..]].concat());
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    let (header, row) = (csv.lines().next().unwrap().split(','), csv.lines().nth(1).unwrap().split(','));
+    let cell =
+        |name: &str| header.clone().zip(row.clone()).find(|(h, _)| *h == name).unwrap().1.parse::<f64>().unwrap();
+    let (loss, table_perplexity) = (cell("loss_in mean"), cell("perplexity_in mean"));
+    assert!((table_perplexity - after).abs() < 1e-6 * after && (loss.exp() - after).abs() < 1e-4 * after, "{csv}");
     // The summary prints the perplexity row.
     let text = ftlab(&[&args[..args.len() - 1], &["--force"]].concat());
     let stdout = String::from_utf8_lossy(&text.stdout);

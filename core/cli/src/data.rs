@@ -75,6 +75,10 @@ pub struct EpisodesArgs {
     /// Weights of the item families: the task's templates, copy-or-substitute, person-in-premise.
     #[arg(long, default_value = "0.5,0.3,0.2", value_parser = parse_families)]
     families: [f64; 3],
+    /// Write `prompt`/`response` rows, the response being the last label word, so that the `lm`
+    /// plugin's loss reads only it (instead of `text` rows trained on every token).
+    #[arg(long)]
+    label_response: bool,
 }
 
 fn parse_range(text: &str) -> Result<(usize, usize), String> {
@@ -191,7 +195,7 @@ fn episodes(args: EpisodesArgs) -> anyhow::Result<ExitCode> {
         query_form: args.query_form,
         families: args.families,
     };
-    let rows = episodes::write_embedded(config, &args.out)?;
+    let rows = episodes::write_embedded(config, args.label_response, &args.out)?;
     eprintln!("wrote {rows} episodes to {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }

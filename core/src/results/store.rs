@@ -124,6 +124,13 @@ fn subset_accuracy(report: &serde_json::Value, name: &str) -> Option<f64> {
     None
 }
 
+/// A language-modelling score (`loss` or `perplexity`) of a headline's in-domain held-out text.
+fn language(headline: Option<&Headline>, score: &str) -> Value {
+    let report = headline.and_then(|h| h.report.as_array());
+    let set = report.and_then(|sets| sets.iter().find(|s| s["in_domain"] == true));
+    Value::Float(set.and_then(|s| s["language"][score].as_f64()))
+}
+
 fn text(s: &str) -> Value {
     Value::Text(Some(s.to_string()))
 }
@@ -212,6 +219,16 @@ pub const COLUMNS: &[ColumnDef] = &[
         name: "icl_acc_ood",
         about: "out-of-domain accuracy of the ICL reference",
         get: |r| acc(r.record.icl_reference.as_ref(), true),
+    },
+    ColumnDef {
+        name: "loss_in",
+        about: "held-out token loss (nats) after training, of a text-task (`lm`) run",
+        get: |r| language(r.record.last.as_ref(), "loss"),
+    },
+    ColumnDef {
+        name: "perplexity_in",
+        about: "held-out perplexity after training, of a text-task (`lm`) run",
+        get: |r| language(r.record.last.as_ref(), "perplexity"),
     },
     ColumnDef { name: "time_load", about: "seconds loading", get: |r| seconds(r, |t| t.load) },
     ColumnDef { name: "time_prepare", about: "seconds in methods' prepare", get: |r| seconds(r, |t| t.prepare) },

@@ -228,8 +228,11 @@ impl Episodes {
 }
 
 /// Writes `config.documents` episodes drawn with the embedded tokenizer's neutral words to
-/// `path` as JSONL rows `{"text": …}` (what the `text` task reads); returns the rows written.
-pub fn write_embedded(config: EpisodeConfig, path: &std::path::Path) -> Result<usize> {
+/// `path` as JSONL rows `{"text": …}` (what the `text` task reads), or with `label_response` as
+/// `{"prompt": …, "response": " word"}`, the last item's label word split off so that the `lm`
+/// plugin's loss reads only it (the lever that takes a plateaued model to the feature: the
+/// gradient is no longer dominated by the predictable template tokens); returns the rows written.
+pub fn write_embedded(config: EpisodeConfig, label_response: bool, path: &std::path::Path) -> Result<usize> {
     use std::io::Write;
     let tokenizer = crate::model::tiny::tokenizer()?;
     let documents = config.documents;
@@ -237,11 +240,26 @@ pub fn write_embedded(config: EpisodeConfig, path: &std::path::Path) -> Result<u
     let file = std::fs::File::create(path).map_err(Error::io(path))?;
     let mut out = std::io::BufWriter::new(file);
     for _ in 0..documents {
-        let row = serde_json::json!({ "text": episodes.document() });
+        let document = episodes.document();
+        let row = match label_response {
+            true => {
+                let (prompt, response) = split_label(&document);
+                serde_json::json!({ "prompt": prompt, "response": response })
+            }
+            false => serde_json::json!({ "text": document }),
+        };
         writeln!(out, "{row}").map_err(Error::io(path))?;
     }
     out.flush().map_err(Error::io(path))?;
     Ok(documents)
+}
+
+/// A document split before its last label word: the prompt, and the word with its space (the
+/// tokenizer reads ` word` as one token whether or not it is split off, and the query form's
+/// extra space stays in the prompt, as in-context scoring has it).
+fn split_label(document: &str) -> (&str, &str) {
+    let at = document.rfind(' ').expect("an item always ends in ` word`");
+    document.split_at(at)
 }
 
 /// The premise is a clause (plain, with a place, or after a conjoined subject); the hypothesis
@@ -353,5 +371,22 @@ mod tests {
             }
         }
         assert!(counts[0] > 200 && counts[1] > 200, "{counts:?}");
+    }
+
+    #[test]
+    fn a_label_response_is_the_last_word_and_tokenizes_as_in_the_document() {
+        let tokenizer = crate::model::tiny::tokenizer().unwrap();
+        let mut e = episodes(EpisodeConfig { demonstrations: (0, 2), query_form: 0.5, ..Default::default() });
+        let mut query_forms = 0;
+        for _ in 0..40 {
+            let doc = e.document();
+            let (prompt, response) = split_label(&doc);
+            assert!(response == " dog" || response == " river", "{doc}");
+            query_forms += prompt.ends_with("? ") as usize;
+            let mut ids = tokenizer.encode(prompt).unwrap();
+            ids.extend(tokenizer.encode_plain(response).unwrap());
+            assert_eq!(ids, tokenizer.encode(&doc).unwrap(), "{doc}");
+        }
+        assert!(query_forms > 5 && query_forms < 35, "{query_forms} query forms of 40");
     }
 }
