@@ -1,6 +1,8 @@
 //! The embedded default model learns in context, so the main job shows the science: before
 //! training it is at the majority baseline, the 8-shot ICL teacher is well above it, and the
-//! distilled student lands in between (shared/DESIGN.md §5); pattern-based and vanilla
+//! distilled student, which sees no context, learns from its teacher's (shared/DESIGN.md §5; the
+//! teacher draws a fresh context per input, so the student may pass the main job's one context,
+//! and on this model it does); pattern-based and vanilla
 //! fine-tuning, each in full and with BitFit and LoRA, learn the task from 16 and from 64
 //! examples (the model knows the task's feature). Thresholds are margins on accuracy
 //! over 500 balanced in-domain examples, far from anything CPU rounding decides
@@ -48,7 +50,7 @@ fn in_domain(record: &serde_json::Value, headline: &str) -> (f64, f64) {
 
 /// The README's main job, with its defaults.
 #[test]
-fn the_main_job_shows_zero_shot_below_the_distilled_student_below_icl() {
+fn the_main_job_shows_icl_and_the_distilled_student_above_zero_shot() {
     let record = run(&["--plugin", "context_distill"]);
     let (zero_shot, majority) = in_domain(&record, "zero_shot");
     let (icl, _) = in_domain(&record, "icl_reference");
@@ -121,7 +123,7 @@ fn vanilla_ft_with_lora_learns_from_16_and_64_examples() {
 
 /// Context-aware prompt tuning on the embedded model: before training it is ICL over its
 /// context of 8 of the 16 examples (the offsets start at zero), already far above the majority;
-/// training the offsets keeps it there (0.964 → 0.984 measured, data seed 0).
+/// training the offsets keeps it there (0.974 → 0.972 measured at 1 thread, data seed 0).
 #[test]
 fn cpt_learns_in_context_from_16_examples() {
     let record = run(&["--plugin", "cpt", "--shots", "16"]);
