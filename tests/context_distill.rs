@@ -40,15 +40,17 @@ struct Toy {
 }
 
 impl Toy {
+    /// The random model, with DESIGN.md's readable prompt: with llmft's, every teacher query ends
+    /// in the same space token, after which the random model's two label words are near-ties
+    /// whose argmax (the agreement measured here) no distillation can pin down.
     fn new() -> Self {
-        Self::on(Model::embedded_random(LoadOptions::default()).unwrap())
+        Self::on(Model::embedded_random(LoadOptions::default()).unwrap(), Compat::Clean)
     }
 
-    fn on(model: Model) -> Self {
-        // DESIGN.md's readable prompt: with llmft's, every teacher query ends in the same space
-        // token, after which the random model's two label words are near-ties whose argmax
-        // (the agreement measured here) no distillation can pin down.
-        let spec = PromptSpec { compat: Compat::Clean, ..PromptSpec::default() };
+    /// `model` with the prompt in `compat`'s conventions (the pretrained embedded model was
+    /// pretrained on llmft's).
+    fn on(model: Model, compat: Compat) -> Self {
+        let spec = PromptSpec { compat, ..PromptSpec::default() };
         let prompt = Prompt::new(PromptFamily::Nli, 2, &spec, &model.tokenizer).unwrap();
         let all = synthetic::in_domain(&SyntheticConfig { train: 96, ..Default::default() }, "train");
         let slice = |name: &str, range: std::ops::Range<usize>| all.select(name, &range.collect::<Vec<_>>());
@@ -200,13 +202,16 @@ fn hard_targets_teach_the_teachers_answers() {
 
 /// `target = "generated"`: the student learns the teacher's greedy continuation of 4 tokens by
 /// teacher forcing — its cross-entropy falls and, on held-out inputs, its answer (the first
-/// token) agrees with the teacher's. On the pretrained embedded model, whose teacher answers
-/// with a label word (the random one's greedy answer is an arbitrary token).
+/// token) agrees with the teacher's. On the pretrained embedded model in the prompt strings it
+/// was pretrained on, whose teacher answers with a label word (the random one's greedy answer is
+/// an arbitrary token), with one shared context: its answers depend on the context (8-shot ICL
+/// over data seeds 0–9 ranges 0.79–0.98), so under a fresh context per input the held-out
+/// answers are not a function of the input that a student could agree with.
 #[test]
 fn generated_targets_teach_the_teachers_continuation() {
     let _serial = serial();
-    let config = json!({ "target": "generated", "max_new_tokens": 4 });
-    let toy = Toy::on(Model::embedded(LoadOptions::default()).unwrap());
+    let config = json!({ "target": "generated", "max_new_tokens": 4, "resample": false });
+    let toy = Toy::on(Model::embedded(LoadOptions::default()).unwrap(), Compat::Llmft);
     let (losses, before, after) = distil_on(toy, &config, 1.0);
     common::numerics("context_distill.generated.loss_fraction", losses[9] / losses[0], "<0.5");
     common::numerics("context_distill.generated.agreement", after.1, ">=0.9");
